@@ -1,0 +1,399 @@
+"""The picochat GPT, two baselines (bigram, MLP) and the KV cache.
+
+Every model here has the same surface (docs/interfaces.md "Model"): `forward(idx, targets=None,
+kv_cache=None, loss_reduction="mean")` returns float32 logits [B, T, V], or the loss when targets are
+given (-1 = ignore); `max_context`, `supports_kv_cache`, `num_params()`, `flops_per_token()`,
+`init_weights()` and `param_groups()` (which parameters get which optimizer, see workbench/optim.py).
+
+The GPT (nanochat's recipe, written for CPU first):
+- token embedding -> RMSNorm -> blocks -> RMSNorm -> untied head -> soft-cap c*tanh(x/c) -> float32.
+- a block: x + attn(norm(x)), then x + mlp(norm(x)). Norms have no weights (nothing to learn, nothing
+  to decay); attention uses grouped-query heads, rotary embeddings and QK norm; the MLP is ReLU^2.
+- residual scalars, one pair per layer as in nanochat: before block i the stream is re-mixed as
+  `x = resid_lambdas[i] * x + x0_lambdas[i] * x0`, x0 being the normed token embedding. They start
+  at 1.0 and 0.1 (an ordinary residual stream with a weak skip back to the input).
+- sliding windows: layer i is "S" or "L" from [model] window_pattern (tiled over the layers, the last
+  layer always "L"). An S layer's query sees itself and the short_window - 1 tokens before it; an L
+  layer sees the whole causal prefix.
+- init like nanochat: output projections (attention c_proj, MLP c_proj) are zero and the head is tiny
+  (std 0.001), so every block starts as the identity and the loss at init is ~ln(vocab).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from workbench.config import ModelSection
+from workbench.errors import BadInput
+
+
+def norm(x: torch.Tensor) -> torch.Tensor:
+    """RMSNorm without weights over the last dimension."""
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def softcap_logits(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    logits = logits.float()
+    return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+
+def logits_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Cross-entropy of [B, T, V] logits against [B, T] targets (-1 = ignore)."""
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"loss_reduction must be mean, sum or none, got {reduction!r}")
+    batch, time, vocab = logits.shape
+    loss = F.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1), ignore_index=-1, reduction=reduction)
+    return loss.view(batch, time) if reduction == "none" else loss
+
+
+# ---------------------------------------------------------------------------------------------
+# rotary embeddings and attention masks
+
+
+def rotary_tables(length: int, head_dim: int, base: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin, each [length, head_dim / 2], float32."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+    angles = torch.outer(torch.arange(length, dtype=torch.float32, device=device), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[..., i], x[..., i + D/2]) of x [B, T, H, D] by the angles of cos/sin [T, D/2]."""
+    half = x.size(-1) // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    cos = cos[None, :, None, :].to(x.dtype)
+    sin = sin[None, :, None, :].to(x.dtype)
+    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
+
+
+@functools.lru_cache(maxsize=64)
+def band_mask(queries: int, keys: int, offset: int, window: int | None, device: torch.device) -> torch.Tensor:
+    """Boolean [queries, keys] mask, True = may attend. Query q sits at absolute position offset + q,
+    key k at position k; a query sees keys at or before it, and with a window only the `window` most
+    recent of them (itself included). Cached: training asks for the same mask every step."""
+    query_pos = torch.arange(queries, device=device)[:, None] + offset
+    key_pos = torch.arange(keys, device=device)[None, :]
+    allowed = key_pos <= query_pos
+    if window is not None:
+        allowed &= query_pos - key_pos < window
+    return allowed
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Causal (optionally windowed) attention of q [B, H, Tq, D] over k, v [B, KV, Tk, D], where the
+    queries are the last Tq of the Tk positions (Tq < Tk when decoding with a KV cache)."""
+    queries, keys = q.size(2), k.size(2)
+    gqa = q.size(1) != k.size(1)
+    if window is not None and window < keys:
+        # Keys no query can see are dropped before SDPA, not just masked.
+        first = max(0, keys - queries - window + 1)
+        k, v, keys = k[:, :, first:], v[:, :, first:], keys - first
+    else:
+        window = None
+    offset = keys - queries
+    if window is None and offset == 0:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    if window is None and queries == 1:
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+    if window is not None and queries == 1:  # the slice above already is the window
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+    mask = band_mask(queries, keys, offset, window, q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+
+# ---------------------------------------------------------------------------------------------
+# KV cache
+
+
+class KVCache:
+    """Keys and values of every layer for incremental decoding, preallocated
+    [layers, B, kv_heads, max_len, head_dim]. Keys are stored after rotary and QK norm."""
+
+    def __init__(self, layers: int, batch_size: int, kv_heads: int, max_len: int, head_dim: int,
+                 device=None, dtype=torch.float32):
+        shape = (layers, batch_size, kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.size(1)
+
+    @property
+    def max_len(self) -> int:
+        return self.k.size(3)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v [B, KV, T, D] at pos..pos+T; return views of everything cached up to pos+T."""
+        end = self.pos + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {end} tokens > max_len {self.max_len}")
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.pos += n
+
+    def reset(self) -> None:
+        self.pos = 0
+
+    def expand(self, batch_size: int) -> KVCache:
+        """A new cache with a batch-1 cache's contents copied to `batch_size` rows (shared prefill)."""
+        if self.batch_size != 1:
+            raise ValueError(f"expand needs a batch-1 cache, this one has {self.batch_size} rows")
+        new = KVCache.__new__(KVCache)
+        new.k = self.k.expand(-1, batch_size, -1, -1, -1).clone()
+        new.v = self.v.expand(-1, batch_size, -1, -1, -1).clone()
+        new.pos = self.pos
+        return new
+
+
+# ---------------------------------------------------------------------------------------------
+# the GPT
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelSection, layer: int, window: int | None):
+        super().__init__()
+        self.layer = layer
+        self.window = window  # None: the whole causal prefix
+        self.heads, self.kv_heads = cfg.heads, cfg.kv_heads
+        self.head_dim = cfg.width // cfg.heads
+        self.c_q = nn.Linear(cfg.width, self.heads * self.head_dim, bias=False)
+        self.c_k = nn.Linear(cfg.width, self.kv_heads * self.head_dim, bias=False)
+        self.c_v = nn.Linear(cfg.width, self.kv_heads * self.head_dim, bias=False)
+        self.c_proj = nn.Linear(self.heads * self.head_dim, cfg.width, bias=False)
+
+    def forward(self, x, cos, sin, kv_cache: KVCache | None):
+        batch, time, _ = x.shape
+        q = self.c_q(x).view(batch, time, self.heads, self.head_dim)
+        k = self.c_k(x).view(batch, time, self.kv_heads, self.head_dim)
+        v = self.c_v(x).view(batch, time, self.kv_heads, self.head_dim)
+        q, k = norm(apply_rotary(q, cos, sin)), norm(apply_rotary(k, cos, sin))
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer, k, v)
+            k, v = k.to(q.dtype), v.to(q.dtype)
+        y = attend(q, k, v, self.window)
+        return self.c_proj(y.transpose(1, 2).reshape(batch, time, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelSection):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.width, cfg.mlp_ratio * cfg.width, bias=False)
+        self.c_proj = nn.Linear(cfg.mlp_ratio * cfg.width, cfg.width, bias=False)
+
+    def forward(self, x):
+        return self.c_proj(F.relu(self.c_fc(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelSection, layer: int, window: int | None):
+        super().__init__()
+        self.attn = Attention(cfg, layer, window)
+        self.mlp = FeedForward(cfg)
+
+    def forward(self, x, cos, sin, kv_cache):
+        x = x + self.attn(norm(x), cos, sin, kv_cache)
+        return x + self.mlp(norm(x))
+
+
+def layer_windows(cfg: ModelSection) -> list[int | None]:
+    """Each layer's window from the pattern (tiled; last layer always full): an int or None (full)."""
+    pattern = cfg.window_pattern.upper() or "L"
+    letters = [pattern[i % len(pattern)] for i in range(cfg.depth)]
+    letters[-1] = "L"
+    return [cfg.short_window if letter == "S" else None for letter in letters]
+
+
+class GPT(nn.Module):
+    supports_kv_cache = True
+
+    def __init__(self, cfg: ModelSection, vocab_size: int):
+        super().__init__()
+        self.config = cfg
+        self.vocab_size = vocab_size
+        self.max_context = cfg.seq_len
+        self.head_dim = cfg.width // cfg.heads
+        self.windows = layer_windows(cfg)
+        self.wte = nn.Embedding(vocab_size, cfg.width)
+        self.blocks = nn.ModuleList(Block(cfg, i, window) for i, window in enumerate(self.windows))
+        self.lm_head = nn.Linear(cfg.width, vocab_size, bias=False)
+        self.resid_lambdas = nn.Parameter(torch.ones(cfg.depth))
+        self.x0_lambdas = nn.Parameter(torch.full((cfg.depth,), 0.1))
+        cos, sin = rotary_tables(cfg.seq_len, self.head_dim, cfg.rope_base)
+        # Not persistent: derived from the config, so checkpoints hold only learned weights.
+        self.register_buffer("rotary_cos", cos, persistent=False)
+        self.register_buffer("rotary_sin", sin, persistent=False)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        nn.init.normal_(self.wte.weight, std=1.0)
+        nn.init.normal_(self.lm_head.weight, std=0.001)
+        bound = 3**0.5 * self.config.width**-0.5  # uniform with std 1/sqrt(width)
+        for block in self.blocks:
+            for linear in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.mlp.c_fc):
+                nn.init.uniform_(linear.weight, -bound, bound)
+            nn.init.zeros_(block.attn.c_proj.weight)
+            nn.init.zeros_(block.mlp.c_proj.weight)
+        self.resid_lambdas.fill_(1.0)
+        self.x0_lambdas.fill_(0.1)
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {
+            "matrix": [p for block in self.blocks for p in block.parameters()],
+            "embedding": [self.wte.weight],
+            "unembedding": [self.lm_head.weight],
+            "resid_scalar": [self.resid_lambdas],
+            "x0_scalar": [self.x0_lambdas],
+        }
+
+    def _ensure_rotary(self, length: int) -> None:
+        if length > self.rotary_cos.size(0):
+            size = max(length, 2 * self.rotary_cos.size(0))
+            cos, sin = rotary_tables(size, self.head_dim, self.config.rope_base, self.rotary_cos.device)
+            self.rotary_cos, self.rotary_sin = cos, sin
+
+    def make_kv_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> KVCache:
+        weight = self.lm_head.weight
+        self._ensure_rotary(max_len)
+        return KVCache(self.config.depth, batch_size, self.config.kv_heads, max_len, self.head_dim,
+                       device=device or weight.device, dtype=dtype or weight.dtype)
+
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, loss_reduction: str = "mean"):
+        time = idx.size(1)
+        start = kv_cache.pos if kv_cache is not None else 0
+        self._ensure_rotary(start + time)
+        cos, sin = self.rotary_cos[start:start + time], self.rotary_sin[start:start + time]
+        x = x0 = norm(self.wte(idx))
+        for i, block in enumerate(self.blocks):
+            x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
+            x = block(x, cos, sin, kv_cache)
+        logits = softcap_logits(self.lm_head(norm(x)), self.config.logit_softcap)
+        if kv_cache is not None:
+            kv_cache.advance(time)
+        if targets is None:
+            return logits
+        return logits_loss(logits, targets, loss_reduction)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: 6 per weight of every matmul (all but the embedding and the
+        scalars), plus attention's 12 * heads * head_dim per key seen (QK^T and AV, forward and
+        backward), counting min(window, seq_len) keys per layer as nanochat does."""
+        matmul_params = self.num_params() - self.wte.weight.numel() - 2 * self.config.depth
+        seq_len = self.config.seq_len
+        keys = sum(min(window or seq_len, seq_len) for window in self.windows)
+        return float(6 * matmul_params + 12 * self.config.heads * self.head_dim * keys)
+
+
+# ---------------------------------------------------------------------------------------------
+# baselines: same interface, no KV cache (the engine re-feeds the last max_context tokens)
+
+
+class Bigram(nn.Module):
+    """Next token from the current token alone: one [V, V] table of logits."""
+
+    supports_kv_cache = False
+
+    def __init__(self, cfg: ModelSection, vocab_size: int):
+        super().__init__()
+        self.config = cfg
+        self.vocab_size = vocab_size
+        self.max_context = 1
+        self.table = nn.Embedding(vocab_size, vocab_size)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        nn.init.normal_(self.table.weight, std=0.01)
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"embedding": [self.table.weight]}
+
+    def make_kv_cache(self, *args, **kwargs):
+        raise RuntimeError("the bigram model has no KV cache (supports_kv_cache is False)")
+
+    def forward(self, idx, targets=None, kv_cache=None, loss_reduction: str = "mean"):
+        logits = self.table(idx).float()
+        return logits if targets is None else logits_loss(logits, targets, loss_reduction)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self) -> float:
+        return 0.0  # a table lookup: no matmul at all
+
+
+class MLP(nn.Module):
+    """Bengio et al. (2003): the embeddings of the last `context` tokens, concatenated, through one
+    ReLU^2 hidden layer (mlp_ratio * width) to the logits. Positions before the start see zeros."""
+
+    supports_kv_cache = False
+
+    def __init__(self, cfg: ModelSection, vocab_size: int):
+        super().__init__()
+        self.config = cfg
+        self.vocab_size = vocab_size
+        self.max_context = cfg.context
+        self.embed_dim = max(16, cfg.width // 2)
+        self.wte = nn.Embedding(vocab_size, self.embed_dim)
+        self.hidden = nn.Linear(cfg.context * self.embed_dim, cfg.mlp_ratio * cfg.width, bias=False)
+        self.lm_head = nn.Linear(cfg.mlp_ratio * cfg.width, vocab_size, bias=False)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        nn.init.normal_(self.wte.weight, std=1.0)
+        fan_in = self.hidden.weight.size(1)
+        nn.init.uniform_(self.hidden.weight, -(3 / fan_in) ** 0.5, (3 / fan_in) ** 0.5)
+        nn.init.normal_(self.lm_head.weight, std=0.001)
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"matrix": [self.hidden.weight], "embedding": [self.wte.weight],
+                "unembedding": [self.lm_head.weight]}
+
+    def make_kv_cache(self, *args, **kwargs):
+        raise RuntimeError("the MLP model has no KV cache (supports_kv_cache is False)")
+
+    def forward(self, idx, targets=None, kv_cache=None, loss_reduction: str = "mean"):
+        batch, time = idx.shape
+        x = norm(self.wte(idx))
+        x = F.pad(x, (0, 0, self.max_context - 1, 0))  # zeros before the first token
+        x = x.unfold(1, self.max_context, 1)  # [B, T, E, context]
+        x = x.transpose(2, 3).reshape(batch, time, -1)
+        logits = self.lm_head(F.relu(self.hidden(x)).square()).float()
+        return logits if targets is None else logits_loss(logits, targets, loss_reduction)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self) -> float:
+        return float(6 * (self.hidden.weight.numel() + self.lm_head.weight.numel()))
+
+
+MODELS: dict[str, type[nn.Module]] = {"gpt": GPT, "bigram": Bigram, "mlp": MLP}
+
+
+def build_model(model_cfg: ModelSection, vocab_size: int) -> nn.Module:
+    """A freshly initialised model of [model] kind on the CPU, derived sizes resolved."""
+    cfg = model_cfg.resolved()
+    if cfg.kind not in MODELS:
+        raise BadInput(f"[model] kind: unknown model {cfg.kind!r}; choose one of {', '.join(MODELS)}")
+    if vocab_size < 1:
+        raise BadInput(f"vocab size must be positive, got {vocab_size}")
+    if cfg.kind == "gpt":
+        if cfg.width % cfg.heads or (cfg.width // cfg.heads) % 2 or cfg.heads % cfg.kv_heads:
+            raise BadInput(f"[model] width {cfg.width}, heads {cfg.heads}, kv_heads {cfg.kv_heads}: width must "
+                           f"split into heads of even size and heads into kv_heads groups")
+    model = MODELS[cfg.kind](cfg, vocab_size)
+    model.init_weights()
+    return model
+
