@@ -1,0 +1,60 @@
+"""The synthetic arithmetic task family: deterministic, verifiable, rendered as chat with tool calls."""
+
+import re
+
+import pytest
+
+from workbench.data import synthetic
+from workbench.tools import calculate
+from workbench.train.rewards import numeric_reward, tool_reward
+
+
+def test_generate_is_deterministic_by_seed():
+    assert synthetic.generate(20, seed=3) == synthetic.generate(20, seed=3)
+    assert synthetic.generate(20, seed=3) != synthetic.generate(20, seed=4)
+    # a stream can be read from any position: the resumable SFT sampler relies on it
+    assert synthetic.generate(5, seed=3, start=10) == synthetic.generate(15, seed=3)[10:]
+
+
+@pytest.mark.parametrize("difficulty", [1, 2, 3, 4, 6])
+def test_answers_are_verified_by_the_calculator(difficulty):
+    for problem in synthetic.problems(300, difficulty, seed=difficulty):
+        assert calculate(problem.expression) == str(problem.answer)
+        assert problem.answer >= 0
+        # the operands are the question's numbers, in order (sharing "with 3 friends" divides by 4)
+        if "shares them" not in problem.question:
+            assert re.findall(r"\d+", problem.expression) == re.findall(r"\d+", problem.question)
+
+
+def test_difficulty_sets_the_number_of_operations_and_operand_size():
+    def operations(problem):
+        return len(re.findall(r"[-+*/]", problem.expression))
+
+    easy = synthetic.problems(200, 1, seed=0)
+    hard = synthetic.problems(200, 4, seed=0)
+    assert all(operations(p) == 1 for p in easy)
+    assert all(operations(p) == 4 for p in hard)
+    assert max(int(n) for p in easy for n in re.findall(r"\d+", p.question)) <= 9
+    assert max(int(n) for p in hard for n in re.findall(r"\d+", p.question)) > 50
+    mixed = synthetic.problems(300, (1, 3), seed=0)
+    assert {p.difficulty for p in mixed} == {1, 2, 3}
+    with pytest.raises(ValueError):
+        synthetic.problems(1, 0)
+
+
+def test_conversation_has_a_calculator_call_and_a_checkable_answer():
+    problem = synthetic.problems(1, 2, seed=5)[0]
+    conversation = problem.conversation()
+    user, assistant = conversation["messages"]
+    assert user == {"role": "user", "content": problem.question}
+    kinds = [part["type"] for part in assistant["content"]]
+    assert kinds == ["python", "python_output", "text"]
+    assert assistant["content"][1]["text"] == str(problem.answer)
+    assert problem.prompt() == [user]
+    # the rendered reply earns full reward; a wrong one none
+    reply = (f"<|python_start|>{problem.expression}<|python_end|><|output_start|>{problem.answer}<|output_end|>"
+             f"The answer is {problem.answer}.<|assistant_end|>")
+    assert numeric_reward(reply, problem.answer) == 1.0
+    assert tool_reward(reply, problem.answer) == 1.0
+    assert synthetic.reward(reply, problem) == 1.0
+    assert synthetic.reward(f"The answer is {problem.answer + 1}.", problem) == 0.0

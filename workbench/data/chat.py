@@ -1,0 +1,433 @@
+"""Chat data for SFT: JSONL loading with validation, GSM8K calculator calls, mixing, batches.
+
+A chat JSONL line is {"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}
+(other fields are ignored; a GSM8K line {"question", "answer"} is read as one exchange). A system
+message folds into the first user turn. Malformed lines (bad JSON, missing roles, unknown roles,
+wrong user/assistant alternation, empty content, no assistant reply) are counted by reason and
+skipped; `LoadReport.summary()` says what was skipped where. A file with no usable line is BadInput.
+
+GSM8K answers carry calculator annotations "48/2 = <<48/2=24>>24 clips": each becomes a tool call
+in the assistant's content parts (text, {"type": "python", "text": "48/2"}, {"type":
+"python_output", "text": "24"}, text), so the model learns to call the calculator; the closing
+"#### 72" line stays as the answer line.
+
+Datasets are mixed by weight ("path:weight" or "synthetic:arith:weight" in [sft] datasets) by a
+seeded sampler whose position (a draw count per dataset) is part of the checkpoint, so a resumed
+SFT run sees the same conversations an uninterrupted one would. Each file dataset holds out a few
+conversations for validation; synthetic data validates on a separate seed.
+
+Batches: one conversation per row (never split across rows), rendered by
+Tokenizer.render_conversation, truncated to seq_len + 1 tokens (counted), padded to the longest
+row of the batch; targets are -1 wherever the loss mask is 0 (user text, tool output) or padding.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import BadInput
+
+ROLES = ("system", "user", "assistant")
+PART_TYPES = ("text", "thinking", "python", "python_output")
+CALCULATOR_ANNOTATION = re.compile(r"<<([^<>=]*)=([^<>]*)>>")
+SYNTHETIC_PREFIX = "synthetic:"
+VAL_FRACTION = 0.05  # of each file dataset, held out for validation
+MAX_VAL_PER_DATASET = 100
+SYNTHETIC_VAL_SIZE = 100
+SYNTHETIC_VAL_SEED_OFFSET = 1_000_003  # validation problems come from their own seed
+
+
+class ChatFormatError(ValueError):
+    """A conversation that cannot be trained on; `reason` is the short category counted in summaries."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+# ---------------------------------------------------------------------------------------------
+# one conversation: validation, system folding, GSM8K calculator calls
+
+
+def gsm8k_to_parts(answer: str) -> str | list[dict[str, str]]:
+    """A GSM8K solution with <<expr=result>> annotations as assistant content parts; text without
+    annotations comes back unchanged."""
+    if not CALCULATOR_ANNOTATION.search(answer):
+        return answer
+    parts: list[dict[str, str]] = []
+    position = 0
+    for match in CALCULATOR_ANNOTATION.finditer(answer):
+        if match.start() > position:
+            parts.append({"type": "text", "text": answer[position:match.start()]})
+        parts.append({"type": "python", "text": match.group(1).strip()})
+        parts.append({"type": "python_output", "text": match.group(2).strip()})
+        position = match.end()
+    if position < len(answer):
+        parts.append({"type": "text", "text": answer[position:]})
+    return parts
+
+
+def _content_of(message: dict[str, Any], role: str) -> str | list[dict[str, str]]:
+    content = message.get("content")
+    if content is None:
+        raise ChatFormatError("missing content")
+    if isinstance(content, str):
+        if not content.strip():
+            raise ChatFormatError("empty content", role)
+        return gsm8k_to_parts(content) if role == "assistant" else content
+    if not isinstance(content, list):
+        raise ChatFormatError("bad content", f"{type(content).__name__} in a {role} turn")
+    parts = []
+    for part in content:
+        if not isinstance(part, dict) or part.get("type") not in PART_TYPES or not isinstance(part.get("text"), str):
+            raise ChatFormatError("bad content", f"part {part!r:.60}")
+        if role != "assistant" and part["type"] != "text":
+            raise ChatFormatError("bad content", f"a {part['type']} part in a {role} turn")
+        parts.append({"type": part["type"], "text": part["text"]})
+    if not any(part["text"].strip() for part in parts):
+        raise ChatFormatError("empty content", role)
+    if role != "assistant":  # user and system turns are plain text
+        return "".join(part["text"] for part in parts)
+    return parts
+
+
+def normalize_conversation(record: Any) -> list[dict[str, Any]]:
+    """Validated messages: user/assistant alternating, starting with user, ending with assistant,
+    the system message folded into the first user turn. Raises ChatFormatError."""
+    if not isinstance(record, dict):
+        raise ChatFormatError("not an object")
+    if "messages" not in record and isinstance(record.get("question"), str) and isinstance(record.get("answer"), str):
+        record = {"messages": [{"role": "user", "content": record["question"]},
+                               {"role": "assistant", "content": record["answer"]}]}
+    messages = record.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ChatFormatError("no messages")
+    system = None
+    turns: list[dict[str, Any]] = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not message.get("role"):
+            raise ChatFormatError("missing role", f"message {index}")
+        role = message["role"]
+        if role not in ROLES:
+            raise ChatFormatError("unknown role", repr(role))
+        content = _content_of(message, role)
+        if role == "system":
+            if index != 0:
+                raise ChatFormatError("wrong alternation", "system message after the first")
+            system = content
+            continue
+        expected = "user" if len(turns) % 2 == 0 else "assistant"
+        if role != expected:
+            raise ChatFormatError("wrong alternation", f"message {index} is {role}, expected {expected}")
+        turns.append({"role": role, "content": content})
+    if not turns or turns[-1]["role"] != "assistant":
+        raise ChatFormatError("no assistant reply")
+    if system is not None:
+        turns[0] = {"role": "user", "content": f"{system}\n\n{turns[0]['content']}"}
+    return turns
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+
+
+@dataclass
+class LoadReport:
+    path: str
+    lines: int = 0
+    kept: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    examples: dict[str, int] = field(default_factory=dict)  # reason -> first line number
+
+    def summary(self) -> str:
+        text = f"{self.path}: {self.kept} conversations from {self.lines} lines"
+        if self.skipped:
+            reasons = ", ".join(f"{reason}: {count} (first at line {self.examples[reason]})"
+                                for reason, count in self.skipped.most_common())
+            text += f"; skipped {sum(self.skipped.values())} ({reasons})"
+        return text
+
+
+def load_chat_jsonl(path: str | Path) -> tuple[list[list[dict[str, Any]]], LoadReport]:
+    """Every valid conversation of a chat JSONL file, and a report of what was skipped and why.
+    BadInput when the file is missing, unreadable, or holds no valid conversation."""
+    path = Path(path)
+    report = LoadReport(str(path))
+    conversations = []
+    try:
+        handle = open(path, encoding="utf-8")  # noqa: SIM115
+    except OSError as error:
+        raise BadInput(f"{path}: cannot read chat data: {error.strerror or error}") from None
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            report.lines += 1
+            try:
+                conversations.append(normalize_conversation(json.loads(line)))
+            except json.JSONDecodeError:
+                _skip(report, "malformed JSON", number)
+            except ChatFormatError as error:
+                _skip(report, error.reason, number)
+            except UnicodeDecodeError:
+                _skip(report, "not UTF-8", number)
+    report.kept = len(conversations)
+    if not conversations:
+        problem = f" ({report.summary().split('; ', 1)[1]})" if report.skipped else ""
+        raise BadInput(f"{path}: no valid chat conversations{problem}")
+    return conversations, report
+
+
+def _skip(report: LoadReport, reason: str, number: int) -> None:
+    report.skipped[reason] += 1
+    report.examples.setdefault(reason, number)
+
+
+# ---------------------------------------------------------------------------------------------
+# datasets and the weighted mixture
+
+
+class ChatDataset:
+    """A finite list of conversations, reshuffled every epoch by a seeded permutation."""
+
+    def __init__(self, name: str, conversations: list, weight: float, seed: int):
+        self.name, self.conversations, self.weight, self.seed = name, conversations, weight, seed
+        self._epoch, self._order = -1, list(range(len(conversations)))
+
+    def item(self, k: int) -> list[dict[str, Any]]:
+        epoch, index = divmod(k, len(self.conversations))
+        if epoch != self._epoch:
+            self._order = list(range(len(self.conversations)))
+            random.Random(f"{self.seed}:{self.name}:{epoch}").shuffle(self._order)
+            self._epoch = epoch
+        return self.conversations[self._order[index]]
+
+
+class SyntheticDataset:
+    """An endless, deterministic stream of synthetic conversations (workbench.data.synthetic)."""
+
+    def __init__(self, name: str, difficulty: int | tuple[int, int], weight: float, seed: int):
+        self.name, self.difficulty, self.weight, self.seed = name, difficulty, weight, seed
+
+    def item(self, k: int) -> list[dict[str, Any]]:
+        from workbench.data.synthetic import problem_at
+
+        return problem_at(self.seed, k, self.difficulty).conversation()["messages"]
+
+
+def parse_dataset_spec(spec: str) -> tuple[str, float]:
+    """"path:weight" or "synthetic:NAME:weight" -> (source, weight); the weight defaults to 1."""
+    source, _, weight_text = spec.rpartition(":")
+    try:
+        weight = float(weight_text)
+    except ValueError:
+        return spec, 1.0
+    if not source or source == "synthetic":  # "synthetic:arith" has no weight; "x.jsonl" neither
+        return spec, 1.0
+    if not weight > 0:
+        raise BadInput(f"[sft] datasets: weight must be > 0 in {spec!r}")
+    return source, weight
+
+
+def synthetic_difficulty(name: str, spec: str) -> int | tuple[int, int]:
+    """"arith" mixes difficulties 1-3; "arith-D" fixes difficulty D."""
+    from workbench.data.synthetic import MAX_DIFFICULTY
+
+    found = re.fullmatch(r"arith(?:-(\d+))?", name)
+    if not found:
+        raise BadInput(f"[sft] datasets: unknown synthetic dataset {name!r} in {spec!r} (known: arith, arith-D)")
+    if found.group(1) is None:
+        return (1, 3)
+    level = int(found.group(1))
+    if not 1 <= level <= MAX_DIFFICULTY:
+        raise BadInput(f"[sft] datasets: difficulty must be 1..{MAX_DIFFICULTY} in {spec!r}")
+    return level
+
+
+@dataclass
+class ChatData:
+    """What SFT trains and validates on."""
+
+    train: ChatMixture
+    val: list[list[dict[str, Any]]]
+    reports: list[LoadReport]
+
+
+def load_datasets(specs: list[str], resolve_path, seed: int) -> ChatData:
+    """Build the mixture and the held-out validation conversations from [sft] datasets entries.
+    `resolve_path` turns a config path into a Path (Config.resolve_path)."""
+    if not specs:
+        raise BadInput("[sft] datasets: no datasets given")
+    datasets: list = []
+    val: list = []
+    reports = []
+    for spec in specs:
+        source, weight = parse_dataset_spec(spec)
+        if source.startswith(SYNTHETIC_PREFIX):
+            name = source[len(SYNTHETIC_PREFIX):]
+            difficulty = synthetic_difficulty(name, spec)
+            datasets.append(SyntheticDataset(source, difficulty, weight, seed))
+            val += [p.conversation()["messages"] for p in _synthetic_val(seed, difficulty)]
+            continue
+        conversations, report = load_chat_jsonl(resolve_path(source))
+        reports.append(report)
+        order = list(range(len(conversations)))
+        random.Random(f"val:{source}").shuffle(order)
+        held = min(MAX_VAL_PER_DATASET, int(len(conversations) * VAL_FRACTION)) if len(conversations) >= 20 else 0
+        val += [conversations[i] for i in order[:held]]
+        train = [conversations[i] for i in sorted(order[held:])]
+        datasets.append(ChatDataset(source, train, weight, seed))
+    return ChatData(train=ChatMixture(datasets, seed), val=val, reports=reports)
+
+
+def _synthetic_val(seed: int, difficulty):
+    from workbench.data.synthetic import problems
+
+    return problems(SYNTHETIC_VAL_SIZE, difficulty, seed=seed + SYNTHETIC_VAL_SEED_OFFSET)
+
+
+class ChatMixture:
+    """Draws conversations from several datasets in proportion to their weights.
+
+    Draw i picks its dataset with a generator seeded by (seed, i), and each dataset walks its own
+    stream; so the whole position is (draws, per-dataset counts): state_dict / load_state_dict.
+    """
+
+    def __init__(self, datasets: list, seed: int):
+        self.datasets, self.seed = datasets, seed
+        total = sum(dataset.weight for dataset in datasets)
+        self.cumulative = []
+        running = 0.0
+        for dataset in datasets:
+            running += dataset.weight / total
+            self.cumulative.append(running)
+        self.drawn = 0
+        self.counts = {dataset.name: 0 for dataset in datasets}
+
+    def __iter__(self) -> Iterator[list[dict[str, Any]]]:
+        return self
+
+    def __next__(self) -> list[dict[str, Any]]:
+        u = random.Random(f"mix:{self.seed}:{self.drawn}").random()
+        dataset = self.datasets[-1]
+        for candidate, edge in zip(self.datasets, self.cumulative, strict=True):
+            if u < edge:
+                dataset = candidate
+                break
+        self.drawn += 1
+        k = self.counts[dataset.name]
+        self.counts[dataset.name] = k + 1
+        return dataset.item(k)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"drawn": self.drawn, "counts": dict(self.counts)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.drawn = int(state["drawn"])
+        for name, count in state["counts"].items():
+            if name in self.counts:
+                self.counts[name] = int(count)
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering and batches
+
+
+@dataclass
+class RenderStats:
+    conversations: int = 0
+    truncated: int = 0  # longer than seq_len + 1 tokens: cut
+    skipped: Counter = field(default_factory=Counter)  # not rendered / nothing left to learn
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"conversations": self.conversations, "truncated": self.truncated, "skipped": dict(self.skipped)}
+
+
+def render_row(tokenizer, messages, seq_len: int, stats: RenderStats) -> tuple[list[int], list[int]] | None:
+    """(ids, mask) for one conversation, cut to seq_len + 1 tokens; None (counted) when it cannot be
+    rendered or keeps no trained token after the cut."""
+    try:
+        ids, mask = tokenizer.render_conversation(messages)
+    except ValueError as error:  # tokenizer.ConversationError
+        stats.skipped[f"render: {type(error).__name__}"] += 1
+        return None
+    if len(ids) > seq_len + 1:
+        stats.truncated += 1
+        ids, mask = ids[:seq_len + 1], mask[:seq_len + 1]
+    if not any(mask[1:]):
+        stats.skipped["nothing to learn after truncation"] += 1
+        return None
+    stats.conversations += 1
+    return ids, mask
+
+
+def collate(rows: list[tuple[list[int], list[int]]], pad_id: int):
+    """Rows of (ids, mask) -> (inputs, targets) LongTensors [B, T], T = longest row - 1; targets are
+    -1 where the mask is 0 and on padding."""
+    import torch
+
+    width = max(len(ids) for ids, _ in rows) - 1
+    inputs = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    targets = torch.full((len(rows), width), -1, dtype=torch.long)
+    for row, (ids, mask) in enumerate(rows):
+        n = len(ids) - 1
+        inputs[row, :n] = torch.tensor(ids[:-1], dtype=torch.long)
+        target_ids = torch.tensor(ids[1:], dtype=torch.long)
+        trained = torch.tensor(mask[1:], dtype=torch.bool)
+        targets[row, :n] = torch.where(trained, target_ids, torch.full_like(target_ids, -1))
+    return inputs, targets
+
+
+class SftBatches:
+    """An endless iterator of (inputs, targets) batches of `batch_size` conversations from a mixture.
+    state_dict() is the mixture's position (resume continues with the next conversation)."""
+
+    def __init__(self, mixture: ChatMixture, tokenizer, seq_len: int, batch_size: int, device="cpu"):
+        self.mixture, self.tokenizer = mixture, tokenizer
+        self.seq_len, self.batch_size, self.device = seq_len, batch_size, device
+        self.stats = RenderStats()
+        self.pad_id = tokenizer.bos_id
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        rows = []
+        attempts = 0
+        while len(rows) < self.batch_size:
+            attempts += 1
+            if attempts > 100 * self.batch_size and not rows:
+                raise BadInput("[sft] datasets: no conversation leaves anything to train on at this seq_len")
+            row = render_row(self.tokenizer, next(self.mixture), self.seq_len, self.stats)
+            if row is not None:
+                rows.append(row)
+        inputs, targets = collate(rows, self.pad_id)
+        return inputs.to(self.device), targets.to(self.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mixture": self.mixture.state_dict(), "render": self.stats.as_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.mixture.load_state_dict(state["mixture"])
+        render = state.get("render") or {}
+        self.stats.conversations = int(render.get("conversations", 0))
+        self.stats.truncated = int(render.get("truncated", 0))
+        self.stats.skipped = Counter(render.get("skipped", {}))
+
+
+def val_batches(conversations, tokenizer, seq_len: int, batch_size: int, device="cpu"):
+    """The held-out conversations as a list of (inputs, targets) batches, plus their render stats."""
+    stats = RenderStats()
+    rows = [row for row in (render_row(tokenizer, m, seq_len, stats) for m in conversations) if row is not None]
+    batches = []
+    for start in range(0, len(rows), batch_size):
+        inputs, targets = collate(rows[start:start + batch_size], tokenizer.bos_id)
+        batches.append((inputs.to(device), targets.to(device)))
+    return batches, stats

@@ -1,0 +1,153 @@
+"""A synthetic task family: arithmetic word problems with verifiable answers.
+
+    "Mia has 4 boxes with 12 shells in each box. She gives away 7. How many shells does she have now?"
+    -> <|python_start|>4*12-7<|python_end|><|output_start|>41<|output_end|>The answer is 41.
+
+Why generate our own: a CPU-sized model cannot learn GSM8K in minutes, but it can learn to read a short
+story, write the one calculator expression it describes and copy the result. That gives (1) as much SFT
+chat data as a small model needs, with tool calls in the DESIGN.md chat format, and (2) a GRPO task
+where a freshly fine-tuned small model is partly right, so reinforcement learning visibly helps in
+minutes. GSM8K stays the real benchmark.
+
+Difficulty is the number of operations (1 = "has A, gets B more"); operands grow with it
+(max_operand overrides). A problem is a pure function of (seed, index, difficulty), so the SFT
+sampler can resume at any position and GRPO draws the same prompts after a resume.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+NAMES = [("Tom", "he", "his"), ("Mia", "she", "her"), ("Sam", "he", "his"), ("Ana", "she", "her"),
+         ("Ben", "he", "his"), ("Eva", "she", "her"), ("Leo", "he", "his"), ("Zoe", "she", "her"),
+         ("Max", "he", "his"), ("Ivy", "she", "her"), ("Dan", "he", "his"), ("Amy", "she", "her")]
+ITEMS = ["apples", "pencils", "marbles", "stickers", "books", "cookies", "coins", "stamps", "shells",
+         "cards", "eggs", "flowers"]
+
+# One sentence per operation; {b} is the right operand.
+ADD = ["{He} buys {b} more.", "{He} finds {b} more.", "A friend gives {him} {b} more.", "{He} gets {b} more."]
+SUB = ["{He} gives away {b}.", "{He} loses {b}.", "{He} sells {b}.", "{He} gives {b} to a friend."]
+MUL = ["Then {he} gets {b} times as many.", "Then the number grows {b} times."]
+DIV = ["{He} splits them into {b} equal groups and keeps one group.",
+       "{He} shares them equally with {friends} and keeps one share."]
+QUESTIONS = ["How many {items} does {he} have now?", "How many {items} does {he} have?"]
+LEFT_QUESTION = "How many {items} are left?"  # only after something was taken away
+
+OPERAND_LIMITS = {1: 9, 2: 20, 3: 50, 4: 100}  # difficulty -> largest operand (beyond 4: 10 ** (d - 2))
+MAX_DIFFICULTY = 8
+
+
+def operand_limit(difficulty: int) -> int:
+    return OPERAND_LIMITS.get(difficulty, 10 ** (difficulty - 2))
+
+
+@dataclass
+class Problem:
+    """One word problem: the question, its calculator expression and the verified integer answer."""
+
+    question: str
+    expression: str
+    answer: int
+    difficulty: int
+
+    def prompt(self) -> list[dict]:
+        """The chat prompt for generation (GRPO, evals): one user turn."""
+        return [{"role": "user", "content": self.question}]
+
+    def conversation(self) -> dict:
+        """The worked answer as a chat conversation with one calculator call (SFT data)."""
+        reply = [{"type": "python", "text": self.expression},
+                 {"type": "python_output", "text": str(self.answer)},
+                 {"type": "text", "text": f"The answer is {self.answer}."}]
+        return {"messages": [{"role": "user", "content": self.question}, {"role": "assistant", "content": reply}]}
+
+
+def _capitalized(sentence: str) -> str:
+    return sentence[:1].upper() + sentence[1:]
+
+
+def make_problem(rng: random.Random, difficulty: int, max_operand: int | None = None) -> Problem:
+    """One problem with `difficulty` operations, operands up to max_operand (default from difficulty)."""
+    if not 1 <= difficulty <= MAX_DIFFICULTY:
+        raise ValueError(f"difficulty must be 1..{MAX_DIFFICULTY}, got {difficulty}")
+    limit = max_operand or operand_limit(difficulty)
+    name, he, his = rng.choice(NAMES)
+    him = "him" if he == "he" else "her"
+    items = rng.choice(ITEMS)
+    words = {"he": he, "He": _capitalized(he), "him": him, "his": his, "items": items}
+
+    # The first sentence is either "has A" or, as one operation, "has A boxes with B in each box".
+    operations_left = difficulty
+    if difficulty >= 2 and rng.random() < 0.3:
+        boxes, each = rng.randint(2, min(limit, 9)), rng.randint(2, limit)
+        sentences = [f"{name} has {boxes} boxes with {each} {items} in each box."]
+        expression, value, loose = f"{boxes}*{each}", boxes * each, False
+        operations_left -= 1
+    else:
+        start = rng.randint(max(2, limit // 3), limit) if difficulty > 1 else rng.randint(2, limit)
+        sentences = [f"{name} has {start} {items}."]
+        expression, value, loose = str(start), start, False  # loose: top level is + or - (needs parens before * /)
+
+    operation = ""
+    for _ in range(operations_left):
+        choices = ["+", "-"] + (["*"] if value <= 10 * limit else []) + (["/"] if _divisors(value) else [])
+        operation = rng.choice(choices)
+        if operation == "-" and value < 2:
+            operation = "+"
+        if operation == "+":
+            b = rng.randint(1, limit)
+            template = rng.choice(ADD)
+            value += b
+        elif operation == "-":
+            b = rng.randint(1, min(limit, value - 1))
+            template = rng.choice(SUB)
+            value -= b
+        elif operation == "*":
+            b = rng.randint(2, min(5, max(2, limit)))
+            template = rng.choice(MUL)
+            value *= b
+        else:
+            b = rng.choice(_divisors(value))
+            template = rng.choice(DIV)
+            value //= b
+        if operation in "*/" and loose:
+            expression = f"({expression})"
+        expression = f"{expression}{operation}{b}"
+        loose = operation in "+-"
+        friends = f"{b - 1} friends" if b > 2 else "a friend"
+        sentences.append(template.format(b=b, friends=friends, **words))
+
+    questions = QUESTIONS + [LEFT_QUESTION] if operation == "-" else QUESTIONS
+    sentences.append(rng.choice(questions).format(**words))
+    return Problem(question=" ".join(sentences), expression=expression, answer=value, difficulty=difficulty)
+
+
+def _divisors(value: int) -> list[int]:
+    """Small divisors (2..9) that leave a whole number above 1: division stays exact."""
+    return [d for d in range(2, 10) if value % d == 0 and value // d > 1]
+
+
+def problem_at(seed: int, index: int, difficulty: int | tuple[int, int], max_operand: int | None = None) -> Problem:
+    """The index-th problem of a stream: a pure function of its arguments. A (low, high) difficulty
+    draws each problem's difficulty uniformly from that range."""
+    rng = random.Random(f"arith:{seed}:{index}:{difficulty}:{max_operand}")
+    level = rng.randint(*difficulty) if isinstance(difficulty, tuple) else difficulty
+    return make_problem(rng, level, max_operand)
+
+
+def problems(n: int, difficulty: int | tuple[int, int] = (1, 3), seed: int = 0, start: int = 0,
+             max_operand: int | None = None) -> list[Problem]:
+    return [problem_at(seed, index, difficulty, max_operand) for index in range(start, start + n)]
+
+
+def generate(n: int, difficulty: int | tuple[int, int] = (1, 3), seed: int = 0, start: int = 0) -> list[dict]:
+    """n chat conversations ({"messages": [...]}) with calculator calls, deterministic by seed."""
+    return [problem.conversation() for problem in problems(n, difficulty, seed, start)]
+
+
+def reward(completion_text: str, problem: Problem) -> float:
+    """1.0 when the completion's final answer equals the problem's answer (see rewards.numeric_reward)."""
+    from workbench.train.rewards import numeric_reward
+
+    return numeric_reward(completion_text, problem.answer)
