@@ -1,0 +1,400 @@
+"""Generation: prefill once, decode one token at a time, tools and reasoning in the stream.
+
+The loop, top to bottom:
+1. the prompt goes through the model once (prefill) into a preallocated KV cache of batch 1,
+   which is then copied to the N rows that sample from it (shared prefill);
+2. each step picks one token per row: the next forced token if the row has any (tool output),
+   else a sampled one; each row's `_Row` state machine turns its token into events (text,
+   thought, tool call, tool output) and decides whether the row is finished;
+3. the chosen tokens go through the model as one [N, 1] batch, and the loop repeats until every
+   row is finished, or the cache is full ("length").
+
+Everything the model does is behind a token source (`ModelSource`): `prefill(ids, n)` and
+`step(tokens)` return next-token logits [N, V]. Models without a KV cache (bigram, mlp, or a GPT
+with use_cache=False for comparison) re-feed the last `max_context` tokens each step. Tests can
+drive the same loop with a scripted source, so the tool and reasoning logic is tested on exactly
+the code that runs with a real model.
+
+Rows stop at <|assistant_end|> (or <|bos|>, <|user_start|>, <|assistant_start|>, which can only
+mean the model has left its turn), at max_tokens (forced tokens count too), at a stop string in
+the answer text, or when the context is full. A stopping token is kept in `Generation.tokens`
+(GRPO trains on <|assistant_end|>); a stop string is cut from the text.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from workbench.engine.sampling import SamplingParams, make_generator, sample_next
+from workbench.engine.streaming import StopFilter, TextStream
+from workbench.tools import CalculatorError, calculate
+
+
+@dataclass
+class Event:
+    kind: str  # "text" | "thought" | "tool_call" | "tool_output" | "done"
+    text: str = ""
+    finish_reason: str | None = None  # "stop" | "length" on the done event
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class Completion:
+    text: str
+    thought: str = ""
+    tool_calls: list[dict[str, str]] = field(default_factory=list)  # [{"expression", "output"}]
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class Generation:
+    tokens: list[int]
+    sampled_mask: list[int]  # 1: sampled by the model, 0: forced (tool output)
+    finish_reason: str | None = None
+
+
+def run_tool(expression: str) -> str:
+    """The calculator's answer, or its error as text the model can read."""
+    try:
+        return calculate(expression)
+    except CalculatorError as error:
+        return f"Error: {error}"
+
+
+# ---------------------------------------------------------------------------------------------
+# one row's state machine: tokens in, events out
+
+
+class _Row:
+    def __init__(self, tokenizer, params: SamplingParams, use_tools: bool):
+        self.tokenizer = tokenizer
+        self.special = {name: tokenizer.special_id(f"<|{name}|>") for name in (
+            "bos", "user_start", "assistant_start", "assistant_end", "think_start", "think_end",
+            "python_start", "python_end", "output_start", "output_end")}
+        self.stop_ids = {self.special[name] for name in ("bos", "user_start", "assistant_start", "assistant_end")}
+        self.max_tokens = params.max_tokens
+        self.use_tools = use_tools
+        self.tokens: list[int] = []
+        self.sampled_mask: list[int] = []
+        self.forced: deque[int] = deque()
+        self.finished = False
+        self.finish_reason: str | None = None
+        self.mode = "text"  # text | thought | tool_call | tool_output
+        self.stream = TextStream(tokenizer.token_to_bytes)
+        self.stop_filter = StopFilter(params.stop)
+        self.tool_ids: list[int] = []  # the call or output being read
+        # what the row has said so far, for Completion
+        self.text_parts: list[str] = []
+        self.thought_parts: list[str] = []
+        self.tool_calls: list[dict[str, str]] = []
+
+    def push(self, token: int, sampled: bool) -> list[Event]:
+        """Take the row's next token; return the events it completes."""
+        self.tokens.append(token)
+        self.sampled_mask.append(1 if sampled else 0)
+        events: list[Event] = []
+        if token in self.stop_ids:
+            self._end_segment(events)
+            self._finish("stop")
+        elif token == self.special["think_start"]:
+            self._end_segment(events)
+            self.mode = "thought"
+        elif token == self.special["think_end"]:
+            self._end_segment(events)
+        elif token == self.special["python_start"]:
+            self._end_segment(events)
+            self.mode = "tool_call"
+        elif token == self.special["output_start"]:
+            self._end_segment(events)
+            self.mode = "tool_output"
+        elif token == self.special["python_end"] or token == self.special["output_end"]:
+            was_call = self.mode == "tool_call"
+            self._end_segment(events)
+            if was_call and token == self.special["python_end"] and self.use_tools:
+                output = run_tool(self.tool_calls[-1]["expression"])
+                self.forced.extend([self.special["output_start"], *self.tokenizer.encode(output),
+                                    self.special["output_end"]])
+        elif self.tokenizer.is_special(token):
+            pass  # any other special token (e.g. a stray <|user_end|>) carries no text
+        elif self.mode in ("tool_call", "tool_output"):
+            self.tool_ids.append(token)
+        else:
+            self._emit(self.stream.push(token), events)
+        if not self.finished and len(self.tokens) >= self.max_tokens:
+            self._end_segment(events)
+            self._finish("length")
+        return events
+
+    def finish_length(self) -> list[Event]:
+        """The context is full: end the row where it stands."""
+        events: list[Event] = []
+        self._end_segment(events)
+        self._finish("length")
+        return events
+
+    def _finish(self, reason: str) -> None:
+        if not self.finished:
+            self.finished, self.finish_reason = True, reason
+            self.forced.clear()
+
+    def _emit(self, piece: str, events: list[Event]) -> None:
+        if self.mode == "thought":
+            if piece:
+                self.thought_parts.append(piece)
+                events.append(Event("thought", piece))
+            return
+        shown = self.stop_filter.push(piece)
+        if shown:
+            self.text_parts.append(shown)
+            events.append(Event("text", shown))
+        if self.stop_filter.stopped:
+            self._finish("stop")
+
+    def _end_segment(self, events: list[Event]) -> None:
+        """Close the current text/thought/tool segment, releasing anything it held back."""
+        if self.mode in ("tool_call", "tool_output"):
+            text = self.tokenizer.decode_bytes(self.tool_ids).decode("utf-8", errors="replace")
+            if self.mode == "tool_call":
+                self.tool_calls.append({"expression": text, "output": ""})
+                events.append(Event("tool_call", text))
+            else:
+                if self.tool_calls and not self.tool_calls[-1]["output"]:
+                    self.tool_calls[-1]["output"] = text
+                events.append(Event("tool_output", text))
+            self.tool_ids = []
+        else:
+            self._emit(self.stream.flush(), events)
+            if self.mode == "text" and not self.finished:
+                tail = self.stop_filter.flush()
+                if tail:
+                    self.text_parts.append(tail)
+                    events.append(Event("text", tail))
+        self.mode = "text"
+
+    def completion(self, prompt_tokens: int) -> Completion:
+        return Completion(text="".join(self.text_parts), thought="".join(self.thought_parts),
+                          tool_calls=list(self.tool_calls), finish_reason=self.finish_reason,
+                          prompt_tokens=prompt_tokens, completion_tokens=len(self.tokens))
+
+
+# ---------------------------------------------------------------------------------------------
+# token sources: what the loop asks the model
+
+
+class ModelSource:
+    """Next-token logits from a model, with a preallocated KV cache or by re-feeding the context."""
+
+    def __init__(self, model, device, use_cache: bool = True):
+        self.model = model
+        self.device = torch.device(device)
+        self.use_cache = use_cache and getattr(model, "supports_kv_cache", False)
+        # A GPT cannot see past seq_len with or without the cache; the baselines have no such limit.
+        self.max_len = model.config.seq_len if getattr(model, "supports_kv_cache", False) else None
+        self.max_context = model.max_context
+        # the activations' dtype (an INT8 model's linears hold int8, its embedding stays float)
+        self.dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+        self.cache = None
+        self.history: torch.Tensor | None = None  # [N, length], the no-cache path
+        self.length = 0
+
+    def room(self) -> int | None:
+        """Tokens that can still be fed (None: no limit)."""
+        return None if self.max_len is None else self.max_len - self.length
+
+    @torch.inference_mode()
+    def prefill(self, prompt_ids: list[int], num_samples: int) -> torch.Tensor:
+        idx = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
+        self.length = len(prompt_ids)
+        if self.use_cache:
+            self.cache = self.model.make_kv_cache(1, self.max_len, device=self.device, dtype=self.dtype)
+            logits = self.model(idx, kv_cache=self.cache)[:, -1]
+            if num_samples > 1:
+                self.cache = self.cache.expand(num_samples)
+        else:
+            self.history = idx.expand(num_samples, -1)
+            logits = self.model(idx[:, -self.max_context:])[:, -1]
+        return logits.expand(num_samples, -1)
+
+    @torch.inference_mode()
+    def step(self, tokens: list[int]) -> torch.Tensor:
+        idx = torch.tensor(tokens, dtype=torch.long, device=self.device).view(-1, 1)
+        self.length += 1
+        if self.use_cache:
+            return self.model(idx, kv_cache=self.cache)[:, -1]
+        self.history = torch.cat([self.history, idx], dim=1)
+        return self.model(self.history[:, -self.max_context:])[:, -1]
+
+
+def measure_speed(model, prompt_tokens: int = 16, new_tokens: int = 64, batch_size: int = 1,
+                  use_cache: bool = True, device="cpu", seed: int = 0) -> dict[str, float]:
+    """Prefill and decode tokens/s of the engine's token source and sampler (random token ids,
+    greedy, no stop): prefill = prompt_tokens / its forward time; decode = batch_size *
+    new_tokens / the time of new_tokens steps (each a forward of [batch, 1] and a sample)."""
+    source = ModelSource(model, device, use_cache)
+    limit = source.room()
+    if limit is not None:
+        prompt_tokens = min(prompt_tokens, limit - new_tokens)
+        if prompt_tokens < 1:
+            raise ValueError(f"prompt + {new_tokens} new tokens do not fit the context of {limit}")
+    generator = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, model.vocab_size, (prompt_tokens,), generator=generator).tolist()
+    params = SamplingParams(temperature=0.0)
+    start = time.perf_counter()
+    logits = source.prefill(prompt, batch_size)
+    tokens = sample_next(logits, params).tolist()
+    prefill_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        tokens = sample_next(source.step(tokens), params).tolist()
+    decode_seconds = time.perf_counter() - start
+    return {"prefill_tokens_per_second": prompt_tokens / prefill_seconds,
+            "decode_tokens_per_second": batch_size * new_tokens / decode_seconds,
+            "prefill_seconds": prefill_seconds, "decode_seconds": decode_seconds}
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+class GenerationRun:
+    """One generation: iterate it for (row index, events) as tokens are produced; `rows` holds
+    each row's tokens, sampled mask and finish reason. Nothing runs until it is iterated, and
+    several runs may be interleaved on one engine (each has its own cache)."""
+
+    def __init__(self, source, tokenizer, prompt_ids: list[int], params: SamplingParams,
+                 num_samples: int = 1, use_tools: bool = True):
+        if not prompt_ids:
+            raise ValueError("generation needs at least one prompt token")
+        room = source.room()
+        if room is not None and len(prompt_ids) >= room:
+            prompt_ids = prompt_ids[-(room - 1):]  # keep the most recent context, one slot to answer
+        self.source, self.tokenizer, self.params = source, tokenizer, params
+        self.prompt_ids = list(prompt_ids)
+        self.rows = [_Row(tokenizer, params, use_tools) for _ in range(num_samples)]
+
+    def __iter__(self) -> Iterator[tuple[int, list[Event]]]:
+        rows, source, params = self.rows, self.source, self.params
+        logits = source.prefill(self.prompt_ids, len(rows))
+        generator = make_generator(params.seed, logits.device)
+        seen = None
+        if params.repetition_penalty != 1.0:
+            seen = torch.zeros(len(rows), logits.size(-1), dtype=torch.bool, device=logits.device)
+        while True:
+            needs_sample = any(not row.finished and not row.forced for row in rows)
+            sampled = sample_next(logits, params, generator, seen).tolist() if needs_sample else None
+            feed = []
+            for index, row in enumerate(rows):
+                if row.finished:
+                    feed.append(row.tokens[-1] if row.tokens else self.prompt_ids[-1])  # padding, never read
+                    continue
+                token, was_sampled = (row.forced.popleft(), False) if row.forced else (sampled[index], True)
+                events = row.push(token, was_sampled)
+                if seen is not None and was_sampled and not self.tokenizer.is_special(token):
+                    seen[index, token] = True
+                feed.append(token)
+                if events:
+                    yield index, events
+            if all(row.finished for row in rows):
+                return
+            room = source.room()
+            if room is not None and room <= 0:
+                for index, row in enumerate(rows):
+                    if not row.finished:
+                        yield index, row.finish_length()
+                return
+            logits = source.step(feed)
+
+
+# ---------------------------------------------------------------------------------------------
+# the engine
+
+
+class Engine:
+    def __init__(self, model, tokenizer, device="cpu", use_cache: bool = True):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        self.use_cache = use_cache
+        self.model_name = ""
+
+    @classmethod
+    def from_checkpoint(cls, spec, device="auto", dtype: str | None = None) -> Engine:
+        """An engine over a checkpoint folder or run folder (its newest checkpoint).
+
+        dtype: "float32" | "bfloat16" | None (bf16 on CUDA, float32 elsewhere). INT8 checkpoints
+        keep their int8 linears whatever the dtype of the rest."""
+        from workbench.train.checkpoint import load_checkpoint
+        from workbench.train.common import resolve_device
+
+        device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        checkpoint = load_checkpoint(spec, device=str(device))
+        model = checkpoint.model
+        chosen = dtype or ("bfloat16" if device.type == "cuda" else "float32")
+        if chosen == "bfloat16":
+            model = model.to(torch.bfloat16)
+        engine = cls(model, checkpoint.tokenizer, device=device)
+        engine.model_name = checkpoint.path.parent.parent.name + "/" + checkpoint.path.name
+        engine.checkpoint = checkpoint
+        return engine
+
+    # ---- token level ----
+
+    def start(self, prompt_ids: list[int], params: SamplingParams, num_samples: int = 1,
+              use_tools: bool = True, source=None) -> GenerationRun:
+        """A generation of num_samples rows from a shared prefill; iterate it to run it."""
+        source = source or ModelSource(self.model, self.device, self.use_cache)
+        return GenerationRun(source, self.tokenizer, prompt_ids, params, num_samples, use_tools)
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams, num_samples: int = 1,
+                 use_tools: bool = True) -> list[Generation]:
+        """num_samples completions of one prompt from a shared prefill."""
+        run = self.start(prompt_ids, params, num_samples, use_tools)
+        for _ in run:
+            pass
+        return [Generation(row.tokens, row.sampled_mask, row.finish_reason) for row in run.rows]
+
+    # ---- chat level ----
+
+    def chat_prompt(self, messages: list[dict[str, Any]], params: SamplingParams) -> list[int]:
+        """The conversation primed for the reply, oldest turns dropped while it would leave less
+        than min(max_tokens, half the context) for the answer."""
+        ids = self.tokenizer.render_for_completion(messages)
+        limit = getattr(self.model, "supports_kv_cache", False) and self.model.config.seq_len
+        if not limit:
+            return ids
+        reserve = min(params.max_tokens, limit // 2)
+        messages = list(messages)
+        system = [m for m in messages[:1] if m.get("role") == "system"]
+        turns = messages[len(system):]
+        while len(ids) + reserve > limit and len(turns) > 2:
+            turns = turns[2:]  # one user message and the assistant's answer
+            ids = self.tokenizer.render_for_completion(system + turns)
+        return ids
+
+    def stream_chat(self, messages, params: SamplingParams, use_tools: bool = True) -> Iterator[Event]:
+        """Events of one answer as it is generated: text pieces (complete UTF-8), thoughts, tool
+        calls and outputs, then one "done" event with the finish reason and token counts."""
+        prompt = self.chat_prompt(messages, params)
+        run = self.start(prompt, params, 1, use_tools)
+        for _, events in run:
+            yield from events
+        row = run.rows[0]
+        yield Event("done", finish_reason=row.finish_reason, prompt_tokens=len(prompt),
+                    completion_tokens=len(row.tokens))
+
+    def complete_chat(self, messages, params: SamplingParams, n: int = 1,
+                      use_tools: bool = True) -> list[Completion]:
+        prompt = self.chat_prompt(messages, params)
+        run = self.start(prompt, params, n, use_tools)
+        for _ in run:
+            pass
+        return [row.completion(len(prompt)) for row in run.rows]
