@@ -386,3 +386,78 @@ def test_stops_at_bos_and_at_max_tokens(engine, tokenizer):
     long_script = tokenizer.encode("word " * 50)
     run, _ = run_script(engine, [long_script], SamplingParams(temperature=0.0, max_tokens=7))
     assert run.rows[0].finish_reason == "length" and len(run.rows[0].tokens) == 7
+
+
+# ---------------------------------------------------------------------------------------------
+# the JSON-lines worker
+
+
+class WorkerProcess:
+    def __init__(self, *args):
+        import subprocess
+        import sys
+
+        self.process = subprocess.Popen([sys.executable, "-m", "workbench.engine.worker", *map(str, args)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, bufsize=1)
+
+    def send(self, *messages):
+        import json
+
+        self.process.stdin.write("".join(json.dumps(m) + "\n" if isinstance(m, dict) else m for m in messages))
+        self.process.stdin.flush()
+
+    def read(self):
+        import json
+
+        line = self.process.stdout.readline()
+        assert line, self.process.stderr.read()
+        return json.loads(line)
+
+    def until_done(self):
+        messages = []
+        while not messages or messages[-1]["type"] not in ("done", "error"):
+            messages.append(self.read())
+        return messages
+
+
+def test_worker_json_lines(tiny_checkpoint):
+    worker = WorkerProcess(tiny_checkpoint, "--device", "cpu")
+    try:
+        ready = worker.read()
+        assert ready["type"] == "ready" and ready["params"] > 0 and ready["device"] == "cpu"
+        chat = {"type": "chat", "messages": [{"role": "user", "content": "Hello"}],
+                "sampling": {"temperature": 0, "max_tokens": 10}}
+        worker.send(chat)
+        answer = worker.until_done()
+        done = answer[-1]
+        assert done["type"] == "done" and done["finish_reason"] in ("stop", "length") and not done["stopped"]
+        assert 1 <= done["completion_tokens"] <= 10 and done["prompt_tokens"] > 0 and done["seconds"] >= 0
+        assert all(m["type"] in ("text", "thought", "tool_call", "tool_output") for m in answer[:-1])
+        # a stop right behind a chat stops it, and only it
+        worker.send(dict(chat, sampling={"temperature": 0, "max_tokens": 40}), {"type": "stop"}, chat)
+        stopped = worker.until_done()
+        assert stopped[-1]["type"] == "done" and stopped[-1]["stopped"] and stopped[-1]["completion_tokens"] < 40
+        again = worker.until_done()
+        assert [m.get("text") for m in again[:-1]] == [m.get("text") for m in answer[:-1]]
+        assert not again[-1]["stopped"]
+        # bad requests are reported and the worker carries on
+        worker.send("this is not json\n", {"type": "dance"}, dict(chat, sampling={"temperature": -2}),
+                    dict(chat, sampling={"bogus": 1}), dict(chat, messages=[{"role": "assistant", "content": "x"}]))
+        errors = [worker.read() for _ in range(5)]
+        assert [e["type"] for e in errors] == ["error"] * 5
+        assert "bogus" in errors[3]["message"]
+        worker.send(chat)
+        assert worker.until_done()[-1]["type"] == "done"
+        worker.process.stdin.close()  # end of input ends the worker
+        assert worker.process.wait(timeout=30) == 0
+    finally:
+        worker.process.kill()
+        worker.process.wait()
+
+
+def test_worker_bad_checkpoint(tmp_path):
+    worker = WorkerProcess(tmp_path / "missing", "--device", "cpu")
+    message = worker.read()
+    assert message["type"] == "error" and "missing" in message["message"]
+    assert worker.process.wait(timeout=60) == 2

@@ -325,6 +325,7 @@ class Engine:
         self.device = torch.device(device)
         self.use_cache = use_cache
         self.model_name = ""
+        self.checkpoint = None  # the Checkpoint it was loaded from (from_checkpoint)
 
     @classmethod
     def from_checkpoint(cls, spec, device="auto", dtype: str | None = None) -> Engine:
@@ -345,6 +346,11 @@ class Engine:
         engine.model_name = checkpoint.path.parent.parent.name + "/" + checkpoint.path.name
         engine.checkpoint = checkpoint
         return engine
+
+    @property
+    def num_params(self) -> int:
+        """Weights in the model (an INT8 model's int8 weights included, its scales not)."""
+        return sum(t.numel() for name, t in self.model.state_dict().items() if not name.endswith("_scale"))
 
     # ---- token level ----
 
@@ -380,21 +386,24 @@ class Engine:
             ids = self.tokenizer.render_for_completion(system + turns)
         return ids
 
+    def start_chat(self, messages, params: SamplingParams, num_samples: int = 1,
+                   use_tools: bool = True) -> GenerationRun:
+        """A generation answering the conversation (iterate it to run it)."""
+        return self.start(self.chat_prompt(messages, params), params, num_samples, use_tools)
+
     def stream_chat(self, messages, params: SamplingParams, use_tools: bool = True) -> Iterator[Event]:
         """Events of one answer as it is generated: text pieces (complete UTF-8), thoughts, tool
         calls and outputs, then one "done" event with the finish reason and token counts."""
-        prompt = self.chat_prompt(messages, params)
-        run = self.start(prompt, params, 1, use_tools)
+        run = self.start_chat(messages, params, 1, use_tools)
         for _, events in run:
             yield from events
         row = run.rows[0]
-        yield Event("done", finish_reason=row.finish_reason, prompt_tokens=len(prompt),
+        yield Event("done", finish_reason=row.finish_reason, prompt_tokens=len(run.prompt_ids),
                     completion_tokens=len(row.tokens))
 
     def complete_chat(self, messages, params: SamplingParams, n: int = 1,
                       use_tools: bool = True) -> list[Completion]:
-        prompt = self.chat_prompt(messages, params)
-        run = self.start(prompt, params, n, use_tools)
+        run = self.start_chat(messages, params, n, use_tools)
         for _ in run:
             pass
-        return [row.completion(len(prompt)) for row in run.rows]
+        return [row.completion(len(run.prompt_ids)) for row in run.rows]
