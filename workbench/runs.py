@@ -164,7 +164,7 @@ def pid_alive(pid: int | None) -> bool:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError, ValueError, TypeError):  # gone, or a nonsense pid
         return False
     except PermissionError:
         return True

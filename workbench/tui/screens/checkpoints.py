@@ -1,0 +1,214 @@
+"""Checkpoint browser: every checkpoint of every run with step, tokens, val bpb and size; mark two
+to see how their configs differ; chat with one, evaluate it, resume training from it, export it,
+or delete it."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from rich.syntax import Syntax
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from workbench import runs
+from workbench.errors import BadInput
+from workbench.tui.launch import launch_quantize, launch_resume
+from workbench.tui.screens.runs import format_count
+from workbench.tui.widgets.dialogs import ConfirmDialog, PromptDialog
+
+COLUMNS = ("", "run", "checkpoint", "stage", "step", "tokens", "val bpb", "size", "evals")
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def folder_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def format_size(size: int) -> str:
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
+def all_checkpoints(runs_dir: Path) -> list[Path]:
+    found = []
+    for info in sorted(runs.list_runs(runs_dir), key=lambda info: info.name):
+        found.extend(runs.list_checkpoints(info.path))
+    return found
+
+
+def config_as_toml(checkpoint: Path) -> str:
+    data = read_json(checkpoint / "config.json")
+    if data is None:
+        return f"# {checkpoint / 'config.json'}: missing or unreadable\n"
+    try:
+        return tomli_w.dumps(data)
+    except (TypeError, ValueError) as error:
+        return f"# config.json cannot be shown as TOML: {error}\n"
+
+
+def config_diff(first: Path, second: Path) -> str:
+    lines = difflib.unified_diff(config_as_toml(first).splitlines(), config_as_toml(second).splitlines(),
+                                 fromfile=f"{first.parent.parent.name}/{first.name}",
+                                 tofile=f"{second.parent.parent.name}/{second.name}", lineterm="")
+    return "\n".join(lines) or "(the two configs are identical)"
+
+
+class CheckpointsScreen(Screen):
+    TITLE = "Checkpoints"
+    BINDINGS = [
+        Binding("space", "mark", "Mark (diff two)"),
+        Binding("c", "chat", "Chat"),
+        Binding("e", "evaluate", "Evaluate"),
+        Binding("r", "resume", "Resume training"),
+        Binding("x", "export", "Export"),
+        Binding("i", "quantize", "INT8"),
+        Binding("d", "delete", "Delete"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="ckpt-empty", classes="empty-state")
+        yield DataTable(id="ckpt-table", cursor_type="row", zebra_stripes=True)
+        with VerticalScroll(id="ckpt-diff-box", classes="panel"):
+            yield Static(Text("mark two checkpoints with space to compare their configs", style="dim"),
+                         id="ckpt-diff")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        for column in COLUMNS:
+            table.add_column(column, key=column)
+        self.marked: list[Path] = []
+        self.diff_text = ""
+        self.query_one("#ckpt-diff-box").border_title = "config diff"
+
+    def on_screen_resume(self) -> None:
+        self.sync_with_app()
+
+    def sync_with_app(self) -> None:
+        self.refresh_table()
+        self.query_one(DataTable).focus()
+
+    def refresh_table(self) -> None:
+        checkpoints = all_checkpoints(self.app.runs_dir)
+        self.marked = [path for path in self.marked if path in checkpoints]
+        table = self.query_one(DataTable)
+        selected = self.selected()
+        table.clear()
+        for path in checkpoints:
+            meta = read_json(path / "meta.json") or {}
+            evals = read_json(path / "evals.json") or {}
+            bpb = meta.get("val_bpb")
+            table.add_row("●" if path in self.marked else "", path.parent.parent.name, path.name,
+                          str(meta.get("stage", "-")), str(meta.get("step", "-")),
+                          format_count(meta.get("tokens")),
+                          f"{bpb:.4f}" if isinstance(bpb, (int, float)) else "-",
+                          format_size(folder_size(path)), ", ".join(sorted(evals)) or "-", key=str(path))
+        empty = self.query_one("#ckpt-empty", Static)
+        empty.display = not checkpoints
+        empty.update(f"No checkpoints in {self.app.runs_dir} yet: a training run saves them every "
+                     f"[train] save_every steps.")
+        if selected in checkpoints:
+            table.move_cursor(row=checkpoints.index(selected))
+
+    def selected(self) -> Path | None:
+        table = self.query_one(DataTable)
+        if not table.row_count:
+            return None
+        row_key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
+        return Path(row_key.value)
+
+    def action_mark(self) -> None:
+        path = self.selected()
+        if path is None:
+            return
+        if path in self.marked:
+            self.marked.remove(path)
+        else:
+            self.marked = (self.marked + [path])[-2:]
+        self.refresh_table()
+        diff = self.query_one("#ckpt-diff", Static)
+        if len(self.marked) == 2:
+            self.diff_text = config_diff(*self.marked)
+            diff.update(Syntax(self.diff_text, "diff", theme="ansi_dark", background_color="default"))
+        else:
+            diff.update(Text(f"{len(self.marked)} of 2 marked", style="dim"))
+
+    def action_chat(self) -> None:
+        if (path := self.selected()) is not None:
+            self.app.open_chat(path)
+
+    def action_evaluate(self) -> None:
+        if (path := self.selected()) is not None:
+            self.app.open_eval(path)
+
+    def action_resume(self) -> None:
+        path = self.selected()
+        if path is None:
+            return
+        try:
+            run_dir, pid = launch_resume(path)
+        except BadInput as error:
+            self.notify(str(error), severity="error")
+            return
+        self.notify(f"resuming {run_dir.name} (pid {pid})")
+        self.app.open_run(run_dir)
+
+    def action_quantize(self) -> None:
+        path = self.selected()
+        if path is not None:
+            run_dir, pid = launch_quantize(path)
+            self.notify(f"writing an INT8 copy of {path.name} (pid {pid}); log: {run_dir / 'quantize.log'}")
+
+    def action_export(self) -> None:
+        path = self.selected()
+        if path is None:
+            return
+
+        def export(target: str | None) -> None:
+            if not target:
+                return
+            destination = Path(target).expanduser()
+            if destination.exists():
+                self.notify(f"{destination} already exists", severity="error")
+                return
+            try:
+                shutil.copytree(path, destination)
+            except OSError as error:
+                self.notify(f"export failed: {error}", severity="error")
+                return
+            self.notify(f"exported {path.name} to {destination}")
+
+        default = f"exports/{path.parent.parent.name}-{path.name}"
+        self.app.push_screen(PromptDialog(f"Copy {path.name} to:", default), export)
+
+    def action_delete(self) -> None:
+        path = self.selected()
+        if path is None:
+            return
+
+        def delete(confirmed: bool | None) -> None:
+            if confirmed:
+                shutil.rmtree(path, ignore_errors=True)
+                self.notify(f"deleted {path}")
+                self.refresh_table()
+
+        self.app.push_screen(ConfirmDialog(f"Delete checkpoint {path}?"), delete)

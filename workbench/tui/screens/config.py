@@ -1,0 +1,148 @@
+"""Config: pick or create a per-run TOML, edit it with TOML highlighting, validate as you type
+(errors with line numbers), save it, and launch any stage as a detached worker.
+
+An invalid config can be saved (work in progress) but never launched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import Button, Footer, Header, Input, Label, Select, Static, TextArea
+
+from workbench import config as config_module
+from workbench import runs
+from workbench.errors import BadInput
+from workbench.tui.launch import STAGES, config_files, display_path, launch_stage
+
+NEW_CONFIG = Path("configs/new.toml")
+
+
+class ConfigScreen(Screen):
+    TITLE = "Config"
+    BINDINGS = [
+        Binding("ctrl+s", "save", "Save", priority=True),
+        Binding("ctrl+l", "launch", "Launch stage", priority=True),
+        Binding("ctrl+o", "focus_picker", "Open…", priority=True),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="config-top"):
+            yield Select([], prompt="open a config…", id="config-picker")
+            yield Input(placeholder="save as (path)", id="config-path")
+        yield TextArea.code_editor("", language="toml", id="config-editor")
+        yield Static(id="config-errors")
+        with Horizontal(id="config-actions"):
+            yield Label("stage:")
+            yield Select([(stage, stage) for stage in STAGES], value="pretrain", allow_blank=False,
+                         id="config-stage")
+            yield Button("Launch (ctrl+l)", variant="success", id="config-launch")
+            yield Button("Save (ctrl+s)", id="config-save")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.errors: list[str] = []
+        self.fill_picker()
+
+    def on_screen_resume(self) -> None:
+        self.sync_with_app()
+
+    def sync_with_app(self) -> None:
+        """Load what the app asked for (n on Runs -> configs/tiny.toml), else keep the open file;
+        if nothing is open yet, start from the current run's config or the default."""
+        self.fill_picker()
+        pending, self.app.pending_config = self.app.pending_config, None
+        if pending is not None:
+            self.load_file(pending)
+        elif not self.query_one("#config-path", Input).value:
+            current = self.app.current_run
+            if current is not None and (current / "config.toml").is_file():
+                self.load_file(current / "config.toml")
+            else:
+                self.load_file(config_module.default_config_path())
+        self.query_one(TextArea).focus()
+
+    def fill_picker(self) -> None:
+        options = [(display_path(path), str(path)) for path in config_files(self.app.runs_dir)]
+        self.query_one("#config-picker", Select).set_options(options)
+
+    def load_file(self, path: Path) -> None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            self.notify(f"{path}: cannot read: {error}", severity="error")
+            return
+        if path.resolve() == config_module.default_config_path().resolve():
+            # Never edit the embedded default in place: a new run starts as a copy.
+            path = NEW_CONFIG
+        self.query_one("#config-path", Input).value = display_path(path)
+        self.query_one(TextArea).load_text(text)
+        self.validate()
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "config-picker" and event.value is not Select.NULL:
+            self.load_file(Path(str(event.value)))
+
+    def on_text_area_changed(self, event: TextArea.Changed) -> None:
+        self.validate()
+
+    def validate(self) -> list[str]:
+        text = self.query_one(TextArea).text
+        path = self.query_one("#config-path", Input).value or "<config>"
+        _, self.errors = config_module.parse(text, path)
+        box = self.query_one("#config-errors", Static)
+        # Text, not markup: error messages contain "[train]", which markup would swallow.
+        report = Text()
+        for error in self.errors:
+            report.append("✗ ", style="bold red").append(error + "\n")
+        box.update(report if self.errors else Text.assemble(("✓ ", "bold green"), "valid"))
+        box.set_class(bool(self.errors), "invalid")
+        self.query_one("#config-launch", Button).disabled = bool(self.errors)
+        return self.errors
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "config-launch":
+            self.action_launch()
+        elif event.button.id == "config-save":
+            self.action_save()
+
+    def action_focus_picker(self) -> None:
+        self.query_one("#config-picker", Select).focus()
+
+    def action_save(self) -> Path | None:
+        value = self.query_one("#config-path", Input).value.strip()
+        if not value:
+            self.notify("give the config a path first", severity="error")
+            return None
+        path = Path(value)
+        try:
+            runs.atomic_write_text(path, self.query_one(TextArea).text)
+        except OSError as error:
+            self.notify(f"{path}: cannot save: {error}", severity="error")
+            return None
+        self.app.current_config = path
+        self.notify(f"saved {path}")
+        return path
+
+    def action_launch(self) -> None:
+        if self.validate():
+            self.notify("fix the config errors first: an invalid config cannot be launched", severity="error")
+            return
+        path = self.action_save()
+        if path is None:
+            return
+        stage = str(self.query_one("#config-stage", Select).value)
+        try:
+            run_dir, pid = launch_stage(stage, path)
+        except BadInput as error:
+            self.notify(str(error), severity="error")
+            return
+        self.notify(f"started {stage} (pid {pid}); log: {run_dir / 'train.log'}")
+        next_screen = {"prepare": "data", "tokenizer": "data", "eval": "evals"}.get(stage, "dashboard")
+        self.app.open_run(run_dir, next_screen)

@@ -1,0 +1,77 @@
+"""Small modal screens: yes/no confirmation, a one-line prompt, and picking several items."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, SelectionList
+
+
+class ConfirmDialog(ModalScreen[bool]):
+    """Ask before anything destructive; y/enter confirms, n/escape cancels."""
+
+    BINDINGS = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
+
+    def __init__(self, question: str):
+        super().__init__(classes="dialog")
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog-box"):
+            yield Label(self.question, classes="dialog-question")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Yes (y)", variant="error", id="yes")
+                yield Button("No (n)", variant="primary", id="no")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, answer: bool) -> None:
+        self.dismiss(answer)
+
+
+class PromptDialog(ModalScreen[str | None]):
+    """One line of text (a path to export to, say); enter accepts, escape cancels."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, question: str, value: str = ""):
+        super().__init__(classes="dialog")
+        self.question, self.value = question, value
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog-box"):
+            yield Label(self.question, classes="dialog-question")
+            yield Input(self.value, id="answer")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class PickDialog(ModalScreen[list[str] | None]):
+    """Tick several items (runs to overlay); enter accepts, escape cancels."""
+
+    BINDINGS = [Binding("enter", "accept", "Accept", priority=True), Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, question: str, items: list[str], selected: list[str]):
+        super().__init__(classes="dialog")
+        self.question, self.items, self.selected = question, items, set(selected)
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog-box"):
+            yield Label(self.question + "  (space ticks, enter accepts)", classes="dialog-question")
+            yield SelectionList[str](*[(item, item, item in self.selected) for item in self.items], id="items")
+
+    def action_accept(self) -> None:
+        self.dismiss(list(self.query_one("#items", SelectionList).selected))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
