@@ -1,0 +1,181 @@
+"""Checkpoints: atomic saves, finding the newest, and loading that refuses anything broken with a
+one-line BadInput naming the file."""
+
+import json
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from workbench import runs
+from workbench.errors import BadInput
+from workbench.train.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from workbench.train.common import capture_rng_states, restore_rng_states
+
+
+@pytest.fixture
+def checkpoint_copy(tiny_checkpoint, tmp_path):
+    """A private copy of the session checkpoint (inside a run folder) that a test may damage."""
+    target = tmp_path / "run" / "checkpoints" / tiny_checkpoint.name
+    shutil.copytree(tiny_checkpoint, target)
+    return target
+
+
+def test_round_trip(tiny_checkpoint, tiny_config):
+    loaded = load_checkpoint(tiny_checkpoint, with_optimizer=True)
+    assert loaded.step == 40 and loaded.meta["stage"] == "pretrain" and loaded.meta["tokens"] == 40 * 512
+    assert loaded.meta["val_bpb"] is not None and loaded.meta["loader_state"]["seq_len"] == 64
+    assert loaded.config.model == tiny_config.model and loaded.tokenizer.vocab_size == 512
+    assert loaded.optimizer_tensors and "steps_taken" in loaded.optimizer_tensors
+    assert not loaded.model.training
+    # config.json is frozen: absolute paths, valid from any working directory
+    assert loaded.config.data_dir == tiny_config.data_dir
+    again = load_checkpoint(tiny_checkpoint.parent.parent)  # the run folder -> its newest
+    idx = torch.randint(0, 512, (2, 16))
+    assert torch.equal(loaded.model(idx), again.model(idx))
+
+
+def test_resolve(tiny_checkpoint, tmp_path):
+    run_dir = tiny_checkpoint.parent.parent
+    assert resolve_checkpoint(tiny_checkpoint) == tiny_checkpoint
+    assert resolve_checkpoint(run_dir) == tiny_checkpoint
+    assert resolve_checkpoint(run_dir / "checkpoints") == tiny_checkpoint
+    with pytest.raises(BadInput, match="no such"):
+        resolve_checkpoint(tmp_path / "absent")
+    (tmp_path / "empty-run").mkdir()
+    with pytest.raises(BadInput, match="no checkpoints"):
+        resolve_checkpoint(tmp_path / "empty-run")
+
+
+def test_keep_last_and_same_step_resave(tiny_checkpoint, tmp_path):
+    loaded = load_checkpoint(tiny_checkpoint)
+    for step in range(1, 6):
+        save_checkpoint(tmp_path, step, loaded.model, loaded.config, loaded.tokenizer, keep_last=3)
+    assert [p.name for p in runs.list_checkpoints(tmp_path)] == ["step_000003", "step_000004", "step_000005"]
+    path = save_checkpoint(tmp_path, 5, loaded.model, loaded.config, loaded.tokenizer, meta={"val_bpb": 1.5},
+                           keep_last=3)
+    assert json.loads((path / "meta.json").read_text())["val_bpb"] == 1.5
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "step_000003", "step_000004", "step_000005"]  # no temporary folders left behind
+
+
+def test_leftover_temporary_folder_from_a_killed_save(checkpoint_copy):
+    """A kill -9 during a save leaves `.tmp-step_N` with a truncated file: it is never mistaken for
+    a checkpoint, the previous one still loads, and the next save clears it."""
+    run_dir = checkpoint_copy.parent.parent
+    broken = checkpoint_copy.parent / ".tmp-step_000060"
+    shutil.copytree(checkpoint_copy, broken)
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
+    (broken / "meta.json").unlink()
+    assert resolve_checkpoint(run_dir) == checkpoint_copy
+    loaded = load_checkpoint(run_dir)
+    assert loaded.step == 40
+    save_checkpoint(run_dir, 60, loaded.model, loaded.config, loaded.tokenizer)
+    assert not broken.exists() and load_checkpoint(run_dir).step == 60
+
+
+def test_kill_9_during_saves_leaves_a_loadable_checkpoint(tiny_checkpoint, tmp_path):
+    """A real process saving checkpoints in a loop, killed with SIGKILL at a random moment."""
+    run_dir = tmp_path / "run"
+    script = textwrap.dedent(f"""
+        import sys
+        from workbench.train.checkpoint import load_checkpoint, save_checkpoint
+        loaded = load_checkpoint({str(tiny_checkpoint)!r})
+        step = 0
+        while True:
+            step += 1
+            save_checkpoint({str(run_dir)!r}, step, loaded.model, loaded.config, loaded.tokenizer, keep_last=2)
+            print(step, flush=True)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        for _ in range(3):  # at least three complete saves, then a kill at an arbitrary moment
+            assert process.stdout.readline(), "the saving process died"
+        time.sleep(random.uniform(0.0, 0.05))
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    newest = load_checkpoint(run_dir)
+    assert newest.step >= 3
+    for folder in runs.list_checkpoints(run_dir):
+        load_checkpoint(folder)
+
+
+def test_truncated_model_file_is_bad_input(checkpoint_copy):
+    path = checkpoint_copy / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(BadInput, match=r"model\.safetensors: corrupt or truncated"):
+        load_checkpoint(checkpoint_copy)
+
+
+def test_truncated_optimizer_file_is_bad_input(checkpoint_copy):
+    path = checkpoint_copy / "optimizer.safetensors"
+    path.write_bytes(path.read_bytes()[:50])
+    load_checkpoint(checkpoint_copy)  # not needed for inference
+    with pytest.raises(BadInput, match=r"optimizer\.safetensors: corrupt or truncated"):
+        load_checkpoint(checkpoint_copy, with_optimizer=True)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json", "tokenizer.json"])
+def test_missing_file_is_bad_input(checkpoint_copy, name):
+    (checkpoint_copy / name).unlink()
+    with pytest.raises(BadInput, match=name.replace(".", r"\.")):
+        load_checkpoint(checkpoint_copy)
+
+
+def test_garbage_files_are_bad_input(checkpoint_copy):
+    (checkpoint_copy / "meta.json").write_text("{not json")
+    with pytest.raises(BadInput, match=r"meta\.json"):
+        load_checkpoint(checkpoint_copy)
+
+
+def test_shape_mismatch_against_config_is_refused(checkpoint_copy):
+    config = json.loads((checkpoint_copy / "config.json").read_text())
+    config["model"]["width"] = 128
+    (checkpoint_copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BadInput, match=r"model\.safetensors: .*shape"):
+        load_checkpoint(checkpoint_copy)
+
+
+def test_vocab_mismatch_against_tokenizer_is_refused(checkpoint_copy):
+    from workbench.tokenizer import train_tokenizer
+
+    texts = ["a different tokenizer, trained on other text " * 3, "with another vocabulary size " * 5] * 10
+    train_tokenizer(iter(texts), vocab_size=300, min_frequency=1).save(checkpoint_copy / "tokenizer.json")
+    with pytest.raises(BadInput, match=r"vocabulary size 512 in the weights, but tokenizer\.json has"):
+        load_checkpoint(checkpoint_copy)
+
+
+def test_rng_states_round_trip_through_json():
+    torch.manual_seed(3)
+    random.seed(3)
+    states = json.loads(json.dumps(capture_rng_states()))
+    expected = (torch.rand(4), random.random())
+    torch.manual_seed(99)
+    random.seed(99)
+    restore_rng_states(states)
+    got = (torch.rand(4), random.random())
+    assert torch.equal(expected[0], got[0]) and expected[1] == got[1]
+
+
+def test_cli_reports_bad_checkpoint_in_one_line(checkpoint_copy, capsys):
+    """A verb that loads checkpoints (eval, chat, ...) turns BadInput into exit 2 and one line."""
+    from workbench.cli import main
+    from workbench.evals.bpb import bpb_for_checkpoint
+
+    path = checkpoint_copy / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:10])
+    with pytest.raises(BadInput) as caught:
+        bpb_for_checkpoint(checkpoint_copy)
+    assert "\n" not in str(caught.value) and str(path) in str(caught.value)
+    assert main(["pretrain", str(checkpoint_copy / "no-such-config.toml")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

@@ -1,0 +1,270 @@
+"""Checkpoints: one folder per saved step, safetensors for tensors and JSON for everything else.
+
+    RUN/checkpoints/step_000300/
+        model.safetensors      the model's learned weights
+        optimizer.safetensors  optimizer state (optional; needed to resume exactly)
+        config.json            the run's Config.to_dict() (paths absolute)
+        tokenizer.json         the tokenizer, so a checkpoint folder is self-contained
+        meta.json              {format_version, step, tokens, stage, loader_state, rng_states,
+                                val_bpb, quantization?, params, created, ...}
+
+A checkpoint is written into `.tmp-step_000300` and renamed when complete, so a crash or a kill -9
+at any moment leaves every earlier checkpoint intact and never a half-written one under a real
+name. No pickle: `torch.load` is never used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workbench import config as config_module
+from workbench.config import Config
+from workbench.errors import BadInput
+from workbench.runs import list_checkpoints
+from workbench.tokenizer import Tokenizer
+from workbench.train.common import unwrap
+
+FORMAT_VERSION = 1
+REQUIRED_FILES = ("model.safetensors", "config.json", "tokenizer.json", "meta.json")
+TEMP_PREFIX = ".tmp-"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+# ---------------------------------------------------------------------------------------------
+# saving
+
+
+def _fsync_path(path: Path) -> None:
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _plain_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU, contiguous, and no two entries sharing memory (safetensors refuses shared storage)."""
+    out, seen = {}, set()
+    for name, tensor in tensors.items():
+        tensor = tensor.detach().to("cpu").contiguous()
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if key in seen:
+            tensor = tensor.clone()
+        seen.add(key)
+        out[name] = tensor
+    return out
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    save_file(_plain_tensors(tensors), str(path), metadata=metadata)
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, config: Config,
+                    tokenizer: Tokenizer, optimizers=None, meta: dict[str, Any] | None = None,
+                    keep_last: int = 3) -> Path:
+    """Write RUN/checkpoints/step_NNNNNN atomically and return its path. An existing checkpoint of
+    the same step is replaced; beyond keep_last (0 = keep all) the oldest ones are removed."""
+    folder = Path(run_dir) / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / checkpoint_name(step)
+    temporary = folder / f"{TEMP_PREFIX}{final.name}"
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    temporary.mkdir()
+
+    model = unwrap(model)
+    save_tensors(model.state_dict(), temporary / "model.safetensors")
+    if optimizers is not None:
+        save_tensors(optimizers.state_tensors(), temporary / "optimizer.safetensors")
+    write_json(temporary / "config.json", config.to_dict())
+    (temporary / "tokenizer.json").write_text(tokenizer.to_str(), encoding="utf-8")
+    full_meta = {"format_version": FORMAT_VERSION, "step": step, "tokens": 0, "stage": "pretrain",
+                 "val_bpb": None, "params": sum(p.numel() for p in model.parameters()),
+                 "created": time.time()}
+    full_meta.update(meta or {})
+    full_meta["step"] = step
+    write_json(temporary / "meta.json", full_meta)  # written last: its presence marks a complete folder
+    for child in temporary.iterdir():
+        _fsync_path(child)
+    _fsync_path(temporary)
+
+    if final.exists():  # same step saved again (a "save" command at the last step, say)
+        old = folder / f"{TEMP_PREFIX}old-{final.name}"
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+        os.replace(temporary, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(temporary, final)
+    _fsync_path(folder)
+
+    if keep_last > 0:
+        for stale in list_checkpoints(run_dir)[:-keep_last]:
+            if stale != final:
+                shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def update_meta(checkpoint_dir: str | Path, **fields: Any) -> None:
+    """Add fields to a checkpoint's meta.json (e.g. val_bpb, measured after the save), atomically."""
+    path = Path(checkpoint_dir) / "meta.json"
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    meta.update(fields)
+    temporary = path.with_name(f".meta.json.{os.getpid()}.tmp")
+    write_json(temporary, meta)
+    os.replace(temporary, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# finding and loading
+
+
+def is_checkpoint_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "meta.json").exists() and (path / "model.safetensors").exists()
+
+
+def resolve_checkpoint(spec: str | Path) -> Path:
+    """A checkpoint folder as is; a run folder (or its checkpoints/ folder) -> its newest
+    checkpoint. BadInput when there is none."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise BadInput(f"{path}: no such checkpoint or run folder")
+    if not path.is_dir():
+        raise BadInput(f"{path}: not a folder (give a checkpoint folder or a run folder)")
+    if (path / "meta.json").exists() or (path / "model.safetensors").exists():
+        return path
+    run_dir = path.parent if path.name == "checkpoints" else path
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise BadInput(f"{path}: no checkpoints here (train one first, e.g. `picochat pretrain CONFIG`)")
+    return found[-1]
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    model: torch.nn.Module
+    config: Config
+    tokenizer: Tokenizer
+    meta: dict[str, Any]
+    optimizer_tensors: dict[str, torch.Tensor] | None = None
+
+    @property
+    def step(self) -> int:
+        return int(self.meta.get("step", 0))
+
+
+def read_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; a truncated or corrupt file becomes BadInput naming it."""
+    from safetensors.torch import load_file
+
+    if not path.exists():
+        raise BadInput(f"{path}: missing from the checkpoint")
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as error:  # SafetensorError, OSError: truncated, corrupt, not safetensors
+        detail = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise BadInput(f"{path}: corrupt or truncated safetensors file ({detail})") from None
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadInput(f"{path}: missing from the checkpoint") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BadInput(f"{path}: unreadable ({error})") from None
+
+
+def check_shapes(path: Path, model: torch.nn.Module, tensors: dict[str, torch.Tensor],
+                 vocab_size: int) -> None:
+    """The file's tensors must be exactly the model's: same names, same shapes. A mismatch in the
+    vocabulary dimension is reported as a tokenizer mismatch, the rest as a config mismatch."""
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in tensors.items()}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:4])}{' ...' if len(unexpected) > 4 else ''}")
+        raise BadInput(f"{path}: weights do not match config.json's [model] ({'; '.join(parts)})")
+    for name, shape in expected.items():
+        if found[name] == shape:
+            continue
+        if len(shape) == len(found[name]):
+            differing = [i for i, (a, b) in enumerate(zip(shape, found[name], strict=True)) if a != b]
+            if len(differing) == 1 and shape[differing[0]] == vocab_size:
+                raise BadInput(f"{path}: vocabulary size {found[name][differing[0]]} in the weights, but "
+                               f"tokenizer.json has {vocab_size} tokens ({name})")
+        raise BadInput(f"{path}: {name} has shape {list(found[name])} but config.json's [model] "
+                       f"makes it {list(shape)}")
+
+
+def load_checkpoint(spec: str | Path, device: str | torch.device = "cpu",
+                    with_optimizer: bool = False) -> Checkpoint:
+    """Load and validate a checkpoint (a folder, or a run folder -> its newest). The model comes
+    back on `device` in eval mode. Every problem is a BadInput naming the file."""
+    from workbench.model import build_model
+
+    path = resolve_checkpoint(spec)
+    for name in REQUIRED_FILES:
+        if not (path / name).exists():
+            raise BadInput(f"{path / name}: missing from the checkpoint")
+    meta = read_json(path / "meta.json")
+    if not isinstance(meta, dict):
+        raise BadInput(f"{path / 'meta.json'}: must be a JSON object")
+    raw_config = read_json(path / "config.json")
+    if not isinstance(raw_config, dict):
+        raise BadInput(f"{path / 'config.json'}: must be a JSON object")
+    try:
+        config = config_module.from_dict(raw_config)
+    except BadInput as error:
+        raise BadInput(f"{path / 'config.json'}: {error}") from None
+    tokenizer = Tokenizer.from_file(path / "tokenizer.json")
+    model = build_model(config.model, tokenizer.vocab_size)
+
+    if meta.get("quantization") == "int8":
+        from workbench.engine.quantize import load_int8_state
+
+        model = load_int8_state(model, path) or model
+    else:
+        tensors = read_tensors(path / "model.safetensors")
+        check_shapes(path / "model.safetensors", model, tensors, tokenizer.vocab_size)
+        model.load_state_dict(tensors, strict=True)
+    model.to(device)
+    model.eval()
+
+    optimizer_tensors = None
+    if with_optimizer:
+        optimizer_path = path / "optimizer.safetensors"
+        if not optimizer_path.exists():
+            raise BadInput(f"{optimizer_path}: missing, so this checkpoint cannot be resumed exactly")
+        optimizer_tensors = read_tensors(optimizer_path)
+    return Checkpoint(path=path, model=model, config=config, tokenizer=tokenizer, meta=meta,
+                      optimizer_tensors=optimizer_tensors)

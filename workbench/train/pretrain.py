@@ -1,0 +1,176 @@
+"""`picochat pretrain CONFIG [--resume] [--detach]`: train the GPT on the prepared shards.
+
+Reads [run], [model] and [train]; needs `picochat prepare` and `picochat tokenizer` done first.
+Writes the run folder (runs/NAME): config.toml, status.json, metrics.jsonl, checkpoints/.
+
+- A run folder that already has checkpoints is never overwritten: start it again with --resume
+  (model, optimizer, data position, RNG and step all come back, so on the CPU the resumed loss
+  curve is the uninterrupted one, step for step), or pick another [run] name / out_dir.
+- --detach starts the same command as a background worker (output in RUN/train.log) and returns.
+- Under torchrun (WORLD_SIZE > 1) every rank trains on its own slice of the rows with DDP (gloo on
+  the CPU, nccl on CUDA); only rank 0 writes the run folder and checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from workbench.errors import BadInput
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="run config (TOML); reads [run], [model] and [train]")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest checkpoint of the run folder")
+    parser.add_argument("--detach", action="store_true",
+                        help="run in the background (log in RUN/train.log) and return at once")
+
+
+def run(args: argparse.Namespace) -> int:
+    from workbench import config as config_module
+    from workbench import runs
+
+    cfg = config_module.load(args.config)
+    if args.detach:
+        check_inputs(cfg, args.resume)  # fail here, in the terminal, not in a log file
+        argv = [str(Path(args.config).resolve())] + (["--resume"] if args.resume else [])
+        return runs.relaunch_detached("pretrain", argv, cfg.stage_dir("pretrain"))
+    result = pretrain(cfg, resume=args.resume)
+    if result.stopped:
+        print(f"pretrain stopped at step {result.step}; continue with: picochat pretrain {args.config} --resume")
+    return 0
+
+
+def check_inputs(cfg, resume: bool, is_main: bool = True):
+    """Everything that can be wrong before training starts, as BadInput: data and tokenizer
+    missing, a run folder that would be overwritten, a run that is already going.
+    Returns (tokenizer, newest checkpoint folder or None)."""
+    from workbench import runs
+    from workbench.data.shards import list_shards
+    from workbench.tokenizer import Tokenizer
+
+    if not list_shards(cfg.data_dir, "train"):
+        raise BadInput(f"{cfg.data_dir}: no prepared training data; run `picochat prepare CONFIG` first")
+    if not Path(cfg.tokenizer_path).exists():
+        raise BadInput(f"{cfg.tokenizer_path}: no tokenizer; run `picochat tokenizer CONFIG` first")
+    tokenizer = Tokenizer.from_file(cfg.tokenizer_path)
+    run_dir = cfg.stage_dir("pretrain")
+    status = runs.read_status(run_dir) if is_main else None  # rank 0 may have written it already
+    if (status and status.get("stage") == "pretrain"
+            and runs.effective_state(status) in ("starting", "running", "paused", "stopping")):
+        raise BadInput(f"{run_dir}: a pretrain worker is already running there (pid {status.get('pid')}); "
+                       f"stop it first with `picochat stop {run_dir}`")
+    checkpoints = runs.list_checkpoints(run_dir)
+    if checkpoints and not resume:
+        raise BadInput(f"{run_dir}: already has checkpoints (newest {checkpoints[-1].name}); continue it with "
+                       f"--resume, or choose another [run] name or out_dir")
+    return tokenizer, (checkpoints[-1] if checkpoints and resume else None)
+
+
+def pretrain(cfg, resume: bool = False, verbose: bool = True):
+    """Pretrain per the config; returns loop.TrainResult. In-process entry point for tests,
+    speedrun and the CLI."""
+    from workbench.train.common import cleanup_distributed, setup_distributed
+
+    dist = setup_distributed(cfg.run.device)
+    try:
+        return _pretrain(cfg, resume, dist, verbose)
+    finally:
+        cleanup_distributed(dist)
+
+
+def _pretrain(cfg, resume: bool, dist, verbose: bool):
+    import torch  # noqa: F401  (heavy imports stay out of `picochat -h`)
+
+    from workbench.evals.bpb import evaluate_bpb, val_batches
+    from workbench.model import build_model
+    from workbench.optim import build_optimizer
+    from workbench.runs import RunWriter, freeze_config
+    from workbench.train.checkpoint import load_checkpoint
+    from workbench.train.common import resolve_device, restore_rng_states, seed_everything
+    from workbench.train.loader import PackingLoader
+    from workbench.train.loop import train
+
+    tokenizer, newest = check_inputs(cfg, resume, dist.is_main)
+    device = resolve_device(cfg.run.device, dist.local_rank)
+    run_dir = cfg.stage_dir("pretrain")
+    train_cfg, seq_len = cfg.train, cfg.model.seq_len
+    rows_per_step = train_cfg.total_batch_tokens // (train_cfg.device_batch_size * seq_len)
+    if rows_per_step % dist.world_size:
+        raise BadInput(f"[train] total_batch_tokens {train_cfg.total_batch_tokens} is {rows_per_step} rows of "
+                       f"{seq_len} tokens: not divisible among {dist.world_size} processes")
+    grad_accum_steps = rows_per_step // dist.world_size
+
+    seed_everything(cfg.run.seed)
+    start_step, tokens_seen, loader_state, best_val_bpb = 0, 0, None, None
+    if newest is not None:
+        checkpoint = load_checkpoint(newest, device=device, with_optimizer=True)
+        if checkpoint.config.model.resolved() != cfg.model.resolved():
+            raise BadInput(f"{newest}: the checkpoint's [model] differs from the config's; a resumed run keeps "
+                           f"its architecture (start a new run for a new model)")
+        if checkpoint.tokenizer.to_str() != tokenizer.to_str():
+            raise BadInput(f"{cfg.tokenizer_path}: differs from the tokenizer the run started with "
+                           f"({newest / 'tokenizer.json'})")
+        model = checkpoint.model
+        optimizers = build_optimizer(model, train_cfg)
+        optimizers.load_state_tensors(checkpoint.optimizer_tensors)
+        meta = checkpoint.meta
+        start_step, tokens_seen = int(meta["step"]), int(meta.get("tokens", 0))
+        loader_state, best_val_bpb = meta.get("loader_state"), meta.get("best_val_bpb")
+        restore_rng_states(meta.get("rng_states"))
+    else:
+        model = build_model(cfg.model, tokenizer.vocab_size).to(device)
+        optimizers = build_optimizer(model, train_cfg)
+    model.train()
+
+    loader = PackingLoader(cfg.data_dir, "train", tokenizer, seq_len, train_cfg.device_batch_size, device=device,
+                           rank=dist.rank, world_size=dist.world_size, loop=True, state=loader_state)
+    cached_val: list = []
+
+    def val_fn(eval_model) -> dict[str, float]:
+        if not cached_val:  # the same val rows every time, tokenized once
+            cached_val.extend(val_batches(cfg, tokenizer, train_cfg.device_batch_size, device,
+                                          train_cfg.eval_tokens))
+        return {"val_bpb": evaluate_bpb(eval_model, tokenizer, cached_val, device, dtype=train_cfg.dtype)}
+
+    writer = None
+    if dist.is_main:
+        writer = RunWriter(run_dir, "pretrain", total_steps=train_cfg.steps)
+        freeze_config(run_dir, cfg.frozen().to_toml())
+        if newest is not None:
+            writer.event(f"resuming from {newest.name} (step {start_step}, {tokens_seen:,} tokens)")
+    if verbose and dist.is_main:
+        print(f"pretrain: {model.num_params():,} params on {device}, {train_cfg.steps} steps of "
+              f"{train_cfg.total_batch_tokens:,} tokens ({grad_accum_steps} x {dist.world_size} x "
+              f"{train_cfg.device_batch_size} rows of {seq_len}); run folder {run_dir}"
+              + (f"; resuming at step {start_step}" if start_step else ""))
+
+    started = time.time()
+    try:
+        result = train(stage="pretrain", config=cfg, model=model, optimizers=optimizers, tokenizer=tokenizer,
+                       train_batches=iter(loader), grad_accum_steps=grad_accum_steps, writer=writer,
+                       run_dir=run_dir, total_steps=train_cfg.steps, device=device, start_step=start_step,
+                       tokens_seen=tokens_seen, val_fn=val_fn, best_val_bpb=best_val_bpb,
+                       extra_meta_fn=lambda: {"loader_state": loader.state_dict()}, dist=dist,
+                       verbose=verbose)
+    except BaseException as error:
+        if writer is not None:
+            message = str(error) if isinstance(error, BadInput) else f"{type(error).__name__}: {error}"
+            writer.finish("failed", message)
+        raise
+    finally:
+        loader.close()
+    if writer is not None:
+        if result.stopped:
+            writer.finish("done", f"stopped at step {result.step} of {train_cfg.steps}; continue with --resume")
+        else:
+            best = f", best val bpb {result.best_val_bpb:.4f}" if result.best_val_bpb is not None else ""
+            writer.finish("done", f"{result.step} steps, {result.tokens:,} tokens{best}")
+    if verbose and dist.is_main:
+        best = f"{result.best_val_bpb:.4f}" if result.best_val_bpb is not None else "-"
+        print(f"pretrain: {'stopped' if result.stopped else 'done'} at step {result.step}, "
+              f"{result.tokens:,} tokens in {time.time() - started:.1f}s, best val bpb {best}, "
+              f"checkpoint {result.last_checkpoint}")
+    return result
