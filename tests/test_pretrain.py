@@ -217,3 +217,30 @@ def test_sigterm_finishes_the_step_and_checkpoints(make_tiny_config):
     assert "--resume" in output
     step = runs.read_status(cfg.out_dir)["step"]
     assert load_checkpoint(cfg.out_dir).step == step
+
+
+def test_bits_per_byte_counts_only_real_bytes(tiny_checkpoint):
+    """bpb = nats over targets with bytes / (ln 2 * their bytes): special targets (<|bos|>) and
+    ignored ones (-1) count in neither sum."""
+    from workbench.evals.bpb import evaluate_bpb
+
+    loaded = load_checkpoint(tiny_checkpoint)
+    tokenizer = loaded.tokenizer
+    ids = tokenizer.encode("First Citizen:\nBefore we proceed any further, hear me speak.", bos=True)
+    row = torch.tensor([ids + ids])  # two documents: the second <|bos|> is a target
+    inputs, targets = row[:, :-1], row[:, 1:].clone()
+    targets[0, 3] = -1
+    losses = loaded.model(inputs, targets.clamp(min=0), loss_reduction="none")[0]
+    table = tokenizer.token_bytes()
+    counted = [i for i, t in enumerate(targets[0].tolist()) if t >= 0 and table[t] > 0]
+    assert len(counted) == targets.numel() - 2  # the -1 and the <|bos|> target are left out
+    expected = sum(losses[i].item() for i in counted) / (math.log(2) * sum(table[targets[0, i]] for i in counted))
+    assert evaluate_bpb(loaded.model, tokenizer, [(inputs, targets)]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_bpb_for_checkpoint_matches_the_runs_own_eval(tiny_checkpoint):
+    from workbench.evals.bpb import bpb_for_checkpoint
+
+    meta = json.loads((tiny_checkpoint / "meta.json").read_text())
+    assert bpb_for_checkpoint(tiny_checkpoint, device="cpu") == pytest.approx(meta["val_bpb"], rel=1e-6)
+    assert bpb_for_checkpoint(tiny_checkpoint.parent.parent, max_tokens=512, device="cpu") > 0

@@ -102,6 +102,25 @@ class _Signals:
             signal.signal(signum, handler)
 
 
+def _wait_while_paused(writer, signals: _Signals, step: int, checkpoint: Callable[[int], None]) -> bool:
+    """Block until a resume or stop command (or a signal); "save" checkpoints meanwhile.
+    Returns True when the run should stop."""
+    writer.write_status(state="paused", message=f"paused at step {step}")
+    writer.event(f"paused at step {step}")
+    while True:
+        time.sleep(PAUSE_POLL_SECONDS)
+        writer.heartbeat(step)  # alive while paused: not "stalled"
+        commands = writer.poll_control()
+        stop = "stop" in commands or signals.requested is not None
+        if "save" in commands and not stop:
+            checkpoint(step)
+        if stop or "resume" in commands:
+            break
+    writer.write_status(state="running", message="")
+    writer.event(f"stop requested at step {step}" if stop else f"resumed at step {step}")
+    return stop
+
+
 def _broadcast_flags(flags: list[int], dist: DistInfo, device: torch.device) -> list[int]:
     """Rank 0 decides (control files, signals); every rank follows."""
     if not dist.enabled:
@@ -246,21 +265,7 @@ def train(*, stage: str, config, model: torch.nn.Module, optimizers, tokenizer,
                 stop |= command == "stop"
                 save |= command == "save"
                 if command == "pause" and not stop:
-                    writer.write_status(state="paused", message=f"paused at step {step}")
-                    writer.event(f"paused at step {step}")
-                    while True:
-                        time.sleep(PAUSE_POLL_SECONDS)
-                        writer.heartbeat(step)  # alive while paused: not "stalled"
-                        later = writer.poll_control()
-                        stop |= "stop" in later or signals.requested is not None
-                        save |= "save" in later
-                        if save and not stop:
-                            checkpoint(step)
-                            save = 0
-                        if stop or "resume" in later:
-                            break
-                    writer.write_status(state="running", message="")
-                    writer.event(f"resumed at step {step}" if not stop else f"stop requested at step {step}")
+                    stop |= _wait_while_paused(writer, signals, step, checkpoint)
             stop |= signals.requested is not None
             stop, save = _broadcast_flags([int(stop), int(save)], dist, device)
             if save or stop:
