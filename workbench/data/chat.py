@@ -29,6 +29,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -253,11 +254,15 @@ def synthetic_difficulty(name: str, spec: str) -> int | tuple[int, int]:
 
 @dataclass
 class ChatData:
-    """What SFT trains and validates on."""
+    """What SFT trains and validates on. `probes` are held-out prompts (the conversation up to its
+    last user turn) with the known numeric answer where there is one (synthetic problems, "#### N"
+    solutions), taken from each dataset in turn: SFT samples replies to them to measure whether
+    the model ends its turns and answers right."""
 
     train: ChatMixture
     val: list[list[dict[str, Any]]]
     reports: list[LoadReport]
+    probes: list[tuple[list[dict[str, Any]], float | None]] = field(default_factory=list)
 
 
 def load_datasets(specs: list[str], resolve_path, seed: int) -> ChatData:
@@ -268,13 +273,16 @@ def load_datasets(specs: list[str], resolve_path, seed: int) -> ChatData:
     datasets: list = []
     val: list = []
     reports = []
+    probe_lists = []
     for spec in specs:
         source, weight = parse_dataset_spec(spec)
         if source.startswith(SYNTHETIC_PREFIX):
             name = source[len(SYNTHETIC_PREFIX):]
             difficulty = synthetic_difficulty(name, spec)
             datasets.append(SyntheticDataset(source, difficulty, weight, seed))
-            val += [p.conversation()["messages"] for p in _synthetic_val(seed, difficulty)]
+            held_problems = _synthetic_val(seed, difficulty)
+            val += [p.conversation()["messages"] for p in held_problems]
+            probe_lists.append([(p.prompt(), p.answer) for p in held_problems])
             continue
         conversations, report = load_chat_jsonl(resolve_path(source))
         reports.append(report)
@@ -282,9 +290,20 @@ def load_datasets(specs: list[str], resolve_path, seed: int) -> ChatData:
         random.Random(f"val:{source}").shuffle(order)
         held = min(MAX_VAL_PER_DATASET, int(len(conversations) * VAL_FRACTION)) if len(conversations) >= 20 else 0
         val += [conversations[i] for i in order[:held]]
+        probe_lists.append([(conversations[i][:-1], _final_answer(conversations[i][-1])) for i in order[:held]])
         train = [conversations[i] for i in sorted(order[held:])]
         datasets.append(ChatDataset(source, train, weight, seed))
-    return ChatData(train=ChatMixture(datasets, seed), val=val, reports=reports)
+    probes = [probe for group in zip_longest(*probe_lists) for probe in group if probe is not None]
+    return ChatData(train=ChatMixture(datasets, seed), val=val, reports=reports, probes=probes)
+
+
+def _final_answer(reply: dict[str, Any]) -> float | None:
+    """The number after "####" in a reference reply (GSM8K style), if any."""
+    from workbench.train.rewards import extract_number
+
+    content = reply["content"]
+    text = content if isinstance(content, str) else "".join(p["text"] for p in content if p["type"] == "text")
+    return extract_number(text) if "####" in text else None
 
 
 def _synthetic_val(seed: int, difficulty):

@@ -1,0 +1,157 @@
+"""GRPO: rewards, advantage math, masking of prompt and tool output, the loss; a real tiny run (slow)."""
+
+import math
+
+import pytest
+import torch
+
+from workbench.train import grpo
+from workbench.train.rewards import (
+    extract_letter,
+    extract_number,
+    letter_reward,
+    numeric_reward,
+    parse_completion,
+    tool_reward,
+)
+
+TOOL_REPLY = ("<|python_start|>4*12-7<|python_end|><|output_start|>41<|output_end|>"
+              "The answer is 41.<|assistant_end|>")
+
+
+# ---- rewards ----
+
+
+def test_numeric_reward_reads_the_models_own_final_number():
+    assert numeric_reward(TOOL_REPLY, 41) == 1.0
+    assert numeric_reward(TOOL_REPLY, "41") == 1.0
+    assert numeric_reward(TOOL_REPLY, 40) == 0.0
+    assert numeric_reward("She makes 9 * 2 = $18 a day.\n#### 18", 18) == 1.0
+    assert numeric_reward("#### 1,250", 1250) == 1.0
+    assert numeric_reward("no number at all", 3) == 0.0
+    # the calculator's output is not the model's answer
+    assert numeric_reward("<|python_start|>40+1<|python_end|><|output_start|>41<|output_end|>", 41) == 0.0
+    assert extract_number("the answer is -3.5.") == -3.5
+
+
+def test_parse_completion_separates_tool_calls_and_thoughts():
+    parsed = parse_completion("<|think_start|>hmm<|think_end|>" + TOOL_REPLY)
+    assert parsed.tool_calls == [("4*12-7", "41")]
+    assert parsed.thought == "hmm"
+    assert parsed.answer_text == "The answer is 41."
+    assert parsed.ended
+    assert not parse_completion("The answer is").ended
+
+
+def test_letter_and_tool_rewards():
+    assert letter_reward("The answer is C.<|assistant_end|>", "C") == 1.0
+    assert letter_reward("B<|assistant_end|>", "C") == 0.0
+    assert extract_letter("(D) because it is heavier") == "D"
+    assert extract_letter("I do not know") is None
+    assert tool_reward(TOOL_REPLY, 41) == 1.0
+    assert tool_reward("The answer is 41.", 41) == 0.5  # right, without the calculator
+    broken = "<|python_start|>4*(<|python_end|><|output_start|>Error: cannot parse<|output_end|>The answer is 41."
+    assert tool_reward(broken, 41) == 0.5
+    assert tool_reward(TOOL_REPLY, 42) == 0.0
+
+
+# ---- advantages and loss ----
+
+
+def test_group_advantages():
+    rewards = [[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.5]]
+    plain = grpo.group_advantages(rewards, normalize_std=False)
+    assert torch.allclose(plain[0], torch.tensor([0.5, -0.5, -0.5, 0.5]))
+    assert torch.equal(plain[1], torch.zeros(4))  # no variance: nothing to learn
+    assert torch.allclose(plain.sum(dim=1), torch.zeros(3), atol=1e-6)
+    scaled = grpo.group_advantages(rewards, normalize_std=True)
+    std = torch.tensor([1.0, 0.0, 0.0, 1.0]).std()
+    assert torch.allclose(scaled[0], plain[0] / (std + grpo.ADVANTAGE_EPSILON))
+    assert torch.equal(scaled[1], torch.zeros(4))
+
+
+def test_loss_is_token_level_normalized_and_masked():
+    logprobs = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, -9.0]], requires_grad=True)
+    mask = torch.tensor([[0.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    advantages = torch.tensor([1.0, -2.0])
+    loss, stats = grpo.policy_loss(logprobs, mask, advantages)
+    expected = -((-2.0 * 1) + (-3.0 * 1) + (-0.5 * -2) + (-0.5 * -2)) / 4
+    assert math.isclose(loss.item(), expected, rel_tol=1e-6)
+    loss.backward()
+    # masked tokens (prompt, tool output, padding) get no gradient; the rest -advantage / count
+    assert torch.allclose(logprobs.grad, torch.tensor([[0.0, -0.25, -0.25], [0.5, 0.5, 0.0]]))
+    # a normalizer over all micro-batches replaces the local count
+    half, _ = grpo.policy_loss(logprobs.detach(), mask, advantages, normalizer=8)
+    assert math.isclose(float(half), expected / 2, rel_tol=1e-6)
+    assert stats == {}
+
+
+def test_clipping_and_kl():
+    logprobs = torch.tensor([[-1.0, -1.0]], requires_grad=True)
+    old = torch.tensor([[-1.5, -1.0]])  # ratio e^0.5 on the first token, 1 on the second
+    mask = torch.ones(1, 2)
+    loss, stats = grpo.policy_loss(logprobs, mask, torch.tensor([1.0]), old_logprobs=old, clip_epsilon=0.2)
+    loss.backward()
+    assert logprobs.grad[0, 0] == 0  # clipped: positive advantage and ratio above 1 + eps
+    assert logprobs.grad[0, 1] == pytest.approx(-0.5)
+    assert stats["clip_fraction"] == 0.5
+    # the KL term is zero (with zero gradient) when the policy equals the reference
+    same = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    loss, stats = grpo.policy_loss(same, mask, torch.zeros(1), ref_logprobs=same.detach().clone(), kl_coef=0.1)
+    loss.backward()
+    assert loss.item() == 0 and stats["kl"] == 0 and torch.equal(same.grad, torch.zeros(1, 2))
+    moved, stats = grpo.policy_loss(torch.tensor([[-1.0]]), torch.ones(1, 1), torch.zeros(1),
+                                    ref_logprobs=torch.tensor([[-2.0]]), kl_coef=1.0)
+    assert stats["kl"] == pytest.approx(math.exp(-1) + 1 - 1) and float(moved) > 0
+
+
+def test_build_batch_masks_prompt_and_forced_tool_output():
+    group = grpo.Group(grpo.Prompt([{"role": "user", "content": "q"}], 3), prompt_ids=[1, 2, 3])
+    group.completions = [[10, 11, 12, 13, 14], [20]]
+    group.sampled_masks = [[1, 1, 0, 0, 1], [1]]
+    inputs, targets, mask = grpo.build_batch([group], pad_id=0)
+    assert inputs.tolist() == [[1, 2, 3, 10, 11, 12, 13], [1, 2, 3, 0, 0, 0, 0]]
+    assert targets.tolist() == [[2, 3, 10, 11, 12, 13, 14], [2, 3, 20, -1, -1, -1, -1]]
+    # targets 10, 11 and 14 were sampled; 12, 13 were forced tool output; prompt targets never count
+    assert mask.tolist() == [[0, 0, 1, 1, 0, 0, 1], [0, 0, 1, 0, 0, 0, 0]]
+
+
+def test_group_stats():
+    a = grpo.Group(grpo.Prompt([], 1), [1], completions=[[1, 2], [1, 2, 3, 4]], rewards=[1.0, 0.0],
+                   correct=[True, False])
+    b = grpo.Group(grpo.Prompt([], 1), [1], completions=[[1], [1]], rewards=[0.0, 0.0], correct=[False, False])
+    stats = grpo.group_stats([a, b])
+    assert stats["reward_mean"] == 0.25 and stats["accuracy"] == 0.25
+    assert stats["zero_variance_fraction"] == 0.5
+    assert stats["completion_length"] == 2.0
+    assert stats["reward_std"] == pytest.approx(math.sqrt(0.1875))
+
+
+def test_file_tasks_read_the_shared_data(tiny_config):
+    from pathlib import Path
+
+    if not Path(tiny_config.eval.data_dir, "gsm8k", "train.jsonl").exists():
+        pytest.skip("shared data not present")
+    import dataclasses
+
+    for name in ("gsm8k", "arc", "arith", "tool"):
+        cfg = dataclasses.replace(tiny_config, grpo=dataclasses.replace(tiny_config.grpo, task=name))
+        task = grpo.build_task(cfg)
+        prompt = task.prompt_at(0)
+        assert prompt.messages[0]["role"] == "user" and prompt.answer is not None
+        assert task.prompt_at(5) == task.prompt_at(5)  # deterministic: a resumed run sees the same prompts
+        assert len(task.held_out) == grpo.HELD_OUT_PROMPTS
+    arc = grpo.arc_prompts(Path(tiny_config.eval.data_dir, "arc", "ai2-format", "ARC-Easy-Dev.jsonl"))
+    assert all(p.answer in "ABCDE" for p in arc) and "A. " in arc[0].messages[0]["content"]
+
+
+def test_bad_task_files_are_bad_input(tmp_path):
+    from workbench.errors import BadInput
+
+    bad = tmp_path / "train.jsonl"
+    bad.write_text('{"question": "q", "answer": "no final line"}\n')
+    with pytest.raises(BadInput, match="train.jsonl:1"):
+        grpo.gsm8k_prompts(bad)
+    bad.write_text("{oops\n")
+    with pytest.raises(BadInput, match="train.jsonl:1: not valid JSON"):
+        grpo.gsm8k_prompts(bad)

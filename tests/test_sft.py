@@ -1,0 +1,85 @@
+"""SFT end to end on the CPU: the real loop on the tiny pretrained checkpoint, chat batches,
+checkpoints marked "sft", exact resume, and a model that learns to end its turn."""
+
+import json
+import random
+import shutil
+
+import pytest
+import torch
+
+from workbench import runs
+from workbench.cli import main
+from workbench.errors import BadInput
+from workbench.train.checkpoint import load_checkpoint
+from workbench.train.sft import chat_probe, sft
+
+
+def short_chat_file(path, n=300, seed=0):
+    """Short exchanges that fit the tiny model's 64-token context whole."""
+    rng = random.Random(seed)
+    words = ["apple", "house", "river", "stone", "king", "queen", "bread", "night"]
+    with open(path, "w") as handle:
+        for _ in range(n):
+            word = rng.choice(words)
+            handle.write(json.dumps({"messages": [{"role": "user", "content": f"Say {word}."},
+                                                  {"role": "assistant", "content": f"{word}."}]}) + "\n")
+        handle.write('{"messages": [{"role": "assistant", "content": "bad first turn"}]}\n')
+    return path
+
+
+def train_losses(run_dir):
+    return {r["step"]: r["loss"] for r in runs.read_metrics(run_dir, kind="train")}
+
+
+def test_refuses_without_a_pretrained_checkpoint(make_tiny_config, capsys):
+    cfg = make_tiny_config()
+    with pytest.raises(BadInput, match="picochat pretrain CONFIG"):
+        sft(cfg, verbose=False)
+    code = main(["sft", str(cfg.base_dir / "config.toml")])
+    assert code == 2
+    assert "no checkpoint to start sft from" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sft_teaches_the_chat_format_and_resumes_exactly(make_tiny_config, tiny_checkpoint, tmp_path):
+    data = short_chat_file(tmp_path / "chat.jsonl")
+    overrides = {"sft": {"init_from": str(tiny_checkpoint), "datasets": [f"{data}:1"], "steps": 40,
+                         "device_batch_size": 8, "eval_every": 20, "save_every": 20},
+                 "train": {"keep_last": 0}}
+    cfg = make_tiny_config(**overrides)
+    result = sft(cfg, verbose=False)
+    run_dir = cfg.stage_dir("sft")
+    assert run_dir.name.endswith("-sft") and result.step == 40 and not result.stopped
+
+    # the checkpoint is a chat model with a resumable sampler position
+    meta = json.loads((result.last_checkpoint / "meta.json").read_text())
+    assert meta["stage"] == "sft" and meta["sft_state"]["mixture"]["drawn"] == 40 * 8
+    assert meta["init_from"] == str(tiny_checkpoint)
+
+    # before SFT no sampled reply ends the turn; after it nearly all do
+    evals = runs.read_metrics(run_dir, kind="eval")
+    assert [r["step"] for r in evals] == [0, 20, 40]
+    assert evals[0]["end_rate"] == 0.0 and evals[-1]["end_rate"] >= 0.8
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] / 2
+    events = [r["message"] for r in runs.read_metrics(run_dir, kind="event")]
+    assert any("skipped 1 (wrong alternation: 1" in message for message in events)  # the bad line, reported
+
+    checkpoint = load_checkpoint(result.last_checkpoint)
+    probes = [([{"role": "user", "content": "Say river."}], None)] * 8
+    rates, (_, reply) = chat_probe(checkpoint.model, checkpoint.tokenizer, probes, "cpu")
+    assert rates["end_rate"] >= 0.8 and reply.endswith("<|assistant_end|>")
+
+    # stop after step 20 (keep that checkpoint only) and resume: steps 21..40 are identical
+    cut = make_tiny_config(**overrides)
+    shutil.copytree(run_dir / "checkpoints" / "step_000020", cut.stage_dir("sft") / "checkpoints" / "step_000020")
+    with pytest.raises(BadInput, match="--resume"):
+        sft(cut, verbose=False)
+    resumed = sft(cut, resume=True, verbose=False)
+    assert resumed.step == 40
+    full, again = train_losses(run_dir), train_losses(cut.stage_dir("sft"))
+    assert sorted(again) == list(range(21, 41))
+    assert all(again[step] == full[step] for step in again)
+    a = load_checkpoint(result.last_checkpoint).model.state_dict()
+    b = load_checkpoint(resumed.last_checkpoint).model.state_dict()
+    assert all(torch.equal(a[name], b[name]) for name in a)

@@ -1,0 +1,252 @@
+"""`picochat speedrun CONFIG [--skip-grpo]`: every stage in order, one report at the end.
+
+    prepare -> tokenizer -> pretrain -> sft -> grpo -> eval (final checkpoint) -> report
+
+Each stage runs in this process through the same function its own verb calls, and writes its run
+folder exactly as `picochat <stage>` would (so the TUI shows a speedrun like any other run). A
+re-run is idempotent: a stage whose output is already complete is skipped with a note, and a
+training stage that stopped part-way (a stop command, ctrl+c, a crash) continues with --resume.
+The summary at the end gives each stage's time and headline figures, then the report's path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from contextlib import redirect_stdout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import BadInput
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="run config (TOML): every section is used")
+    parser.add_argument("--skip-grpo", action="store_true", help="stop post-training after SFT")
+
+
+@dataclass
+class StageResult:
+    name: str
+    status: str  # "ran" | "resumed" | "skipped"
+    seconds: float = 0.0
+    note: str = ""
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+def run(args: argparse.Namespace) -> int:
+    from workbench import config as config_module
+
+    cfg = config_module.load(args.config)
+    report_path, results = speedrun(cfg, skip_grpo=args.skip_grpo)
+    print_summary(results)
+    print(f"report: {report_path}")
+    return 0
+
+
+def _newest_step(run_dir: Path) -> int | None:
+    """Step of the newest checkpoint in a run folder, None when there is none."""
+    from workbench import runs
+
+    found = runs.list_checkpoints(run_dir)
+    if not found:
+        return None
+    try:
+        return int(json.loads((found[-1] / "meta.json").read_text(encoding="utf-8")).get("step", 0))
+    except (OSError, ValueError):
+        return 0
+
+
+def _training_status(run_dir: Path, total_steps: int) -> str:
+    """"done" (final checkpoint present), "partial" (resume it) or "new"."""
+    step = _newest_step(run_dir)
+    if step is None:
+        return "new"
+    return "done" if step >= total_steps else "partial"
+
+
+def _heading(text: str) -> None:
+    print(f"\n=== speedrun: {text} ===", flush=True)
+
+
+def speedrun(cfg, skip_grpo: bool = False, verbose: bool = True) -> tuple[Path, list[StageResult]]:
+    """Run every stage per the config; returns (report.md path, per-stage results)."""
+    results: list[StageResult] = []
+    started = time.time()
+
+    # 1. data
+    _heading("prepare")
+    manifest_path = cfg.data_dir / "manifest.json"
+    if manifest_path.exists():
+        results.append(StageResult("prepare", "skipped", note=f"data already prepared in {cfg.data_dir}"))
+    else:
+        from workbench.data.prepare import prepare, summary_line
+        from workbench.runs import RunWriter
+
+        t = time.time()
+        manifest = prepare(cfg, RunWriter(cfg.out_dir, "prepare"))
+        results.append(StageResult("prepare", "ran", time.time() - t, summary_line(manifest)))
+    _say(results[-1])
+
+    # 2. tokenizer
+    _heading("tokenizer")
+    if Path(cfg.tokenizer_path).exists():
+        results.append(StageResult("tokenizer", "skipped", note=f"tokenizer already trained: {cfg.tokenizer_path}"))
+    else:
+        from workbench.runs import RunWriter
+        from workbench.tokenizer import train_from_config
+
+        t = time.time()
+        record = train_from_config(cfg, RunWriter(cfg.out_dir, "tokenizer"), verbose=verbose)
+        results.append(StageResult("tokenizer", "ran", time.time() - t,
+                                   f"vocab {record['vocab_size']}",
+                                   {"chars_per_token": round(record["chars_per_token"], 3)}))
+    _say(results[-1])
+
+    # 3. pretrain
+    _heading("pretrain")
+    results.append(_training_stage("pretrain", cfg.out_dir, cfg.train.steps,
+                                   lambda resume: _pretrain(cfg, resume, verbose)))
+    _say(results[-1])
+
+    # 4. sft
+    _heading("sft")
+    results.append(_training_stage("sft", cfg.stage_dir("sft"), cfg.sft.steps,
+                                   lambda resume: _sft(cfg, resume, verbose)))
+    _say(results[-1])
+    final_run = cfg.stage_dir("sft")
+
+    # 5. grpo
+    if skip_grpo:
+        results.append(StageResult("grpo", "skipped", note="--skip-grpo"))
+    else:
+        _heading("grpo")
+        results.append(_training_stage("grpo", cfg.stage_dir("grpo"), cfg.grpo.steps,
+                                       lambda resume: _grpo(cfg, resume, verbose)))
+        final_run = cfg.stage_dir("grpo")
+    _say(results[-1])
+
+    # 6. eval of the final checkpoint
+    _heading("eval")
+    results.append(_eval(cfg, final_run, verbose))
+    _say(results[-1])
+
+    # 7. the report
+    _heading("report")
+    from workbench.evals.report import write_report
+
+    report_path = write_report(cfg.out_dir)
+    results.append(StageResult("report", "ran", note=str(report_path)))
+    results.append(StageResult("total", "", time.time() - started))
+    return report_path, results
+
+
+def _training_stage(name: str, run_dir: Path, total_steps: int, train_fn) -> StageResult:
+    state = _training_status(run_dir, total_steps)
+    if state == "done":
+        return StageResult(name, "skipped", note=f"already trained to step {total_steps} in {run_dir}")
+    t = time.time()
+    figures = train_fn(state == "partial")
+    if figures.pop("stopped", False):
+        raise BadInput(f"{run_dir}: {name} was stopped before its last step; run the speedrun again to resume it")
+    return StageResult(name, "resumed" if state == "partial" else "ran", time.time() - t, str(run_dir), figures)
+
+
+def _pretrain(cfg, resume: bool, verbose: bool) -> dict[str, Any]:
+    from workbench.train.pretrain import pretrain
+
+    result = pretrain(cfg, resume=resume, verbose=verbose)
+    return {"stopped": result.stopped, "val_bpb": _round(result.best_val_bpb), "loss": _round(result.last_loss),
+            "tokens": result.tokens}
+
+
+def _sft(cfg, resume: bool, verbose: bool) -> dict[str, Any]:
+    from workbench import runs
+    from workbench.train.sft import sft
+
+    result = sft(cfg, resume=resume, verbose=verbose)
+    evals = runs.read_metrics(cfg.stage_dir("sft"), kind="eval")
+    figures = {"stopped": result.stopped, "loss": _round(result.last_loss)}
+    if evals:
+        first, last = evals[0], evals[-1]
+        for key in ("end_rate", "accuracy", "val_bpb"):
+            if key in last:
+                figures[key] = f"{_round(first.get(key))} -> {_round(last[key])}"
+    return figures
+
+
+def _grpo(cfg, resume: bool, verbose: bool) -> dict[str, Any]:
+    from workbench.train.grpo import grpo
+
+    result = grpo(cfg, resume=resume, verbose=verbose)
+    figures: dict[str, Any] = {"stopped": result.stopped}
+    if result.first_reward is not None:
+        figures["reward_mean"] = f"{_round(result.first_reward)} -> {_round(result.last_reward)}"
+    start, end = result.held_out.get("start"), result.held_out.get("end")
+    key = f"{cfg.grpo.task}_reward"
+    if start and end:
+        figures[f"held-out {key}"] = f"{_round(start[key])} -> {_round(end[key])}"
+    return figures
+
+
+def _eval(cfg, run_dir: Path, verbose: bool) -> StageResult:
+    """`picochat eval` on the newest checkpoint of the final stage, with [eval] tasks and limit;
+    skipped when that checkpoint's evals.json already has every task at this limit."""
+    from workbench import cli, runs
+    from workbench.evals.common import parse_tasks
+
+    checkpoint = runs.list_checkpoints(run_dir)[-1]
+    tasks = parse_tasks(cfg.eval.tasks)
+    evals_path = checkpoint / "evals.json"
+    done = {}
+    if evals_path.exists():
+        try:
+            done = json.loads(evals_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            done = {}
+    if all(isinstance(done.get(task), dict) and done[task].get("limit") == cfg.eval.limit for task in tasks):
+        return StageResult("eval", "skipped", note=f"{checkpoint} already evaluated", figures=_scores(done, tasks))
+    t = time.time()
+    argv = ["eval", str(checkpoint), "--tasks", ",".join(tasks), "--limit", str(cfg.eval.limit),
+            "--device", cfg.run.device]
+    if verbose:
+        code = cli.main(argv)
+    else:
+        with redirect_stdout(io.StringIO()):
+            code = cli.main(argv)
+    if code != 0:
+        raise BadInput(f"{checkpoint}: `picochat {' '.join(argv)}` failed (exit {code})")
+    done = json.loads(evals_path.read_text(encoding="utf-8"))
+    return StageResult("eval", "ran", time.time() - t, str(checkpoint), _scores(done, tasks))
+
+
+def _scores(results: dict[str, Any], tasks: list[str]) -> dict[str, Any]:
+    scores = {}
+    for task in tasks:
+        entry = results.get(task) or {}
+        value = entry.get("bpb") if task == "bpb" else entry.get("accuracy")
+        scores[task] = _round(value)
+    return scores
+
+
+def _round(value: Any, digits: int = 4) -> Any:
+    return round(value, digits) if isinstance(value, float) else value
+
+
+def _say(result: StageResult) -> None:
+    if result.status == "skipped":
+        print(f"speedrun: {result.name}: skipped ({result.note})", flush=True)
+
+
+def print_summary(results: list[StageResult]) -> None:
+    from workbench.runs import format_duration
+
+    print("\nspeedrun summary")
+    for result in results:
+        figures = ", ".join(f"{key} {value}" for key, value in result.figures.items() if value is not None)
+        parts = [part for part in (result.status, format_duration(result.seconds) if result.seconds else "",
+                                   figures, result.note if result.status == "skipped" else "") if part]
+        print(f"  {result.name:<10} " + " | ".join(parts))

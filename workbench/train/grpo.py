@@ -1,0 +1,556 @@
+"""`picochat grpo CONFIG [--resume] [--detach]`: reinforcement learning with GRPO.
+
+Group relative policy optimization, one visible loop. Each step:
+
+    1. take prompts_per_step prompts of the task (a pure function of the step: resume-safe)
+    2. sample group_size completions of each from the current model (the engine shares the
+       prompt's prefill across the group and runs the calculator, forcing its output in)
+    3. reward every completion; advantage = reward - group mean (divided by the group's std when
+       [grpo] normalize_std); a group whose rewards are all equal teaches nothing (advantage 0)
+    4. loss = -sum(advantage * log p(token) * mask) / sum(mask) over all completions' tokens
+       (token-level normalization: long answers are not down-weighted); the mask is 1 only on
+       tokens the model sampled, never on the prompt or on forced tool output. Optionally the
+       PPO-style ratio clip against the sampling policy (clip_epsilon > 0) and a KL penalty to a
+       frozen copy of the starting model (kl_coef > 0, the k3 estimator); both off by default
+    5. clip gradients, scheduled learning rate, optimizer step; log, checkpoint, obey control files
+
+Tasks ([grpo] task): "arith" (the synthetic word problems, numeric reward), "gsm8k" (train split,
+numeric reward), "arc" (ARC-Easy train split, letter reward), "tool" (synthetic problems with
+large operands, reward for using the calculator correctly and answering right). Held-out prompts of
+the task are answered greedily at the start, every save_every steps and at the end ("eval"
+records: the task's mean reward and accuracy on prompts the training never sees).
+
+Logged per step: "grpo" records (reward_mean, reward_std, zero_variance_fraction,
+completion_length, accuracy, plus loss, lr, kl, clip_fraction) and "train" records (loss, lr,
+grad_norm, tokens, step_seconds) so the dashboard plots them like any training run.
+Writes runs/NAME-grpo; checkpoints carry meta stage "grpo". Starts from [grpo] init_from, or the
+newest checkpoint of runs/NAME-sft.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import BadInput
+from workbench.train import rewards
+
+HELD_OUT_PROMPTS = 64
+TASK_SEED_OFFSET = 7919  # GRPO prompts come from a different stream than SFT's synthetic data
+HELD_OUT_SEED_OFFSET = 104_729
+ITERATIONS_PER_BATCH = 1  # optimizer steps per sampled batch; clipping only bites when > 1
+ADVANTAGE_EPSILON = 1e-4
+
+
+# ---------------------------------------------------------------------------------------------
+# tasks: prompts with known answers and a reward
+
+
+@dataclass
+class Prompt:
+    messages: list[dict[str, Any]]
+    answer: Any
+
+
+@dataclass
+class Task:
+    """A source of prompts (index -> Prompt, deterministic) and how to score a completion."""
+
+    name: str
+    prompt_at: Any  # callable(index) -> Prompt
+    held_out: list[Prompt]
+    reward_fn: Any  # callable(completion_text, answer) -> float in [0, 1]
+    correct_fn: Any  # callable(completion_text, answer) -> bool
+
+    def reward(self, text: str, answer: Any) -> float:
+        return float(self.reward_fn(text, answer))
+
+    def correct(self, text: str, answer: Any) -> bool:
+        return bool(self.correct_fn(text, answer))
+
+
+def _numeric_correct(text: str, answer: Any) -> bool:
+    return rewards.numeric_reward(text, answer) == 1.0
+
+
+def _synthetic_task(name: str, seed: int, difficulty, max_operand, reward_fn) -> Task:
+    from workbench.data.synthetic import problem_at
+
+    def prompt_at(index: int) -> Prompt:
+        problem = problem_at(seed + TASK_SEED_OFFSET, index, difficulty, max_operand)
+        return Prompt(problem.prompt(), problem.answer)
+
+    held = [problem_at(seed + HELD_OUT_SEED_OFFSET, i, difficulty, max_operand) for i in range(HELD_OUT_PROMPTS)]
+    return Task(name, prompt_at, [Prompt(p.prompt(), p.answer) for p in held], reward_fn, _numeric_correct)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        raise BadInput(f"{path}: missing (the [grpo] task reads it from [eval] data_dir)")
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise BadInput(f"{path}:{number}: not valid JSON") from None
+    if not records:
+        raise BadInput(f"{path}: no records")
+    return records
+
+
+def _file_task(name: str, train: list[Prompt], held: list[Prompt], seed: int, reward_fn, correct_fn) -> Task:
+    order = list(range(len(train)))
+    random.Random(f"grpo:{name}:{seed}").shuffle(order)
+
+    def prompt_at(index: int) -> Prompt:
+        return train[order[index % len(order)]]
+
+    return Task(name, prompt_at, held[:HELD_OUT_PROMPTS], reward_fn, correct_fn)
+
+
+def gsm8k_prompts(path: Path) -> list[Prompt]:
+    prompts = []
+    for number, record in enumerate(_read_jsonl(path), start=1):
+        if not isinstance(record, dict) or not isinstance(record.get("question"), str) or "####" not in str(
+                record.get("answer", "")):
+            raise BadInput(f"{path}:{number}: expected GSM8K {{\"question\", \"answer\": \"... #### N\"}}")
+        answer = rewards.extract_number(record["answer"])
+        prompts.append(Prompt([{"role": "user", "content": record["question"]}], answer))
+    return prompts
+
+
+def arc_prompts(path: Path) -> list[Prompt]:
+    """AI2 ARC records as chat prompts listing the choices as A-E; the answer is the letter."""
+    prompts = []
+    for number, record in enumerate(_read_jsonl(path), start=1):
+        try:
+            question = record["question"]
+            labels = [choice["label"] for choice in question["choices"]]
+            key = record["answerKey"]
+            letters = "ABCDE"[:len(labels)]
+            lines = [f"{letter}. {choice['text']}" for letter, choice in zip(letters, question["choices"], strict=True)]
+            answer = letters[labels.index(key)]
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise BadInput(f"{path}:{number}: expected an AI2 ARC record {{question: {{stem, choices}}, "
+                           f"answerKey}}") from None
+        content = f"{question['stem']}\n\n" + "\n".join(lines) + "\n\nAnswer with the letter of the correct choice."
+        prompts.append(Prompt([{"role": "user", "content": content}], answer))
+    return prompts
+
+
+def build_task(cfg) -> Task:
+    """The [grpo] task. Files come from [eval] data_dir (the shared data folder)."""
+    name, seed = cfg.grpo.task, cfg.run.seed
+    if name == "arith":
+        return _synthetic_task(name, seed, (1, 3), None, rewards.numeric_reward)
+    if name == "tool":  # operands too big to add in one's head: the calculator is the way
+        return _synthetic_task(name, seed, (2, 3), 999, rewards.tool_reward)
+    data_dir = cfg.resolve_path(cfg.eval.data_dir)
+    if name == "gsm8k":
+        return _file_task(name, gsm8k_prompts(data_dir / "gsm8k" / "train.jsonl"),
+                          gsm8k_prompts(data_dir / "gsm8k" / "test.jsonl"), seed,
+                          rewards.numeric_reward, _numeric_correct)
+    if name == "arc":
+        folder = data_dir / "arc" / "ai2-format"
+        return _file_task(name, arc_prompts(folder / "ARC-Easy-Train.jsonl"),
+                          arc_prompts(folder / "ARC-Easy-Dev.jsonl"), seed,
+                          rewards.letter_reward, lambda text, answer: rewards.letter_reward(text, answer) == 1.0)
+    raise BadInput(f"[grpo] task: unknown task {name!r} (arith, gsm8k, arc, tool)")
+
+
+# ---------------------------------------------------------------------------------------------
+# the math: advantages and the loss
+
+
+def group_advantages(rewards_by_group, normalize_std: bool = True, epsilon: float = ADVANTAGE_EPSILON):
+    """[groups, group_size] rewards -> advantages of the same shape: reward minus the group mean,
+    divided by the group's (unbiased) std when normalize_std. Equal rewards give zeros."""
+    import torch
+
+    rewards_by_group = torch.as_tensor(rewards_by_group, dtype=torch.float32)
+    centered = rewards_by_group - rewards_by_group.mean(dim=1, keepdim=True)
+    if normalize_std:
+        centered = centered / (rewards_by_group.std(dim=1, keepdim=True) + epsilon)
+    return centered
+
+
+def policy_loss(logprobs, mask, advantages, old_logprobs=None, ref_logprobs=None, clip_epsilon: float = 0.0,
+                kl_coef: float = 0.0, normalizer: float | None = None):
+    """The GRPO loss over [B, T] token log-probabilities.
+
+    mask [B, T] (1 = a sampled completion token), advantages [B] (one per completion). Without
+    clipping the per-token objective is advantage * logprob (the policy gradient); with
+    clip_epsilon > 0 it is min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A) with ratio =
+    exp(logprob - old_logprob). kl_coef > 0 adds kl_coef * KL(policy || reference) per token (k3
+    estimator: exp(r - l) - (r - l) - 1). Normalized by the number of masked tokens (or
+    `normalizer`, the count over all micro-batches). Returns (loss, stats dict of floats)."""
+    import torch
+
+    mask = mask.to(logprobs.dtype)
+    advantages = advantages.to(logprobs.dtype).unsqueeze(1)
+    count = float(mask.sum()) if normalizer is None else float(normalizer)
+    count = max(count, 1.0)
+    stats: dict[str, float] = {}
+    if clip_epsilon > 0:
+        old = logprobs.detach() if old_logprobs is None else old_logprobs
+        ratio = torch.exp(logprobs - old)
+        clipped = ratio.clamp(1 - clip_epsilon, 1 + clip_epsilon)
+        objective = torch.minimum(ratio * advantages, clipped * advantages)
+        stats["clip_fraction"] = float((((ratio - clipped).abs() > 0).to(mask.dtype) * mask).sum()) / count
+    else:
+        objective = logprobs * advantages
+    per_token = -objective
+    if kl_coef > 0 and ref_logprobs is not None:
+        difference = ref_logprobs - logprobs
+        kl = torch.exp(difference) - difference - 1
+        per_token = per_token + kl_coef * kl
+        stats["kl"] = float((kl.detach() * mask).sum()) / count
+    loss = (per_token * mask).sum() / count
+    return loss, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# rollouts
+
+
+@dataclass
+class Group:
+    prompt: Prompt
+    prompt_ids: list[int]
+    completions: list[list[int]] = field(default_factory=list)
+    sampled_masks: list[list[int]] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    correct: list[bool] = field(default_factory=list)
+
+
+def rollout(engine, tokenizer, task: Task, prompts: list[Prompt], group_size: int, params) -> list[Group]:
+    """Sample and score group_size completions per prompt (one shared prefill per prompt)."""
+    groups = []
+    for index, prompt in enumerate(prompts):
+        prompt_ids = tokenizer.render_for_completion(prompt.messages)
+        seed = None if params.seed is None else params.seed + index
+        generations = engine.generate(prompt_ids, replace(params, seed=seed), num_samples=group_size)
+        group = Group(prompt, prompt_ids)
+        for generation in generations:
+            text = tokenizer.decode(generation.tokens)
+            group.completions.append(list(generation.tokens))
+            group.sampled_masks.append(list(generation.sampled_mask))
+            group.texts.append(text)
+            group.rewards.append(task.reward(text, prompt.answer))
+            group.correct.append(task.correct(text, prompt.answer))
+        groups.append(group)
+    return groups
+
+
+def build_batch(groups: list[Group], pad_id: int, device="cpu"):
+    """Rows prompt + completion -> (inputs, targets, mask) [B, T]: targets are the next tokens
+    (-1 on padding), mask is 1 where the target is a token the model sampled (prompt and forced
+    tool output are 0)."""
+    import torch
+
+    rows = [(group.prompt_ids + completion, [0] * len(group.prompt_ids) + sampled)
+            for group in groups for completion, sampled in zip(group.completions, group.sampled_masks, strict=True)]
+    width = max(1, max(len(ids) for ids, _ in rows) - 1)
+    inputs = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    targets = torch.full((len(rows), width), -1, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.float32)
+    for row, (ids, sampled) in enumerate(rows):
+        n = len(ids) - 1
+        if n <= 0:
+            continue
+        inputs[row, :n] = torch.tensor(ids[:-1])
+        targets[row, :n] = torch.tensor(ids[1:])
+        mask[row, :n] = torch.tensor(sampled[1:], dtype=torch.float32)
+    return inputs.to(device), targets.to(device), mask.to(device)
+
+
+def token_logprobs(model, inputs, targets, chunk_rows: int, device, dtype="auto"):
+    """log p(target) per position [B, T] (0 where target is -1), in chunks of rows."""
+    import torch
+
+    from workbench.train.common import autocast
+
+    pieces = []
+    for start in range(0, inputs.size(0), chunk_rows):
+        with autocast(torch.device(device), dtype):
+            losses = model(inputs[start:start + chunk_rows], targets[start:start + chunk_rows], loss_reduction="none")
+        pieces.append(-losses.float())
+    return torch.cat(pieces)
+
+
+def group_stats(groups: list[Group]) -> dict[str, float]:
+    all_rewards = [r for g in groups for r in g.rewards]
+    n = len(all_rewards)
+    mean = sum(all_rewards) / n
+    std = math.sqrt(sum((r - mean) ** 2 for r in all_rewards) / n)
+    return {
+        "reward_mean": mean,
+        "reward_std": std,
+        "zero_variance_fraction": sum(1 for g in groups if max(g.rewards) == min(g.rewards)) / len(groups),
+        "completion_length": sum(len(c) for g in groups for c in g.completions) / n,
+        "accuracy": sum(c for g in groups for c in g.correct) / n,
+    }
+
+
+def evaluate_task(engine, tokenizer, task: Task, params, seed: int) -> dict[str, float]:
+    """Mean reward and accuracy on the task's held-out prompts (one sample each)."""
+    groups = rollout(engine, tokenizer, task, task.held_out, 1, replace(params, seed=seed))
+    stats = group_stats(groups)
+    return {f"{task.name}_reward": stats["reward_mean"], f"{task.name}_accuracy": stats["accuracy"],
+            "completion_length": stats["completion_length"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# the CLI verb and the loop
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="run config (TOML); reads [grpo] and [train]")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest GRPO checkpoint")
+    parser.add_argument("--detach", action="store_true",
+                        help="run in the background (log in RUN-grpo/train.log) and return at once")
+
+
+def run(args: argparse.Namespace) -> int:
+    from workbench import config as config_module
+    from workbench import runs
+    from workbench.train.sft import check_inputs
+
+    cfg = config_module.load(args.config)
+    if args.detach:
+        check_inputs(cfg, "grpo", cfg.grpo.init_from, cfg.stage_dir("sft"), "sft", args.resume)
+        build_task(cfg)
+        argv = [str(Path(args.config).resolve())] + (["--resume"] if args.resume else [])
+        return runs.relaunch_detached("grpo", argv, cfg.stage_dir("grpo"))
+    result = grpo(cfg, resume=args.resume)
+    if result.stopped:
+        print(f"grpo stopped at step {result.step}; continue with: picochat grpo {args.config} --resume")
+    return 0
+
+
+@dataclass
+class GrpoResult:
+    step: int
+    stopped: bool
+    last_checkpoint: Path | None
+    first_reward: float | None  # mean reward of the first step of this process
+    last_reward: float | None
+    held_out: dict[str, dict[str, float]]  # "start"/"end" -> evaluate_task results
+    seconds: float
+
+
+def grpo(cfg, resume: bool = False, verbose: bool = True) -> GrpoResult:
+    """GRPO per the config (see the module docstring). In-process entry point for tests, speedrun
+    and the CLI."""
+    import torch
+
+    from workbench.engine import Engine, SamplingParams
+    from workbench.optim import build_optimizer, lr_multiplier
+    from workbench.runs import RunWriter, freeze_config
+    from workbench.train.checkpoint import load_checkpoint, save_checkpoint, update_meta
+    from workbench.train.common import (
+        autocast,
+        capture_rng_states,
+        resolve_device,
+        restore_rng_states,
+        seed_everything,
+    )
+    from workbench.train.loop import _Signals
+    from workbench.train.sft import check_inputs, stage_config
+
+    settings = cfg.grpo
+    init, newest = check_inputs(cfg, "grpo", settings.init_from, cfg.stage_dir("sft"), "sft", resume)
+    task = build_task(cfg)
+    device = resolve_device(cfg.run.device)
+    run_dir = cfg.stage_dir("grpo")
+    seed_everything(cfg.run.seed)
+
+    checkpoint = load_checkpoint(init, device=device, with_optimizer=newest is not None)
+    model, tokenizer = checkpoint.model, checkpoint.tokenizer
+    cfg = stage_config(cfg, checkpoint)
+    optimizers = build_optimizer(model, cfg.train, lr_scale=settings.lr_scale)
+    start_step, source = 0, str(init)
+    if newest is not None:
+        optimizers.load_state_tensors(checkpoint.optimizer_tensors)
+        start_step, source = int(checkpoint.meta["step"]), checkpoint.meta.get("init_from", source)
+        restore_rng_states(checkpoint.meta.get("rng_states"))
+    reference = None
+    if settings.kl_coef > 0:  # a frozen copy of the starting model (on resume: reloaded from init_from)
+        reference = copy.deepcopy(model) if newest is None else load_checkpoint(source, device=device).model
+        reference.eval().requires_grad_(False)
+
+    engine = Engine(model, tokenizer, device=device)
+    params = SamplingParams(temperature=settings.temperature, top_k=0, top_p=1.0,
+                            max_tokens=settings.max_new_tokens, seed=cfg.run.seed)
+    eval_params = replace(params, temperature=0.0)  # greedy: the held-out curve has no sampling noise
+    chunk_rows = max(1, cfg.train.device_batch_size)
+    schedule = replace(cfg.train, warmup_steps=0)  # a short RL run needs no warmup: decay over the run
+
+    writer = RunWriter(run_dir, "grpo", total_steps=settings.steps)
+    freeze_config(run_dir, cfg.frozen().to_toml())
+    writer.write_status(state="running", total_steps=settings.steps)
+    writer.set_first_step(start_step)
+    writer.log("sys", step=start_step, device=str(device), params=model.num_params(), task=task.name,
+               group_size=settings.group_size, prompts_per_step=settings.prompts_per_step,
+               torch=torch.__version__, total_steps=settings.steps, start_step=start_step)
+    writer.event(f"starting from {source}" if newest is None else f"resuming from {newest.name} (step {start_step})")
+    if verbose:
+        print(f"grpo: {model.num_params():,} params on {device}, task {task.name}, {settings.steps} steps of "
+              f"{settings.prompts_per_step} prompts x {settings.group_size} samples, from {source}; "
+              f"run folder {run_dir}" + (f"; resuming at step {start_step}" if start_step else ""))
+
+    held_out: dict[str, dict[str, float]] = {}
+    last_checkpoint: Path | None = None
+    saved_step: int | None = None
+
+    def evaluate(at_step: int, label: str | None = None) -> None:
+        try:
+            results = evaluate_task(engine, tokenizer, task, eval_params, seed=cfg.run.seed + HELD_OUT_SEED_OFFSET)
+        except Exception as error:  # an evaluation never kills training
+            writer.event(f"evaluation failed at step {at_step}: {type(error).__name__}: {error}")
+            return
+        writer.log("eval", step=at_step, **results)
+        if label:
+            held_out[label] = results
+        if last_checkpoint is not None and saved_step == at_step:
+            update_meta(last_checkpoint, **results)
+        if verbose:
+            print(f"grpo: held-out at step {at_step}: " + ", ".join(f"{k} {v:.3f}" for k, v in results.items()))
+
+    def save(at_step: int) -> None:
+        nonlocal last_checkpoint, saved_step
+        if saved_step == at_step:
+            return
+        meta = {"stage": "grpo", "total_steps": settings.steps, "rng_states": capture_rng_states(),
+                "init_from": source, "task": task.name, "lr_scale": settings.lr_scale}
+        last_checkpoint = save_checkpoint(run_dir, at_step, model, cfg.frozen(), tokenizer, optimizers,
+                                          meta=meta, keep_last=cfg.train.keep_last)
+        saved_step = at_step
+        writer.event(f"checkpoint {last_checkpoint.name}", path=str(last_checkpoint))
+
+    started = time.time()
+    step, first_reward, last_reward, tokens_seen = start_step, None, None, 0
+    try:
+        with _Signals() as signals:
+            if start_step == 0:
+                evaluate(0, "start")
+            while step < settings.steps:
+                # step boundary: control files and signals
+                commands = writer.poll_control()
+                while "pause" in commands and "stop" not in commands and not signals.requested:
+                    writer.write_status(state="paused", message=f"paused at step {step}")
+                    while True:
+                        time.sleep(0.25)
+                        writer.heartbeat(step)
+                        later = writer.poll_control()
+                        if "save" in later:
+                            save(step)
+                        if "stop" in later or "resume" in later or signals.requested:
+                            commands = later
+                            break
+                    writer.write_status(state="running", message="")
+                stop = "stop" in commands or signals.requested is not None
+                if "save" in commands or stop:
+                    save(step)
+                if stop:
+                    writer.event(f"stopped at step {step} of {settings.steps} "
+                                 f"({signals.requested or 'stop command'}); continue with --resume")
+                    break
+
+                # 1-3: prompts, samples, rewards
+                step_start = time.time()
+                prompts = [task.prompt_at(step * settings.prompts_per_step + i)
+                           for i in range(settings.prompts_per_step)]
+                model.eval()
+                with autocast(device, cfg.train.dtype):
+                    groups = rollout(engine, tokenizer, task, prompts, settings.group_size,
+                                     replace(params, seed=cfg.run.seed * 1_000_003 + step * 1009))
+                stats = group_stats(groups)
+                advantages = group_advantages([g.rewards for g in groups], settings.normalize_std).flatten()
+                inputs, targets, mask = build_batch(groups, tokenizer.bos_id, device)
+                advantages = advantages.to(device)
+                count = float(mask.sum())
+
+                # 4-5: the policy-gradient update (old / reference log-probs first, without grad)
+                model.train()
+                old_logprobs = ref_logprobs = None
+                with torch.no_grad():
+                    if settings.clip_epsilon > 0:
+                        old_logprobs = token_logprobs(model, inputs, targets, chunk_rows, device, cfg.train.dtype)
+                    if reference is not None:
+                        ref_logprobs = token_logprobs(reference, inputs, targets, chunk_rows, device, cfg.train.dtype)
+                multiplier = lr_multiplier(step, settings.steps, schedule)
+                optimizers.set_lr_multiplier(multiplier)
+                loss_total, extra = 0.0, {}
+                grad_norm = 0.0
+                for _ in range(ITERATIONS_PER_BATCH):
+                    for start in range(0, inputs.size(0), chunk_rows):
+                        rows = slice(start, start + chunk_rows)
+                        with autocast(device, cfg.train.dtype):
+                            losses = model(inputs[rows], targets[rows], loss_reduction="none")
+                        loss, extra = policy_loss(
+                            -losses.float(), mask[rows], advantages[rows],
+                            None if old_logprobs is None else old_logprobs[rows],
+                            None if ref_logprobs is None else ref_logprobs[rows],
+                            settings.clip_epsilon, settings.kl_coef, normalizer=count)
+                        loss.backward()
+                        loss_total += loss.item()
+                    clip = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+                    optimizers.step()
+                    optimizers.zero_grad()
+                step += 1
+
+                # log
+                step_seconds = time.time() - step_start
+                step_tokens = int(inputs.numel())
+                tokens_seen += step_tokens
+                lr = next((g["lr"] for g in optimizers.groups if g.get("name") == "matrix"), optimizers.groups[0]["lr"])
+                train_fields = {"loss": loss_total / ITERATIONS_PER_BATCH, "lr": lr, "lr_multiplier": multiplier,
+                                "grad_norm": grad_norm, "tokens": tokens_seen, "step_seconds": step_seconds,
+                                "tokens_per_second": step_tokens / step_seconds if step_seconds > 0 else None}
+                writer.log("grpo", step=step, **stats, **extra, **train_fields)
+                writer.log("train", step=step, **train_fields)
+                best = max(groups[0].rewards)
+                writer.log("sample", step=step, prompt=groups[0].prompt.messages[-1]["content"],
+                           text=groups[0].texts[groups[0].rewards.index(best)])
+                writer.heartbeat(step, tokens=tokens_seen)
+                first_reward = stats["reward_mean"] if first_reward is None else first_reward
+                last_reward = stats["reward_mean"]
+                if verbose:
+                    print(f"grpo step {step:4d}/{settings.steps} | reward {stats['reward_mean']:.3f} "
+                          f"± {stats['reward_std']:.3f} | acc {stats['accuracy']:.3f} | zero-var "
+                          f"{stats['zero_variance_fraction']:.2f} | len {stats['completion_length']:.1f} | "
+                          f"loss {train_fields['loss']:+.4f} | {step_seconds:.1f}s", flush=True)
+                if not math.isfinite(train_fields["loss"]):
+                    raise FloatingPointError(f"loss is {train_fields['loss']} at step {step} (try a lower lr_scale)")
+
+                # checkpoint first, then the held-out evaluation
+                if step % settings.save_every == 0 or step == settings.steps:
+                    save(step)
+                    evaluate(step, "end" if step == settings.steps else None)
+    except BaseException as error:
+        message = str(error) if isinstance(error, BadInput) else f"{type(error).__name__}: {error}"
+        writer.finish("failed", message)
+        raise
+    stopped = step < settings.steps
+    if stopped:
+        writer.finish("done", f"stopped at step {step} of {settings.steps}; continue with --resume")
+    else:
+        start, end = held_out.get("start"), held_out.get("end")
+        key = f"{task.name}_reward"
+        change = f"; held-out reward {start[key]:.3f} -> {end[key]:.3f}" if start and end else ""
+        writer.finish("done", f"{step} steps{change}")
+    return GrpoResult(step=step, stopped=stopped, last_checkpoint=last_checkpoint, first_reward=first_reward,
+                      last_reward=last_reward, held_out=held_out, seconds=time.time() - started)

@@ -1,0 +1,219 @@
+"""`picochat sft CONFIG [--resume] [--detach]`: supervised fine-tuning on chat conversations.
+
+Reads [sft] (and [train] for the optimizer and batch size in tokens): starts from a checkpoint
+([sft] init_from; empty = the newest checkpoint of this run's pretraining, runs/NAME), trains on
+[sft] datasets mixed by weight ("path:weight" chat JSONL files, "synthetic:arith:weight"), and
+writes its own run folder runs/NAME-sft with checkpoints whose meta says stage "sft", so evals and
+the chat front ends know it is a chat model.
+
+Batches hold one conversation per row in the DESIGN.md chat format, padded to the longest row
+(never split; longer than seq_len + 1 tokens: cut and counted); the loss covers the assistant's
+tokens only (its text, tool calls and <|assistant_end|>; not user turns, not tool output). The
+training loop is pretraining's (workbench/train/loop.py): same run folder contract, control
+files, checkpoints and --resume (the sampler position is part of each checkpoint).
+
+Each evaluation logs the held-out loss and bits per byte of the assistant tokens, and samples
+replies to held-out prompts: `end_rate` is the share of replies that end the turn with
+<|assistant_end|>, `accuracy` the share of right final numbers where the answer is known.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+from workbench.errors import BadInput
+
+PROBE_PROMPTS = 16  # held-out prompts answered at each evaluation
+PROBE_MAX_TOKENS = 64
+VAL_BATCH_SIZE = 16
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="run config (TOML); reads [sft] and [train]")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest SFT checkpoint")
+    parser.add_argument("--detach", action="store_true",
+                        help="run in the background (log in RUN-sft/train.log) and return at once")
+
+
+def run(args: argparse.Namespace) -> int:
+    from workbench import config as config_module
+    from workbench import runs
+
+    cfg = config_module.load(args.config)
+    if args.detach:
+        check_inputs(cfg, "sft", cfg.sft.init_from, cfg.out_dir, "pretrain", args.resume)
+        argv = [str(Path(args.config).resolve())] + (["--resume"] if args.resume else [])
+        return runs.relaunch_detached("sft", argv, cfg.stage_dir("sft"))
+    result = sft(cfg, resume=args.resume)
+    if result.stopped:
+        print(f"sft stopped at step {result.step}; continue with: picochat sft {args.config} --resume")
+    return 0
+
+
+def check_inputs(cfg, stage: str, init_from: str, default_source: Path, source_verb: str,
+                 resume: bool) -> tuple[Path, Path | None]:
+    """Everything that can be wrong before a post-training stage starts, as BadInput. Returns (the
+    checkpoint to start from, the stage's newest checkpoint when resuming)."""
+    from workbench import runs
+    from workbench.train.checkpoint import resolve_checkpoint
+
+    run_dir = cfg.stage_dir(stage)
+    status = runs.read_status(run_dir)
+    if (status and status.get("stage") == stage
+            and runs.effective_state(status) in ("starting", "running", "paused", "stopping")):
+        raise BadInput(f"{run_dir}: a {stage} worker is already running there (pid {status.get('pid')}); "
+                       f"stop it first with `picochat stop {run_dir}`")
+    checkpoints = runs.list_checkpoints(run_dir)
+    if checkpoints and not resume:
+        raise BadInput(f"{run_dir}: already has checkpoints (newest {checkpoints[-1].name}); continue it with "
+                       f"--resume, or choose another [run] name or out_dir")
+    if resume and checkpoints:
+        return checkpoints[-1], checkpoints[-1]
+    if init_from:
+        return resolve_checkpoint(cfg.resolve_path(init_from)), None
+    if not runs.list_checkpoints(default_source):
+        raise BadInput(f"{default_source}: no checkpoint to start {stage} from; run `picochat {source_verb} CONFIG` "
+                       f"first, or set [{stage}] init_from")
+    return runs.list_checkpoints(default_source)[-1], None
+
+
+def stage_config(cfg, checkpoint):
+    """The run's config with the checkpoint's [model]: the architecture comes from the weights."""
+    return dataclasses.replace(cfg, model=checkpoint.config.model)
+
+
+def sft(cfg, resume: bool = False, verbose: bool = True):
+    """Fine-tune per the config; returns loop.TrainResult. In-process entry point for tests,
+    speedrun and the CLI."""
+    from workbench.data.chat import SftBatches, load_datasets, val_batches
+    from workbench.optim import build_optimizer
+    from workbench.runs import RunWriter, freeze_config
+    from workbench.train.checkpoint import load_checkpoint
+    from workbench.train.common import resolve_device, restore_rng_states, seed_everything
+    from workbench.train.loop import train
+
+    init, newest = check_inputs(cfg, "sft", cfg.sft.init_from, cfg.out_dir, "pretrain", resume)
+    device = resolve_device(cfg.run.device)
+    run_dir = cfg.stage_dir("sft")
+    seed_everything(cfg.run.seed)
+    data = load_datasets(cfg.sft.datasets, cfg.resolve_path, cfg.run.seed)
+
+    checkpoint = load_checkpoint(init, device=device, with_optimizer=newest is not None)
+    model, tokenizer = checkpoint.model, checkpoint.tokenizer
+    cfg = stage_config(cfg, checkpoint)
+    seq_len = cfg.model.seq_len
+    optimizers = build_optimizer(model, cfg.train, lr_scale=cfg.sft.lr_scale)
+    batches = SftBatches(data.train, tokenizer, seq_len, cfg.sft.device_batch_size, device=device)
+    start_step, tokens_seen, best_val_bpb, source = 0, 0, None, str(init)
+    if newest is not None:
+        optimizers.load_state_tensors(checkpoint.optimizer_tensors)
+        meta = checkpoint.meta
+        start_step, tokens_seen = int(meta["step"]), int(meta.get("tokens", 0))
+        best_val_bpb, source = meta.get("best_val_bpb"), meta.get("init_from", source)
+        batches.load_state_dict(meta["sft_state"])
+        restore_rng_states(meta.get("rng_states"))
+    model.train()
+    grad_accum_steps = max(1, cfg.train.total_batch_tokens // (cfg.sft.device_batch_size * seq_len))
+
+    held_out, held_out_stats = val_batches(data.val, tokenizer, seq_len, VAL_BATCH_SIZE, device)
+    writer = RunWriter(run_dir, "sft", total_steps=cfg.sft.steps)
+    freeze_config(run_dir, cfg.frozen().to_toml())
+    for report in data.reports:
+        writer.event(report.summary())
+        if verbose:
+            print(f"sft: {report.summary()}")
+    writer.event(f"starting from {source}" if newest is None else f"resuming from {newest.name} (step {start_step})")
+
+    def val_fn(eval_model) -> dict[str, float]:
+        results = held_out_loss(eval_model, tokenizer, held_out, device, cfg.train.dtype)
+        probe, sample = chat_probe(eval_model, tokenizer, data.probes[:PROBE_PROMPTS], device, seed=cfg.run.seed)
+        results.update(probe)
+        writer.log("sample", prompt=sample[0], text=sample[1])
+        results.update(truncated=batches.stats.truncated, conversations=batches.stats.conversations)
+        return results
+
+    if verbose:
+        print(f"sft: {model.num_params():,} params on {device}, {cfg.sft.steps} steps of "
+              f"{grad_accum_steps} x {cfg.sft.device_batch_size} conversations (up to {seq_len + 1} tokens), "
+              f"from {source}; run folder {run_dir}" + (f"; resuming at step {start_step}" if start_step else ""))
+    started = time.time()
+    try:
+        result = train(stage="sft", config=cfg, model=model, optimizers=optimizers, tokenizer=tokenizer,
+                       train_batches=batches, grad_accum_steps=grad_accum_steps, writer=writer,
+                       run_dir=run_dir, total_steps=cfg.sft.steps, device=device, start_step=start_step,
+                       tokens_seen=tokens_seen, lr_scale=cfg.sft.lr_scale, val_fn=val_fn,
+                       eval_every=cfg.sft.eval_every, save_every=cfg.sft.save_every, sample_every=0,
+                       best_val_bpb=best_val_bpb, verbose=verbose,
+                       extra_meta_fn=lambda: {"sft_state": batches.state_dict(), "init_from": source})
+    except BaseException as error:
+        message = str(error) if isinstance(error, BadInput) else f"{type(error).__name__}: {error}"
+        writer.finish("failed", message)
+        raise
+    stats = batches.stats
+    summary = (f"{result.step} steps, {stats.conversations:,} conversations ({stats.truncated} truncated to "
+               f"{seq_len + 1} tokens" + (f", skipped {dict(stats.skipped)}" if stats.skipped else "") + ")")
+    if held_out_stats.truncated:
+        summary += f"; {held_out_stats.truncated} held-out conversations truncated"
+    writer.finish("done", f"stopped at step {result.step} of {cfg.sft.steps}; continue with --resume"
+                  if result.stopped else summary)
+    if verbose:
+        print(f"sft: {'stopped' if result.stopped else 'done'}: {summary} in {time.time() - started:.1f}s; "
+              f"checkpoint {result.last_checkpoint}")
+    return result
+
+
+def held_out_loss(model, tokenizer, batches, device, dtype="auto") -> dict[str, float]:
+    """Mean loss (nats per trained token) and bits per byte of the assistant tokens of the held-out
+    conversations."""
+    import torch
+
+    from workbench.evals.bpb import evaluate_bpb
+    from workbench.train.common import autocast
+
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for inputs, targets in batches:
+                with autocast(torch.device(device), dtype):
+                    losses = model(inputs, targets, loss_reduction="none")
+                total += float(losses.float().sum())
+                count += int((targets >= 0).sum())
+        bpb = evaluate_bpb(model, tokenizer, batches, device, dtype=dtype)
+    finally:
+        model.train(was_training)
+    return {"val_loss": total / count if count else math.nan, "val_bpb": bpb}
+
+
+def chat_probe(model, tokenizer, probes, device, seed: int = 0, temperature: float = 0.8,
+               max_tokens: int = PROBE_MAX_TOKENS) -> tuple[dict[str, float], tuple[str, str]]:
+    """Sample one reply per held-out prompt. Returns ({"end_rate": share of replies that end with
+    <|assistant_end|>, "accuracy": share of right final numbers among prompts with a known answer},
+    (the first prompt, its reply) as a sample)."""
+    from workbench.engine import Engine, SamplingParams
+    from workbench.train.rewards import numeric_reward
+
+    engine = Engine(model, tokenizer, device=device)
+    end_id = tokenizer.special_id("<|assistant_end|>")
+    ended = correct = scored = 0
+    sample = ("", "")
+    for index, (messages, answer) in enumerate(probes):
+        params = SamplingParams(temperature=temperature, top_k=50, max_tokens=max_tokens, seed=seed + index)
+        generation = engine.generate(tokenizer.render_for_completion(messages), params, num_samples=1)[0]
+        text = tokenizer.decode(generation.tokens)
+        ended += int(generation.tokens[-1:] == [end_id])
+        if answer is not None:
+            scored += 1
+            correct += numeric_reward(text, answer)
+        if index == 0:
+            content = messages[-1]["content"]
+            sample = (content if isinstance(content, str) else str(content), text)
+    results = {"end_rate": ended / len(probes) if probes else math.nan}
+    if scored:
+        results["accuracy"] = correct / scored
+    return results, sample
