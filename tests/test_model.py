@@ -253,7 +253,7 @@ def test_mlp_sees_exactly_its_context():
     assert not torch.allclose(before[0, 7], after[0, 7])  # 5 is within 3 of 7
     torch.testing.assert_close(before[0, 8:], after[0, 8:], rtol=0, atol=0)  # out of reach
     # Re-feeding only the last `context` tokens gives the same next-token logits.
-    torch.testing.assert_close(model(idx[:, -3:])[0, -1], before[0, -1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model(idx[:, -3:])[0, -1], before[0, -1], rtol=1e-4, atol=1e-4)
 
 
 def test_bf16_autocast_loss_matches_fp32():
