@@ -83,8 +83,13 @@ def _numeric_correct(text: str, answer: Any) -> bool:
 def _synthetic_task(name: str, seed: int, difficulty, max_operand, reward_fn) -> Task:
     from workbench.data.synthetic import problem_at
 
+    low, high = difficulty
+
     def prompt_at(index: int) -> Prompt:
-        problem = problem_at(seed + TASK_SEED_OFFSET, index, difficulty, max_operand)
+        # Difficulties take turns, so every step sees the same mix and the reward curve shows
+        # learning rather than which levels a step happened to draw.
+        level = low + index % (high - low + 1)
+        problem = problem_at(seed + TASK_SEED_OFFSET, index, level, max_operand)
         return Prompt(problem.prompt(), problem.answer)
 
     held = [problem_at(seed + HELD_OUT_SEED_OFFSET, i, difficulty, max_operand) for i in range(HELD_OUT_PROMPTS)]
@@ -366,10 +371,11 @@ def grpo(cfg, resume: bool = False, verbose: bool = True) -> GrpoResult:
         restore_rng_states,
         seed_everything,
     )
-    from workbench.train.loop import _Signals
-    from workbench.train.sft import check_inputs, stage_config
+    from workbench.train.loop import _Signals, _wait_while_paused
+    from workbench.train.sft import check_inputs, single_process, stage_config
 
     settings = cfg.grpo
+    single_process("grpo")
     init, newest = check_inputs(cfg, "grpo", settings.init_from, cfg.stage_dir("sft"), "sft", resume)
     task = build_task(cfg)
     device = resolve_device(cfg.run.device)
@@ -446,22 +452,17 @@ def grpo(cfg, resume: bool = False, verbose: bool = True) -> GrpoResult:
             if start_step == 0:
                 evaluate(0, "start")
             while step < settings.steps:
-                # step boundary: control files and signals
-                commands = writer.poll_control()
-                while "pause" in commands and "stop" not in commands and not signals.requested:
-                    writer.write_status(state="paused", message=f"paused at step {step}")
-                    while True:
-                        time.sleep(0.25)
-                        writer.heartbeat(step)
-                        later = writer.poll_control()
-                        if "save" in later:
-                            save(step)
-                        if "stop" in later or "resume" in later or signals.requested:
-                            commands = later
-                            break
-                    writer.write_status(state="running", message="")
-                stop = "stop" in commands or signals.requested is not None
-                if "save" in commands or stop:
+                # step boundary: control files and signals, as in the shared training loop
+                stop = save_now = False
+                for command in writer.poll_control():
+                    stop |= command == "stop"
+                    save_now |= command == "save"
+                    if command == "pause" and not stop:
+                        stop |= _wait_while_paused(writer, signals, step, save)
+                stop |= signals.requested is not None
+                if save_now or stop:
+                    if stop:
+                        writer.write_status(state="stopping", message=f"stopping at step {step}")
                     save(step)
                 if stop:
                     writer.event(f"stopped at step {step} of {settings.steps} "
@@ -473,9 +474,8 @@ def grpo(cfg, resume: bool = False, verbose: bool = True) -> GrpoResult:
                 prompts = [task.prompt_at(step * settings.prompts_per_step + i)
                            for i in range(settings.prompts_per_step)]
                 model.eval()
-                with autocast(device, cfg.train.dtype):
-                    groups = rollout(engine, tokenizer, task, prompts, settings.group_size,
-                                     replace(params, seed=cfg.run.seed * 1_000_003 + step * 1009))
+                groups = rollout(engine, tokenizer, task, prompts, settings.group_size,
+                                 replace(params, seed=cfg.run.seed * 1_000_003 + step * 1009))
                 stats = group_stats(groups)
                 advantages = group_advantages([g.rewards for g in groups], settings.normalize_std).flatten()
                 inputs, targets, mask = build_batch(groups, tokenizer.bos_id, device)
@@ -492,20 +492,25 @@ def grpo(cfg, resume: bool = False, verbose: bool = True) -> GrpoResult:
                         ref_logprobs = token_logprobs(reference, inputs, targets, chunk_rows, device, cfg.train.dtype)
                 multiplier = lr_multiplier(step, settings.steps, schedule)
                 optimizers.set_lr_multiplier(multiplier)
-                loss_total, extra = 0.0, {}
-                grad_norm = 0.0
-                for _ in range(ITERATIONS_PER_BATCH):
+                # Every group equal (all right or all wrong) and no KL: nothing to learn. Skip the
+                # optimizer step, which would otherwise still move the weights (momentum, and
+                # Muon's orthogonalized update has a fixed size whatever the gradient).
+                updated = bool(advantages.abs().max() > 0) or reference is not None
+                loss_total, extra, grad_norm = 0.0, {}, 0.0
+                for _ in range(ITERATIONS_PER_BATCH if updated else 0):
                     for start in range(0, inputs.size(0), chunk_rows):
                         rows = slice(start, start + chunk_rows)
                         with autocast(device, cfg.train.dtype):
                             losses = model(inputs[rows], targets[rows], loss_reduction="none")
-                        loss, extra = policy_loss(
+                        loss, chunk_stats = policy_loss(
                             -losses.float(), mask[rows], advantages[rows],
                             None if old_logprobs is None else old_logprobs[rows],
                             None if ref_logprobs is None else ref_logprobs[rows],
                             settings.clip_epsilon, settings.kl_coef, normalizer=count)
                         loss.backward()
-                        loss_total += loss.item()
+                        loss_total += loss.item() / ITERATIONS_PER_BATCH
+                        for key, value in chunk_stats.items():  # each chunk's share of the whole batch
+                            extra[key] = extra.get(key, 0.0) + value / ITERATIONS_PER_BATCH
                     clip = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
                     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
                     optimizers.step()
@@ -517,10 +522,10 @@ def grpo(cfg, resume: bool = False, verbose: bool = True) -> GrpoResult:
                 step_tokens = int(inputs.numel())
                 tokens_seen += step_tokens
                 lr = next((g["lr"] for g in optimizers.groups if g.get("name") == "matrix"), optimizers.groups[0]["lr"])
-                train_fields = {"loss": loss_total / ITERATIONS_PER_BATCH, "lr": lr, "lr_multiplier": multiplier,
+                train_fields = {"loss": loss_total, "lr": lr, "lr_multiplier": multiplier,
                                 "grad_norm": grad_norm, "tokens": tokens_seen, "step_seconds": step_seconds,
                                 "tokens_per_second": step_tokens / step_seconds if step_seconds > 0 else None}
-                writer.log("grpo", step=step, **stats, **extra, **train_fields)
+                writer.log("grpo", step=step, **stats, **extra, **train_fields, updated=updated)
                 writer.log("train", step=step, **train_fields)
                 best = max(groups[0].rewards)
                 writer.log("sample", step=step, prompt=groups[0].prompt.messages[-1]["content"],

@@ -81,6 +81,14 @@ def check_inputs(cfg, stage: str, init_from: str, default_source: Path, source_v
     return runs.list_checkpoints(default_source)[-1], None
 
 
+def single_process(stage: str) -> None:
+    """Post-training runs in one process (no torchrun): say so rather than train N copies."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise BadInput(f"{stage} runs in a single process; start it with `picochat {stage} CONFIG`, not torchrun")
+
+
 def stage_config(cfg, checkpoint):
     """The run's config with the checkpoint's [model]: the architecture comes from the weights."""
     return dataclasses.replace(cfg, model=checkpoint.config.model)
@@ -96,6 +104,7 @@ def sft(cfg, resume: bool = False, verbose: bool = True):
     from workbench.train.common import resolve_device, restore_rng_states, seed_everything
     from workbench.train.loop import train
 
+    single_process("sft")
     init, newest = check_inputs(cfg, "sft", cfg.sft.init_from, cfg.out_dir, "pretrain", resume)
     device = resolve_device(cfg.run.device)
     run_dir = cfg.stage_dir("sft")
@@ -114,6 +123,8 @@ def sft(cfg, resume: bool = False, verbose: bool = True):
         meta = checkpoint.meta
         start_step, tokens_seen = int(meta["step"]), int(meta.get("tokens", 0))
         best_val_bpb, source = meta.get("best_val_bpb"), meta.get("init_from", source)
+        if "sft_state" not in meta:
+            raise BadInput(f"{newest / 'meta.json'}: no sft_state (not an SFT checkpoint?), so it cannot be resumed")
         batches.load_state_dict(meta["sft_state"])
         restore_rng_states(meta.get("rng_states"))
     model.train()
