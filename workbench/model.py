@@ -219,10 +219,16 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, kv_cache: KVCache | None):
         batch, time, _ = x.shape
         heads, kv_heads = self.heads, self.kv_heads
-        # One matmul for q, k and v. The weights stay three parameters, so Muon orthogonalizes
-        # each on its own; concatenating them costs a copy of the weights, not of activations.
-        weight = torch.cat([self.c_q.weight, self.c_k.weight, self.c_v.weight])
-        qkv = F.linear(x, weight).view(batch, time, heads + 2 * kv_heads, self.head_dim)
+        if self.training:
+            # One matmul for q, k and v. The weights stay three parameters, so Muon orthogonalizes
+            # each on its own; concatenating them costs a copy of the weights, not of activations.
+            weight = torch.cat([self.c_q.weight, self.c_k.weight, self.c_v.weight])
+            qkv = F.linear(x, weight)
+        else:
+            # Inference calls the layers themselves: a decode step would otherwise copy the q/k/v
+            # weights every token, and INT8 models replace the layers with Int8Linear.
+            qkv = torch.cat([self.c_q(x), self.c_k(x), self.c_v(x)], dim=-1)
+        qkv = qkv.view(batch, time, heads + 2 * kv_heads, self.head_dim)
         qk = norm(apply_rotary(qkv[:, :, :heads + kv_heads], cos, sin))  # q and k in one go
         q, k = qk[:, :, :heads].transpose(1, 2), qk[:, :, heads:].transpose(1, 2)
         v = qkv[:, :, heads + kv_heads:].transpose(1, 2)
