@@ -1,0 +1,61 @@
+"""`picochat serve CHECKPOINT`: the OpenAI-compatible server and its chat page.
+
+Binds to 127.0.0.1 unless told otherwise: the server has no per-user accounts, and anyone who can
+reach it can use the model. Set an API key (--api-key or PICOCHAT_API_KEY) before opening it up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from workbench.errors import BadInput
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its newest checkpoint)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    parser.add_argument("--model-name", default=None, help="the model id clients use (default: the run's name)")
+    parser.add_argument("--api-key", default=None,
+                        help="require 'Authorization: Bearer KEY' on /v1 (default: $PICOCHAT_API_KEY, else none)")
+    parser.add_argument("--max-active", type=int, default=16, help="generations interleaved at once")
+    parser.add_argument("--max-waiting", type=int, default=256, help="queued requests before answering 429")
+    parser.add_argument("--max-tokens", type=int, default=4096, help="largest max_tokens a request may ask for")
+    parser.add_argument("--max-messages", type=int, default=256, help="most messages in one request")
+    parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body")
+    parser.add_argument("--max-n", type=int, default=8, help="most choices (n) in one request")
+
+
+def run(args: argparse.Namespace) -> int:
+    for name in ("port", "max_active", "max_waiting", "max_tokens", "max_messages", "max_body_bytes", "max_n"):
+        value = getattr(args, name)
+        if value < (0 if name == "port" else 1):
+            raise BadInput(f"--{name.replace('_', '-')}: must be positive, got {value}")
+    import uvicorn
+
+    from workbench.engine import Engine
+    from workbench.serve.app import create_app, describe_model
+    from workbench.serve.protocol import Limits
+    from workbench.train.checkpoint import resolve_checkpoint
+
+    folder = resolve_checkpoint(args.checkpoint)
+    engine = Engine.from_checkpoint(folder, device=args.device)
+    model = describe_model(engine, folder, args.model_name)
+    api_key = args.api_key or os.environ.get("PICOCHAT_API_KEY") or None
+    limits = Limits(max_body_bytes=args.max_body_bytes, max_messages=args.max_messages,
+                    max_tokens=args.max_tokens, max_n=args.max_n)
+    app = create_app(engine, model, api_key=api_key, limits=limits, max_active=args.max_active,
+                     max_waiting=args.max_waiting)
+
+    size = f"{model.params / 1e6:.1f}M params" if model.params else "size unknown"
+    print(f"picochat serve: {model.id} ({size}) from {folder}", file=sys.stderr)
+    print(f"  chat page   http://{args.host}:{args.port}/", file=sys.stderr)
+    print(f"  OpenAI API  http://{args.host}:{args.port}/v1  (model '{model.id}'"
+          f"{', API key required' if api_key else ''})", file=sys.stderr)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print("  warning: listening beyond this machine without an API key", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5)
+    return 0
