@@ -155,3 +155,48 @@ def test_bad_task_files_are_bad_input(tmp_path):
     bad.write_text("{oops\n")
     with pytest.raises(BadInput, match="train.jsonl:1: not valid JSON"):
         grpo.gsm8k_prompts(bad)
+
+
+# ---- a real run ----
+
+
+def no_letter_e(text, answer):
+    """A toy reward the pretrained tiny model earns some of the time: answer without the letter e."""
+    words = text.split("<|")[0]
+    return 1.0 if words.strip() and "e" not in words.lower() else 0.0
+
+
+@pytest.mark.slow
+def test_tiny_grpo_run_raises_the_reward_and_resumes(make_tiny_config, tiny_checkpoint):
+    from workbench import runs
+    from workbench.train.checkpoint import load_checkpoint
+
+    prompt = grpo.Prompt([{"role": "user", "content": "Speak."}], None)
+    task = grpo.Task("no-e", lambda index: prompt, [prompt] * 4, no_letter_e, lambda t, a: no_letter_e(t, a) == 1)
+    cfg = make_tiny_config(grpo={"init_from": str(tiny_checkpoint), "steps": 30, "group_size": 8,
+                                 "prompts_per_step": 2, "max_new_tokens": 6, "lr_scale": 0.5, "save_every": 15})
+    result = grpo.grpo(cfg, verbose=False, task=task)
+    assert result.step == 30 and not result.stopped
+    records = runs.read_metrics(cfg.stage_dir("grpo"), kind="grpo")
+    assert [r["step"] for r in records] == list(range(1, 31))
+    for field in ("reward_mean", "reward_std", "zero_variance_fraction", "completion_length", "accuracy",
+                  "loss", "lr"):
+        assert all(r[field] is not None for r in records), field
+    first = sum(r["reward_mean"] for r in records[:8]) / 8
+    last = sum(r["reward_mean"] for r in records[-8:]) / 8
+    print("no-e reward", [round(r["reward_mean"], 2) for r in records])
+    assert 0 < first < 0.9 and last > first + 0.2, (first, last)
+    assert len(runs.read_metrics(cfg.stage_dir("grpo"), kind="train")) == 30
+    meta = load_checkpoint(result.last_checkpoint).meta
+    assert meta["stage"] == "grpo" and meta["init_from"] == str(tiny_checkpoint)
+
+    # resume from step 15: the same prompts, samples and updates as the uninterrupted run
+    import shutil
+
+    cut = make_tiny_config(grpo=dict(cfg.grpo.__dict__, init_from=str(tiny_checkpoint)))
+    shutil.copytree(cfg.stage_dir("grpo") / "checkpoints" / "step_000015",
+                    cut.stage_dir("grpo") / "checkpoints" / "step_000015")
+    grpo.grpo(cut, resume=True, verbose=False, task=task)
+    resumed = runs.read_metrics(cut.stage_dir("grpo"), kind="grpo")
+    assert [r["step"] for r in resumed] == list(range(16, 31))
+    assert [r["reward_mean"] for r in resumed] == [r["reward_mean"] for r in records[15:]]

@@ -183,8 +183,11 @@ def _grpo(cfg, resume: bool, verbose: bool) -> dict[str, Any]:
 
     result = grpo(cfg, resume=resume, verbose=verbose)
     figures: dict[str, Any] = {"stopped": result.stopped}
-    if result.first_reward is not None:
-        figures["reward_mean"] = f"{_round(result.first_reward)} -> {_round(result.last_reward)}"
+    if result.rewards:  # per-step rewards are noisy: compare the first and last quarter of the run
+        quarter = max(1, len(result.rewards) // 4)
+        first, last = result.rewards[:quarter], result.rewards[-quarter:]
+        figures[f"reward_mean (first/last {quarter} steps)"] = (f"{_round(sum(first) / quarter)} -> "
+                                                                 f"{_round(sum(last) / quarter)}")
     start, end = result.held_out.get("start"), result.held_out.get("end")
     key = f"{cfg.grpo.task}_reward"
     if start and end:

@@ -17,8 +17,8 @@ Group relative policy optimization, one visible loop. Each step:
 Tasks ([grpo] task): "arith" (the synthetic word problems, numeric reward), "gsm8k" (train split,
 numeric reward), "arc" (ARC-Easy train split, letter reward), "tool" (synthetic problems with
 large operands, reward for using the calculator correctly and answering right). Held-out prompts of
-the task are answered greedily at the start, every save_every steps and at the end ("eval"
-records: the task's mean reward and accuracy on prompts the training never sees).
+the task are answered at the start, every save_every steps and at the end ("eval" records: mean
+reward and accuracy of sampled answers, and greedy accuracy, on prompts the training never sees).
 
 Logged per step: "grpo" records (reward_mean, reward_std, zero_variance_fraction,
 completion_length, accuracy, plus loss, lr, kl, clip_fraction) and "train" records (loss, lr,
@@ -42,7 +42,8 @@ from typing import Any
 from workbench.errors import BadInput
 from workbench.train import rewards
 
-HELD_OUT_PROMPTS = 64
+HELD_OUT_PROMPTS = 32
+HELD_OUT_SAMPLES = 4  # completions per held-out prompt at the training temperature
 TASK_SEED_OFFSET = 7919  # GRPO prompts come from a different stream than SFT's synthetic data
 HELD_OUT_SEED_OFFSET = 104_729
 ITERATIONS_PER_BATCH = 1  # optimizer steps per sampled batch; clipping only bites when > 1
@@ -308,12 +309,15 @@ def group_stats(groups: list[Group]) -> dict[str, float]:
     }
 
 
-def evaluate_task(engine, tokenizer, task: Task, params, seed: int) -> dict[str, float]:
-    """Mean reward and accuracy on the task's held-out prompts (one sample each)."""
-    groups = rollout(engine, tokenizer, task, task.held_out, 1, replace(params, seed=seed))
-    stats = group_stats(groups)
-    return {f"{task.name}_reward": stats["reward_mean"], f"{task.name}_accuracy": stats["accuracy"],
-            "completion_length": stats["completion_length"]}
+def evaluate_task(engine, tokenizer, task: Task, params, seed: int,
+                  samples: int = HELD_OUT_SAMPLES) -> dict[str, float]:
+    """The policy on the task's held-out prompts: mean reward of `samples` completions per prompt
+    at the training temperature (what GRPO maximizes; fixed seeds, so two evaluations differ only
+    by the model), and the accuracy of the greedy answer."""
+    sampled = group_stats(rollout(engine, tokenizer, task, task.held_out, samples, replace(params, seed=seed)))
+    greedy = group_stats(rollout(engine, tokenizer, task, task.held_out, 1, replace(params, temperature=0.0)))
+    return {f"{task.name}_reward": sampled["reward_mean"], f"{task.name}_accuracy": sampled["accuracy"],
+            f"{task.name}_greedy_accuracy": greedy["accuracy"], "completion_length": sampled["completion_length"]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,15 +353,14 @@ class GrpoResult:
     step: int
     stopped: bool
     last_checkpoint: Path | None
-    first_reward: float | None  # mean reward of the first step of this process
-    last_reward: float | None
+    rewards: list[float]  # mean reward of each step this process trained
     held_out: dict[str, dict[str, float]]  # "start"/"end" -> evaluate_task results
     seconds: float
 
 
-def grpo(cfg, resume: bool = False, verbose: bool = True) -> GrpoResult:
+def grpo(cfg, resume: bool = False, verbose: bool = True, task: Task | None = None) -> GrpoResult:
     """GRPO per the config (see the module docstring). In-process entry point for tests, speedrun
-    and the CLI."""
+    and the CLI; `task` replaces the [grpo] task (tests train on a toy reward)."""
     import torch
 
     from workbench.engine import Engine, SamplingParams
@@ -377,7 +380,7 @@ def grpo(cfg, resume: bool = False, verbose: bool = True) -> GrpoResult:
     settings = cfg.grpo
     single_process("grpo")
     init, newest = check_inputs(cfg, "grpo", settings.init_from, cfg.stage_dir("sft"), "sft", resume)
-    task = build_task(cfg)
+    task = task or build_task(cfg)
     device = resolve_device(cfg.run.device)
     run_dir = cfg.stage_dir("grpo")
     seed_everything(cfg.run.seed)
@@ -386,10 +389,11 @@ def grpo(cfg, resume: bool = False, verbose: bool = True) -> GrpoResult:
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
     cfg = stage_config(cfg, checkpoint)
     optimizers = build_optimizer(model, cfg.train, lr_scale=settings.lr_scale)
-    start_step, source = 0, str(init)
+    start_step, source, tokens_seen = 0, str(init), 0
     if newest is not None:
         optimizers.load_state_tensors(checkpoint.optimizer_tensors)
         start_step, source = int(checkpoint.meta["step"]), checkpoint.meta.get("init_from", source)
+        tokens_seen = int(checkpoint.meta.get("tokens", 0))
         restore_rng_states(checkpoint.meta.get("rng_states"))
     reference = None
     if settings.kl_coef > 0:  # a frozen copy of the starting model (on resume: reloaded from init_from)
@@ -399,7 +403,6 @@ def grpo(cfg, resume: bool = False, verbose: bool = True) -> GrpoResult:
     engine = Engine(model, tokenizer, device=device)
     params = SamplingParams(temperature=settings.temperature, top_k=0, top_p=1.0,
                             max_tokens=settings.max_new_tokens, seed=cfg.run.seed)
-    eval_params = replace(params, temperature=0.0)  # greedy: the held-out curve has no sampling noise
     chunk_rows = max(1, cfg.train.device_batch_size)
     schedule = replace(cfg.train, warmup_steps=0)  # a short RL run needs no warmup: decay over the run
 
@@ -422,7 +425,7 @@ def grpo(cfg, resume: bool = False, verbose: bool = True) -> GrpoResult:
 
     def evaluate(at_step: int, label: str | None = None) -> None:
         try:
-            results = evaluate_task(engine, tokenizer, task, eval_params, seed=cfg.run.seed + HELD_OUT_SEED_OFFSET)
+            results = evaluate_task(engine, tokenizer, task, params, seed=cfg.run.seed + HELD_OUT_SEED_OFFSET)
         except Exception as error:  # an evaluation never kills training
             writer.event(f"evaluation failed at step {at_step}: {type(error).__name__}: {error}")
             return
@@ -438,15 +441,15 @@ def grpo(cfg, resume: bool = False, verbose: bool = True) -> GrpoResult:
         nonlocal last_checkpoint, saved_step
         if saved_step == at_step:
             return
-        meta = {"stage": "grpo", "total_steps": settings.steps, "rng_states": capture_rng_states(),
-                "init_from": source, "task": task.name, "lr_scale": settings.lr_scale}
+        meta = {"stage": "grpo", "total_steps": settings.steps, "tokens": tokens_seen, "init_from": source,
+                "rng_states": capture_rng_states(), "task": task.name, "lr_scale": settings.lr_scale}
         last_checkpoint = save_checkpoint(run_dir, at_step, model, cfg.frozen(), tokenizer, optimizers,
                                           meta=meta, keep_last=cfg.train.keep_last)
         saved_step = at_step
         writer.event(f"checkpoint {last_checkpoint.name}", path=str(last_checkpoint))
 
     started = time.time()
-    step, first_reward, last_reward, tokens_seen = start_step, None, None, 0
+    step, step_rewards = start_step, []
     try:
         with _Signals() as signals:
             if start_step == 0:
@@ -531,8 +534,7 @@ def grpo(cfg, resume: bool = False, verbose: bool = True) -> GrpoResult:
                 writer.log("sample", step=step, prompt=groups[0].prompt.messages[-1]["content"],
                            text=groups[0].texts[groups[0].rewards.index(best)])
                 writer.heartbeat(step, tokens=tokens_seen)
-                first_reward = stats["reward_mean"] if first_reward is None else first_reward
-                last_reward = stats["reward_mean"]
+                step_rewards.append(stats["reward_mean"])
                 if verbose:
                     print(f"grpo step {step:4d}/{settings.steps} | reward {stats['reward_mean']:.3f} "
                           f"± {stats['reward_std']:.3f} | acc {stats['accuracy']:.3f} | zero-var "
@@ -557,5 +559,5 @@ def grpo(cfg, resume: bool = False, verbose: bool = True) -> GrpoResult:
         key = f"{task.name}_reward"
         change = f"; held-out reward {start[key]:.3f} -> {end[key]:.3f}" if start and end else ""
         writer.finish("done", f"{step} steps{change}")
-    return GrpoResult(step=step, stopped=stopped, last_checkpoint=last_checkpoint, first_reward=first_reward,
-                      last_reward=last_reward, held_out=held_out, seconds=time.time() - started)
+    return GrpoResult(step=step, stopped=stopped, last_checkpoint=last_checkpoint, rewards=step_rewards,
+                      held_out=held_out, seconds=time.time() - started)
