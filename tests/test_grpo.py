@@ -184,7 +184,6 @@ def test_tiny_grpo_run_raises_the_reward_and_resumes(make_tiny_config, tiny_chec
         assert all(r[field] is not None for r in records), field
     first = sum(r["reward_mean"] for r in records[:8]) / 8
     last = sum(r["reward_mean"] for r in records[-8:]) / 8
-    print("no-e reward", [round(r["reward_mean"], 2) for r in records])
     assert 0 < first < 0.9 and last > first + 0.2, (first, last)
     assert len(runs.read_metrics(cfg.stage_dir("grpo"), kind="train")) == 30
     meta = load_checkpoint(result.last_checkpoint).meta
