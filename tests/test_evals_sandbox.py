@@ -1,0 +1,85 @@
+"""The HumanEval sandbox: real programs in a real separate process, each limit actually hit."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from workbench.evals import humaneval
+from workbench.evals.sandbox import run_program
+
+FIXTURES = Path(__file__).parent / "fixtures" / "evals"
+
+
+def test_canonical_solutions_pass_and_wrong_ones_fail():
+    problem = humaneval.load(FIXTURES / "humaneval" / "HumanEval.jsonl")[0]
+    good = run_program(humaneval.assemble_program(problem, problem.canonical_solution), timeout=20)
+    assert good.status == "passed" and good.returncode == 0, good.stderr
+    bad = run_program(humaneval.assemble_program(problem, "    return not True\n"), timeout=20)
+    assert bad.status == "failed" and "AssertionError" in bad.stderr
+
+
+def test_infinite_loop_times_out():
+    result = run_program("while True:\n    pass\n", timeout=1.5)
+    assert result.status == "timeout" and 1.4 < result.seconds < 10
+
+
+def test_sleeping_forever_times_out_too():
+    result = run_program("import time\ntime.sleep(60)\n", timeout=1.0)
+    assert result.status == "timeout" and result.seconds < 10
+
+
+def test_memory_bomb_is_stopped():
+    result = run_program("blocks = []\nwhile True:\n    blocks.append(bytearray(50 << 20))\n",
+                         timeout=20, memory_mb=256)
+    assert result.status == "memory" and not result.passed
+
+
+def test_network_is_refused():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)  # a connection would wait in the backlog even though nobody accepts it
+    port = server.getsockname()[1]
+    attempts = [
+        f"import socket\nsocket.create_connection(('127.0.0.1', {port}))\n",
+        f"import sys\nsys.modules.pop('socket', None)\nimport _socket\n_socket.socket().connect(('127.0.0.1', {port}))\n",
+        f"import urllib.request\nurllib.request.urlopen('http://127.0.0.1:{port}/')\n",
+        f"__import__('importlib').import_module('socket').socket().connect(('127.0.0.1', {port}))\n",
+    ]
+    try:
+        for program in attempts:
+            result = run_program(program, timeout=10)
+            assert result.status == "failed", (program, result)
+            assert "sandbox" in result.stderr, result.stderr
+        server.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            server.accept()  # nothing ever connected
+    finally:
+        server.close()
+
+
+def test_no_processes_no_writes_outside_its_folder(tmp_path):
+    target = tmp_path / "written.txt"
+    for program in [
+        "import os\nos.system('echo hi')\n",
+        "import subprocess\nsubprocess.run(['true'])\n",
+        "import os\nos.fork()\n",
+        "import posix\nposix.system('true')\n",
+        f"open({str(target)!r}, 'w').write('x')\n",
+        "import ctypes\n",
+        "import resource\n",
+    ]:
+        result = run_program(program, timeout=10)
+        assert result.status == "failed", (program, result)
+    assert not target.exists()
+    # its own temporary folder is writable, and it sees an empty environment
+    local = run_program("import os, json\nopen('x.txt', 'w').write('ok')\nprint(json.dumps(dict(os.environ)))\n")
+    assert local.passed and set(json.loads(local.stdout)) <= {"LC_CTYPE"}
+
+
+def test_huge_output_is_bounded():
+    result = run_program("while True:\n    print('x' * 10000)\n", timeout=10)
+    assert not result.passed and len(result.stdout) <= 8192

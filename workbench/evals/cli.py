@@ -1,0 +1,325 @@
+"""`picochat eval CHECKPOINT --tasks bpb,arc-easy,arc-challenge,mmlu,hellaswag,gsm8k,humaneval [--limit N]`
+
+CHECKPOINT is a checkpoint folder or a run folder (its newest checkpoint). Every eval file is read
+and checked BEFORE the model loads, so a malformed file fails in a second with "FILE:LINE: problem".
+Results go to the terminal (a table), to <checkpoint>/evals.json (merged with earlier results, one
+entry per task) and to the run folder's metrics.jsonl: "progress" records while running and one
+"eval" record per task. If a training worker is alive in that run folder its status.json is left
+alone and the eval writes to the sibling folder <run>-eval instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from workbench import runs
+from workbench.errors import BadInput
+from workbench.evals import common
+from workbench.evals.common import TASKS, TaskResult
+
+LIVE_STATES = ("starting", "running", "paused", "stopping", "stalled")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its newest checkpoint)")
+    parser.add_argument("--tasks", default=None,
+                        help=f"comma-separated, or 'all': {','.join(TASKS)} (default: the config's [eval] tasks)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="first N examples per task (MMLU: spread across subjects); 0 = all "
+                             "(default: the config's [eval] limit)")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder of the eval data files (default: the config's [eval] data_dir)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    parser.add_argument("--seed", type=int, default=0, help="seed for torch (generation is greedy)")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="tokens generated per GSM8K/HumanEval answer (default: [eval] max_new_tokens)")
+    parser.add_argument("--bpb-tokens", type=int, default=None,
+                        help="validation tokens for bpb (default: the config's [train] eval_tokens)")
+
+
+# ---------------------------------------------------------------------------------------------
+# finding things
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadInput(f"{path}: missing from the checkpoint") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BadInput(f"{path}: unreadable ({error})") from None
+
+
+def resolve_data_dir(value: str | Path) -> Path:
+    """An absolute path as is; a relative one from the working directory, else from the repo root."""
+    from workbench.config import REPO_DIR
+
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return path
+    for base in (Path.cwd(), REPO_DIR):
+        if (base / path).exists():
+            return (base / path).resolve()
+    return (REPO_DIR / path).resolve()
+
+
+def task_path(data_dir: Path, task: str) -> Path:
+    return data_dir / TASKS[task][0]
+
+
+def load_task_data(task: str, data_dir: Path, limit: int | None) -> list:
+    """The task's items (the first `limit`), read and validated from the data dir."""
+    from workbench.evals import gsm8k, humaneval, multiple_choice
+
+    path = task_path(data_dir, task)
+    if task in common.MULTIPLE_CHOICE_TASKS:
+        return multiple_choice.select(multiple_choice.load(task, path), limit)
+    if task == "gsm8k":
+        return common.take(gsm8k.load(path), limit)
+    if task == "humaneval":
+        return common.take(humaneval.load(path), limit)
+    return []
+
+
+def writer_dir(checkpoint: Path) -> Path | None:
+    """Where this eval's progress and records go: the checkpoint's run folder, or <run>-eval while a
+    training worker is alive there (its status.json must not be clobbered). None for a checkpoint
+    that is not inside a run folder."""
+    if checkpoint.parent.name != "checkpoints":
+        return None
+    run_dir = checkpoint.parent.parent
+    if runs.effective_state(runs.read_status(run_dir)) in LIVE_STATES:
+        return run_dir.with_name(f"{run_dir.name}-eval")
+    return run_dir
+
+
+def merge_results(checkpoint: Path, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """<checkpoint>/evals.json: earlier results kept, these tasks replaced."""
+    path = checkpoint / "evals.json"
+    try:
+        existing = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(existing, dict):
+            existing = {}
+    except (OSError, ValueError):
+        existing = {}
+    existing.update(results)
+    runs.atomic_write_text(path, json.dumps(runs._json_safe(existing), indent=1))
+    return existing
+
+
+# ---------------------------------------------------------------------------------------------
+# printing
+
+
+def headline(task: str, result: dict[str, Any]) -> str:
+    if task == "bpb":
+        return f"{result['bpb']:.4f} bpb" if result.get("bpb") is not None else "-"
+    accuracy = result.get("accuracy")
+    return f"{100 * accuracy:.1f}%" if accuracy is not None else "-"
+
+
+def extra_text(task: str, result: dict[str, Any]) -> str:
+    parts = []
+    if result.get("letter_accuracy") is not None:
+        parts.append(f"letter {100 * result['letter_accuracy']:.1f}%")
+    if result.get("accuracy_sum") is not None:
+        parts.append(f"sum-logprob {100 * result['accuracy_sum']:.1f}%")
+    if result.get("well_formed_share") is not None:
+        parts.append(f"well-formed thought {100 * result['well_formed_share']:.0f}%")
+    if result.get("outcomes"):
+        parts.append(" ".join(f"{k} {v}" for k, v in sorted(result["outcomes"].items())))
+    if task == "bpb" and result.get("tokens"):
+        parts.append(f"{result['tokens']} tokens")
+    return ", ".join(parts)
+
+
+def print_table(results: dict[str, dict[str, Any]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("task")
+    table.add_column("score", justify="right")
+    table.add_column("chance", justify="right")
+    table.add_column("n", justify="right")
+    table.add_column("seconds", justify="right")
+    table.add_column("notes")
+    for task, result in results.items():
+        chance = result.get("chance")
+        table.add_row(task, headline(task, result), "-" if chance is None else f"{100 * chance:.0f}%",
+                      str(result.get("n", "")), f"{result.get('seconds', 0):.1f}", extra_text(task, result))
+    Console().print(table)
+
+
+# ---------------------------------------------------------------------------------------------
+# running
+
+
+class EvalStopped(Exception):
+    """A stop request (control file or SIGTERM) arrived: finish with the tasks already done."""
+
+
+class Reporter:
+    """Progress to the terminal (a rich bar) and, at most every half second, to the run folder, where
+    it also picks up a stop request (`picochat stop`, the TUI) between batches."""
+
+    def __init__(self, writer: runs.RunWriter | None, bar=None):
+        self.writer, self.bar, self.last = writer, bar, 0.0
+        self.task_id = None
+        self.task = ""
+        self.stop_requested = False
+
+    def start(self, task: str, total: int | None) -> None:
+        self.task = task
+        self.task_id = self.bar.add_task(task, total=total)
+        if self.writer:
+            self.writer.progress(0, total, unit="examples", task=task)
+
+    def __call__(self, done: int, total: int) -> None:
+        self.bar.update(self.task_id, completed=done, total=total)
+        now = time.monotonic()
+        if self.writer and (now - self.last > 0.5 or done >= total):
+            self.last = now
+            self.writer.progress(done, total, unit="examples", task=self.task)
+            if "stop" in self.writer.poll_control():
+                self.stop_requested = True
+        if self.stop_requested:
+            raise EvalStopped(f"stopped during {self.task}")
+
+
+def run_task(task: str, items: list, checkpoint, device, args, report: Reporter) -> TaskResult:
+    from workbench.evals import gsm8k, humaneval, multiple_choice
+
+    chat = common.chat_model(checkpoint.meta)
+    max_len = checkpoint.config.model.seq_len
+    max_new_tokens = args.max_new_tokens or checkpoint.config.eval.max_new_tokens
+    if task == "bpb":
+        from workbench.evals.bpb import bpb_for_checkpoint
+
+        tokens = args.bpb_tokens or checkpoint.config.train.eval_tokens
+        report.start(task, 1)
+        value = bpb_for_checkpoint(checkpoint, max_tokens=tokens, device=str(device))
+        report(1, 1)
+        return TaskResult(task="bpb", accuracy=None, n=tokens, chance=None, details={"bpb": value, "tokens": tokens})
+    if task in common.MULTIPLE_CHOICE_TASKS:
+        total = sum(len(item.choices) for item in items) + (len(items) if chat else 0)
+        report.start(task, total)
+        return multiple_choice.evaluate(task, checkpoint.model, checkpoint.tokenizer, items, device, max_len,
+                                        chat, report)
+    from workbench.engine import Engine
+
+    engine = Engine(checkpoint.model, checkpoint.tokenizer, device=device)
+    if task == "gsm8k":
+        report.start(task, len(items))
+        return gsm8k.evaluate(engine, checkpoint.tokenizer, items, chat, max_new_tokens, args.seed, report)
+    report.start(task, 2 * len(items))
+    return humaneval.evaluate(engine, checkpoint.tokenizer, items, chat, max_new_tokens, args.seed, report)
+
+
+def run(args: argparse.Namespace) -> int:
+    from workbench import config as config_module
+    from workbench.train.checkpoint import resolve_checkpoint
+
+    path = resolve_checkpoint(args.checkpoint)
+    raw_config = _read_json(path / "config.json")
+    if not isinstance(raw_config, dict):
+        raise BadInput(f"{path / 'config.json'}: must be a JSON object")
+    try:
+        config = config_module.from_dict(raw_config)
+    except BadInput as error:
+        raise BadInput(f"{path / 'config.json'}: {error}") from None
+    tasks = common.parse_tasks(args.tasks if args.tasks is not None else config.eval.tasks)
+    limit = args.limit if args.limit is not None else config.eval.limit
+    if limit < 0:
+        raise BadInput(f"--limit must be >= 0, got {limit}")
+    data_dir = resolve_data_dir(args.data_dir or config.eval.data_dir)
+
+    if not data_dir.is_dir() and any(task != "bpb" for task in tasks):
+        source = "--data-dir" if args.data_dir else f"[eval] data_dir of {path / 'config.json'}; pass --data-dir"
+        raise BadInput(f"{data_dir}: eval data folder not found ({source})")
+    # Every eval file (and the bpb validation data) is checked before the (slow) model load.
+    data = {task: load_task_data(task, data_dir, limit) for task in tasks}
+    if "bpb" in tasks:
+        from workbench.data.shards import list_shards
+
+        if not (list_shards(config.data_dir, "val") or list_shards(config.data_dir, "train")):
+            raise BadInput(f"{config.data_dir}: no prepared data for bpb (run `picochat prepare CONFIG` "
+                           f"with this checkpoint's config first, or leave bpb out of --tasks)")
+
+    import torch
+
+    from workbench.train.checkpoint import load_checkpoint
+    from workbench.train.common import resolve_device
+
+    device = resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    checkpoint = load_checkpoint(path, device=device)
+    step = int(checkpoint.meta.get("step", 0))
+    folder = writer_dir(path)
+    writer = runs.RunWriter(folder, "eval") if folder else None
+    if writer:
+        writer.poll_control()  # commands left over from an earlier worker are not meant for this one
+        writer.write_status(state="running", step=step, message=f"eval of {path.name}: {', '.join(tasks)}")
+        writer.event(f"eval of {path} on {', '.join(tasks)}", checkpoint=str(path), limit=limit)
+    print(f"eval of {path} (step {step}, stage {checkpoint.meta.get('stage', '?')}, {device}) on "
+          f"{', '.join(tasks)}" + (f", first {limit} examples each" if limit else ""), file=sys.stderr)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    results: dict[str, dict[str, Any]] = {}
+    report = Reporter(writer)
+
+    def on_sigterm(signum, frame):  # `picochat stop` escalates to SIGTERM: end cleanly, keep results
+        report.stop_requested = True
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    stopped = ""
+    try:
+        with Progress(TextColumn("{task.description:>14}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), transient=False) as bar:
+            report.bar = bar
+            for number, task in enumerate(tasks, start=1):
+                started = time.time()
+                result = run_task(task, data[task], checkpoint, device, args, report)
+                entry = result.to_dict()
+                entry.update(step=step, limit=limit, seconds=round(time.time() - started, 2),
+                             time=round(time.time(), 1), device=str(device))
+                if task != "bpb":
+                    entry["data"] = str(task_path(data_dir, task))
+                results[task] = entry
+                merge_results(path, {task: entry})
+                if writer:
+                    score = entry["bpb"] if task == "bpb" else entry["accuracy"]
+                    fields = {key: value for key, value in entry.items()
+                              if isinstance(value, (int, float, str)) and key != "step"}
+                    fields.update({task: score, "task": task, "checkpoint": str(path)})
+                    writer.log("eval", step=step, **fields)
+                    writer.write_status(message=f"eval: {number}/{len(tasks)} tasks done")
+                if report.stop_requested and number < len(tasks):
+                    raise EvalStopped(f"stopped after {task}")
+    except EvalStopped as stop:
+        stopped = str(stop)
+    except BaseException as error:
+        if writer:
+            writer.finish("failed", f"{type(error).__name__}: {error}"[:300])
+        raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous_handler)
+    summary = ", ".join(f"{task} {headline(task, result)}" for task, result in results.items())
+    if stopped:
+        summary = f"{stopped}; " + (summary or "no task finished")
+        print(f"eval {stopped} (stop requested); finished tasks are saved", file=sys.stderr)
+    if writer:
+        writer.finish("done", summary)
+    print_table(results, f"{path.parent.parent.name}/{path.name}")
+    print(f"results: {path / 'evals.json'}" + (f"; progress and records: {folder / 'metrics.jsonl'}" if folder else ""))
+    return 0

@@ -1,0 +1,151 @@
+"""What every eval task shares: reading eval files with file:line errors, the task registry,
+--limit selection, and small helpers for running a model over token rows.
+
+Nothing here imports torch at module level: the task modules' loaders and scorers (and their tests)
+work without a model, so a perfect answer sheet can be scored in milliseconds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import BadInput
+
+# task name -> (relative path under the eval data dir, chance level or None, one-line description)
+TASKS: dict[str, tuple[str, float | None, str]] = {
+    "bpb": ("", None, "bits per byte on the run's validation shards (lower is better)"),
+    "arc-easy": ("arc/llm-foundry/arc_easy.jsonl", 0.25, "ARC-Easy, 4 choices, likelihood"),
+    "arc-challenge": ("arc/llm-foundry/arc_challenge.jsonl", 0.25, "ARC-Challenge, 4 choices, likelihood"),
+    "mmlu": ("mmlu/test", 0.25, "MMLU test, 57 subjects, 4 choices, likelihood"),
+    "hellaswag": ("hellaswag/hellaswag_val.preprocessed.jsonl", 0.25, "HellaSwag val, 4 endings, likelihood"),
+    "gsm8k": ("gsm8k/test.jsonl", 0.0, "GSM8K test, generation with the calculator, exact number"),
+    "humaneval": ("humaneval/HumanEval.jsonl", 0.0, "HumanEval, generated code run against its tests, pass@1"),
+}
+MULTIPLE_CHOICE_TASKS = ("arc-easy", "arc-challenge", "mmlu", "hellaswag")
+GENERATIVE_TASKS = ("gsm8k", "humaneval")
+
+# A progress callback: (done, total) after each unit of work.
+Progress = Callable[[int, int], None]
+
+
+def no_progress(done: int, total: int) -> None:
+    pass
+
+
+def parse_tasks(text: str | list[str]) -> list[str]:
+    """'bpb,arc-easy' (or a list) -> validated task names in the given order; 'all' is every task."""
+    names = text if isinstance(text, list) else [part for part in text.split(",")]
+    names = [name.strip().lower() for name in names if name.strip()]
+    if names == ["all"]:
+        return list(TASKS)
+    unknown = [name for name in names if name not in TASKS]
+    if unknown:
+        import difflib
+
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, list(TASKS), n=1)
+            hints.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        raise BadInput(f"--tasks: unknown task {', '.join(hints)}; known: {', '.join(TASKS)}")
+    if not names:
+        raise BadInput(f"--tasks: no task given; known: {', '.join(TASKS)}")
+    return list(dict.fromkeys(names))
+
+
+# ---------------------------------------------------------------------------------------------
+# reading eval files: every problem is a BadInput naming the file and the line
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; a line that is not a JSON object is BadInput."""
+    path = Path(path)
+    try:
+        handle = open(path, encoding="utf-8")  # noqa: SIM115
+    except FileNotFoundError:
+        raise BadInput(f"{path}: eval file not found (is --data-dir right?)") from None
+    except OSError as error:
+        raise BadInput(f"{path}: cannot read eval file: {error}") from None
+    with handle:
+        try:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise BadInput(f"{path}:{number}: not valid JSON ({error.msg})") from None
+                if not isinstance(record, dict):
+                    raise BadInput(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+                yield number, record
+        except UnicodeDecodeError:
+            raise BadInput(f"{path}: not UTF-8 text") from None
+
+
+def iter_csv(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, row) for each CSV record (line number of the record's first line)."""
+    path = Path(path)
+    try:
+        handle = open(path, encoding="utf-8", newline="")  # noqa: SIM115
+    except FileNotFoundError:
+        raise BadInput(f"{path}: eval file not found (is --data-dir right?)") from None
+    with handle:
+        reader = csv.reader(handle)
+        line = 1
+        try:
+            for row in reader:
+                yield line, row
+                line = reader.line_num + 1
+        except csv.Error as error:
+            raise BadInput(f"{path}:{reader.line_num}: malformed CSV ({error})") from None
+        except UnicodeDecodeError:
+            raise BadInput(f"{path}: not UTF-8 text") from None
+
+
+def require(record: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    """record[key], which must exist and be of `kind`; else BadInput at `where` (FILE:LINE)."""
+    if key not in record:
+        raise BadInput(f"{where}: missing field '{key}'")
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise BadInput(f"{where}: field '{key}' must be {names}, got {type(value).__name__}")
+    return value
+
+
+def take(items: list, limit: int | None) -> list:
+    """The first `limit` items (all when limit is 0 or None): deterministic, so reruns compare."""
+    return items[:limit] if limit else items
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass
+class TaskResult:
+    """One task's scores: `accuracy` is the headline (bpb for the bpb task), `details` the rest."""
+
+    task: str
+    accuracy: float | None
+    n: int
+    chance: float | None
+    details: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"accuracy": self.accuracy, "n": self.n, "chance": self.chance}
+        out.update(self.details)
+        return out
+
+
+def mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def chat_model(meta: dict[str, Any]) -> bool:
+    """Checkpoints of the chat stages know the chat format; base models get plain-text prompts."""
+    return str(meta.get("stage", "")) in ("sft", "grpo")

@@ -1,0 +1,431 @@
+"""`picochat report RUN`: one page on what a run did, in the spirit of nanochat's report card.
+
+Gathered from the run folder runs/NAME and its stage siblings (NAME-sft, NAME-grpo, NAME-eval):
+the frozen config, the machine, software versions and git commit, each stage's wall time, steps,
+tokens, parameters, final train loss and val bpb, and every eval result found in the checkpoints'
+evals.json, with each task's chance level beside it. Written to runs/NAME/report.md and
+runs/NAME/report.json; `write_report(run_dir)` is the same thing as a function (speedrun calls it).
+
+Everything is read from files the stages already wrote, so a report can be rebuilt at any time.
+Wall time per stage is measured from metrics.jsonl (first to last record of the stage; gaps longer
+than 10 minutes, e.g. between a stop and a --resume, are left out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from workbench import runs
+from workbench.errors import BadInput
+from workbench.evals.common import TASKS
+
+STAGES = ("prepare", "tokenizer", "pretrain", "sft", "grpo", "eval")
+TRAIN_STAGES = ("pretrain", "sft", "grpo")
+SIBLING_SUFFIXES = ("-sft", "-grpo", "-eval")
+SESSION_GAP_SECONDS = 600.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="the run folder (runs/NAME); its -sft/-grpo siblings are included")
+    parser.add_argument("--quiet", action="store_true", help="print only the report's path")
+
+
+def run(args: argparse.Namespace) -> int:
+    path = write_report(args.run)
+    if not args.quiet:
+        from rich.console import Console
+        from rich.markdown import Markdown
+
+        text = path.read_text(encoding="utf-8")
+        Console().print(Markdown(text.split("\n## Config", 1)[0]))
+    print(f"report: {path} (and {path.with_suffix('.json').name})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# finding the run's folders
+
+
+def base_run_dir(run_dir: str | Path) -> Path:
+    """runs/NAME for runs/NAME, runs/NAME-sft, runs/NAME-grpo or runs/NAME-eval."""
+    run_dir = Path(run_dir).expanduser()
+    if not run_dir.is_dir():
+        raise BadInput(f"{run_dir}: no such run folder")
+    for suffix in SIBLING_SUFFIXES:
+        if run_dir.name.endswith(suffix):
+            base = run_dir.with_name(run_dir.name[: -len(suffix)])
+            if base.is_dir():
+                return base
+    return run_dir
+
+
+def stage_folders(base: Path) -> dict[str, Path]:
+    """Each folder of the run that exists: "" (the run itself), "sft", "grpo", "eval"."""
+    folders = {"": base}
+    for suffix in SIBLING_SUFFIXES:
+        sibling = base.with_name(base.name + suffix)
+        if sibling.is_dir():
+            folders[suffix[1:]] = sibling
+    return folders
+
+
+# ---------------------------------------------------------------------------------------------
+# the machine and the software
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def hardware() -> dict[str, Any]:
+    """The machine writing the report (training may have run elsewhere: see each stage's device)."""
+    cpu = ""
+    for line in _read("/proc/cpuinfo").splitlines():
+        if line.lower().startswith(("model name", "hardware", "processor\t: arm")):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    memory_gb = None
+    for line in _read("/proc/meminfo").splitlines():
+        if line.startswith("MemTotal:"):
+            memory_gb = round(int(line.split()[1]) / 1024**2, 1)
+    info: dict[str, Any] = {"cpu": cpu or platform.processor() or platform.machine(),
+                            "cores": os.cpu_count(), "memory_gb": memory_gb,
+                            "os": f"{platform.system()} {platform.release()}", "gpus": []}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            for index in range(torch.cuda.device_count()):
+                props = torch.cuda.get_device_properties(index)
+                info["gpus"].append(f"{props.name} ({props.total_memory / 1024**3:.0f} GiB)")
+    except ImportError:
+        pass
+    return info
+
+
+def software() -> dict[str, Any]:
+    from workbench.config import REPO_DIR
+
+    info: dict[str, Any] = {"python": platform.python_version()}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        info["torch"] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True,
+                                timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_DIR,
+                               capture_output=True, text=True, timeout=10)
+        info["git_commit"] = commit.stdout.strip() or None
+        info["git_dirty"] = bool(dirty.stdout.strip()) if commit.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        info["git_commit"], info["git_dirty"] = None, None
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# the stages
+
+
+def wall_seconds(records: list[dict[str, Any]]) -> float | None:
+    """Time covered by the records, leaving out gaps over SESSION_GAP_SECONDS (stopped, then resumed)."""
+    times = sorted(r["t"] for r in records if isinstance(r.get("t"), (int, float)))
+    if not times:
+        return None
+    total = 0.0
+    for before, after in zip(times, times[1:], strict=False):
+        if after - before <= SESSION_GAP_SECONDS:
+            total += after - before
+    return total
+
+
+def _last(records: list[dict[str, Any]], kind: str, key: str) -> Any:
+    for record in reversed(records):
+        if record.get("kind") == kind and record.get(key) is not None:
+            return record[key]
+    return None
+
+
+def _first(records: list[dict[str, Any]], kind: str, key: str) -> Any:
+    for record in records:
+        if record.get("kind") == kind and record.get(key) is not None:
+            return record[key]
+    return None
+
+
+def _checkpoint_meta(folder: Path) -> tuple[Path | None, dict[str, Any]]:
+    checkpoints = runs.list_checkpoints(folder)
+    if not checkpoints:
+        return None, {}
+    try:
+        return checkpoints[-1], json.loads((checkpoints[-1] / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return checkpoints[-1], {}
+
+
+def stage_summary(stage: str, records: list[dict[str, Any]], folder: Path) -> dict[str, Any]:
+    """What one stage did, from its metrics records (and its newest checkpoint for a training stage)."""
+    mine = [r for r in records if r.get("stage") == stage]
+    summary: dict[str, Any] = {"folder": str(folder), "wall_seconds": wall_seconds(mine)}
+    if stage == "tokenizer":
+        for key in ("vocab_size", "chars_per_token", "bytes_per_token", "train_seconds"):
+            summary[key] = _last(mine, "tokenizer", key)
+    if stage == "prepare":
+        summary["summary"] = next((r.get("message") for r in reversed(mine)
+                                   if r.get("kind") == "event" and "documents" in str(r.get("message", ""))), None)
+    if stage in TRAIN_STAGES:
+        summary.update(
+            steps=_last(mine, "train", "step"),
+            tokens=_last(mine, "train", "tokens"),
+            params=_last(mine, "sys", "params"),
+            device=_last(mine, "sys", "device_name") or _last(mine, "sys", "device"),
+            dtype=_last(mine, "sys", "dtype"),
+            final_loss=_last(mine, "train", "loss"),
+            tokens_per_second=_last(mine, "train", "tokens_per_second"),
+            mfu=_last(mine, "train", "mfu"),
+            val_bpb=_last(mine, "eval", "val_bpb"),
+            first_val_bpb=_first(mine, "eval", "val_bpb"),
+            val_loss=_last(mine, "eval", "val_loss"),
+        )
+        checkpoint, meta = _checkpoint_meta(folder)
+        if checkpoint is not None:
+            summary["checkpoint"] = str(checkpoint)
+            summary["params"] = summary["params"] or meta.get("params")
+            summary["tokens"] = summary["tokens"] or meta.get("tokens")
+            summary["steps"] = summary["steps"] or meta.get("step")
+    if stage == "eval":
+        tasks = [r.get("task") for r in mine if r.get("kind") == "eval" and r.get("task")]
+        summary["tasks"] = " ".join(dict.fromkeys(tasks)) or None
+    if stage == "grpo":
+        for key in ("reward_mean", "accuracy", "zero_variance_fraction", "completion_length"):
+            summary[f"first_{key}"] = _first(mine, "grpo", key)
+            summary[key] = _last(mine, "grpo", key)
+    return {key: value for key, value in summary.items() if value is not None}
+
+
+def eval_results(folders: dict[str, Path]) -> list[dict[str, Any]]:
+    """Every checkpoint's evals.json in the run's folders, oldest first within each folder."""
+    found = []
+    for name, folder in folders.items():
+        for checkpoint in runs.list_checkpoints(folder):
+            path = checkpoint / "evals.json"
+            if not path.exists():
+                continue
+            try:
+                results = json.loads(path.read_text(encoding="utf-8"))
+                meta = json.loads((checkpoint / "meta.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(results, dict) and results:
+                found.append({"stage": meta.get("stage") or ("pretrain" if not name else name),
+                              "checkpoint": str(checkpoint), "step": meta.get("step"), "results": results})
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# the report
+
+
+def gather(run_dir: str | Path) -> dict[str, Any]:
+    base = base_run_dir(run_dir)
+    folders = stage_folders(base)
+    stages: dict[str, Any] = {}
+    for name, folder in folders.items():
+        records = runs.read_metrics(folder)
+        present = [s for s in STAGES if any(r.get("stage") == s for r in records)]
+        for stage in present:
+            if stage == "eval" and "eval" in stages:  # eval records from several folders: add up
+                extra = stage_summary(stage, records, folder)
+                stages["eval"]["wall_seconds"] = (stages["eval"].get("wall_seconds") or 0) + (
+                    extra.get("wall_seconds") or 0)
+                continue
+            if stage not in stages or (name and stage == name):
+                stages[stage] = stage_summary(stage, records, folder)
+    config_text = _read(str(base / "config.toml"))
+    status = runs.read_status(base) or {}
+    evals = eval_results(folders)
+    total = sum(s.get("wall_seconds") or 0 for s in stages.values())
+    return {
+        "run": base.name,
+        "folder": str(base.resolve()),
+        "generated": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "state": runs.effective_state(status) if status else "missing",
+        "hardware": hardware(),
+        "software": software(),
+        "stages": {s: stages[s] for s in STAGES if s in stages},
+        "total_wall_seconds": total,
+        "evals": evals,
+        "config_toml": config_text,
+    }
+
+
+def _fmt_number(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _fmt_count(value: Any) -> str:
+    if not isinstance(value, (int, float)):
+        return "-"
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.2f}{unit}"
+    return f"{value:,.0f}"
+
+
+def _fmt_percent(value: Any) -> str:
+    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) else "-"
+
+
+def score_cell(task: str, result: dict[str, Any]) -> str:
+    if task == "bpb":
+        return _fmt_number(result.get("bpb"))
+    cell = _fmt_percent(result.get("accuracy"))
+    if result.get("n") is not None and cell != "-":
+        cell += f" (n={result['n']})"
+    return cell
+
+
+def main_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Rows = metrics, columns = the training stages; every eval task with its chance level."""
+    stages = report["stages"]
+    columns = [s for s in TRAIN_STAGES if s in stages or any(e["stage"] == s for e in report["evals"])]
+    newest_evals = {}
+    for entry in report["evals"]:  # later checkpoints replace earlier ones
+        newest_evals.setdefault(entry["stage"], {}).update(
+            {task: dict(result, _step=entry["step"]) for task, result in entry["results"].items()
+             if isinstance(result, dict)})
+    header = ["metric", "chance"] + columns
+    rows: list[list[str]] = []
+
+    def add(label: str, chance: str, cells: list[str]) -> None:
+        if any(cell != "-" for cell in cells):
+            rows.append([label, chance] + cells)
+
+    def stage_value(stage: str, key: str) -> Any:
+        return stages.get(stage, {}).get(key)
+
+    add("wall time", "", [runs.format_duration(stage_value(s, "wall_seconds")) if stage_value(s, "wall_seconds")
+                          is not None else "-" for s in columns])
+    add("steps", "", [_fmt_number(stage_value(s, "steps")) for s in columns])
+    add("tokens", "", [_fmt_count(stage_value(s, "tokens")) for s in columns])
+    add("parameters", "", [_fmt_count(stage_value(s, "params")) for s in columns])
+    add("tokens/s (last step)", "", [_fmt_count(stage_value(s, "tokens_per_second")) for s in columns])
+    add("final train loss", "", [_fmt_number(stage_value(s, "final_loss")) for s in columns])
+    add("val bpb (training)", "", [_fmt_number(stage_value(s, "val_bpb")) for s in columns])
+    add("grpo reward (first -> last)", "", [
+        f"{_fmt_number(stage_value(s, 'first_reward_mean'))} -> {_fmt_number(stage_value(s, 'reward_mean'))}"
+        if stage_value(s, "reward_mean") is not None else "-" for s in columns])
+    tasks = [t for t in TASKS if any(t in newest_evals.get(s, {}) for s in columns)]
+    tasks += sorted({t for s in columns for t in newest_evals.get(s, {})} - set(tasks))
+    for task in tasks:
+        chance = TASKS.get(task, ("", None, ""))[1]
+        chance_text = "-" if chance is None else f"{100 * chance:.0f}%"
+        label = f"{task} (bpb, lower is better)" if task == "bpb" else task
+        add(label, chance_text, [score_cell(task, newest_evals.get(s, {}).get(task, {})) for s in columns])
+        if task in ("arc-easy", "arc-challenge", "mmlu", "hellaswag"):
+            add(f"{task}, letter answer", chance_text,
+                [_fmt_percent(newest_evals.get(s, {}).get(task, {}).get("letter_accuracy")) for s in columns])
+        if task in ("gsm8k", "humaneval"):
+            add(f"{task}, well-formed thoughts", "",
+                [_fmt_percent(newest_evals.get(s, {}).get(task, {}).get("well_formed_share")) for s in columns])
+    steps = {s: {r.get("_step") for r in newest_evals.get(s, {}).values()} - {None} for s in columns}
+    header = ["metric", "chance"] + [f"{s} (step {max(steps[s])})" if steps[s] else s for s in columns]
+    return header, rows
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    hw, sw = report["hardware"], report["software"]
+    lines = [f"# picochat report: {report['run']}", "",
+             f"Generated {report['generated']} from `{report['folder']}` (state: {report['state']}).", ""]
+    lines += ["## Summary", ""]
+    header, rows = main_table(report)
+    if rows:
+        lines += [_md_table(header, rows), ""]
+        lines += ["Eval scores are from each stage's newest checkpoint that was evaluated; n is the number of "
+                  "examples (a `--limit` run scores a sample). Chance is the score of guessing uniformly.", ""]
+    else:
+        lines += ["(no training or eval results yet)", ""]
+    lines += ["## Stages", "", _md_table(["stage", "wall time", "details"], [
+        [stage, runs.format_duration(info.get("wall_seconds")),
+         ", ".join(f"{k} {_fmt_number(v)}" for k, v in info.items()
+                   if k not in ("wall_seconds", "folder", "checkpoint") and not isinstance(v, dict))]
+        for stage, info in report["stages"].items()]), "",
+        f"Total wall time: {runs.format_duration(report['total_wall_seconds'])}.", ""]
+    if report["evals"]:
+        lines += ["## All eval results", ""]
+        eval_rows = []
+        for entry in report["evals"]:
+            for task, result in entry["results"].items():
+                if not isinstance(result, dict):
+                    continue
+                chance = result.get("chance")
+                extras = []
+                for key in ("letter_accuracy", "accuracy_sum", "subject_mean_accuracy", "well_formed_share",
+                            "thought_share", "accuracy_with_thought", "accuracy_without_thought"):
+                    if isinstance(result.get(key), (int, float)):
+                        extras.append(f"{key} {_fmt_percent(result[key])}")
+                if isinstance(result.get("thought_tokens"), (int, float)):
+                    extras.append(f"thought_tokens {result['thought_tokens']:.1f}")
+                if result.get("outcomes"):
+                    extras.append("outcomes " + " ".join(f"{k} {v}" for k, v in sorted(result["outcomes"].items())))
+                eval_rows.append([entry["stage"], Path(entry["checkpoint"]).name, task, score_cell(task, result),
+                                  "-" if chance is None else f"{100 * chance:.0f}%", ", ".join(extras)])
+        lines += [_md_table(["stage", "checkpoint", "task", "score", "chance", "more"], eval_rows), ""]
+        subjects = [(entry, entry["results"]["mmlu"]["subjects"]) for entry in report["evals"]
+                    if isinstance(entry["results"].get("mmlu"), dict) and entry["results"]["mmlu"].get("subjects")]
+        if subjects:
+            entry, per_subject = subjects[-1]
+            lines += [f"MMLU per subject ({entry['stage']}, {Path(entry['checkpoint']).name}): "
+                      + ", ".join(f"{name} {_fmt_percent(s.get('accuracy'))} ({s.get('n')})"
+                                  for name, s in per_subject.items()), ""]
+    gpus = ", ".join(hw["gpus"]) if hw["gpus"] else "none"
+    commit = sw.get("git_commit") or "unknown"
+    if sw.get("git_dirty"):
+        commit += " (uncommitted changes)"
+    lines += ["## Environment", "",
+              f"- CPU: {hw['cpu']} ({hw['cores']} cores), RAM {hw['memory_gb']} GiB, {hw['os']}",
+              f"- GPU: {gpus}",
+              f"- Python {sw['python']}, torch {sw.get('torch') or 'not installed'}",
+              f"- git commit: {commit}", ""]
+    devices = {stage: info.get("device") for stage, info in report["stages"].items() if info.get("device")}
+    if devices:
+        lines += ["Training devices: " + ", ".join(f"{stage} on {device}" for stage, device in devices.items()), ""]
+    lines += ["## Config", "", "```toml", report["config_toml"].strip() or "# (no config.toml in the run folder)",
+              "```", ""]
+    return "\n".join(lines)
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write runs/NAME/report.md and report.json; returns the path of report.md."""
+    report = gather(run_dir)
+    base = Path(report["folder"])
+    header, rows = main_table(report)
+    report["table"] = {"header": header, "rows": rows}
+    markdown = render_markdown(report)
+    runs.atomic_write_text(base / "report.json", json.dumps(runs._json_safe(report), indent=1))
+    runs.atomic_write_text(base / "report.md", markdown)
+    return base / "report.md"
