@@ -147,12 +147,14 @@ class LoadReport:
     skipped: Counter = field(default_factory=Counter)
     examples: dict[str, int] = field(default_factory=dict)  # reason -> first line number
 
+    def reasons(self) -> str:
+        return ", ".join(f"{reason}: {count} (first at line {self.examples[reason]})"
+                         for reason, count in self.skipped.most_common())
+
     def summary(self) -> str:
         text = f"{self.path}: {self.kept} conversations from {self.lines} lines"
         if self.skipped:
-            reasons = ", ".join(f"{reason}: {count} (first at line {self.examples[reason]})"
-                                for reason, count in self.skipped.most_common())
-            text += f"; skipped {sum(self.skipped.values())} ({reasons})"
+            text += f"; skipped {sum(self.skipped.values())} ({self.reasons()})"
         return text
 
 
@@ -181,7 +183,7 @@ def load_chat_jsonl(path: str | Path) -> tuple[list[list[dict[str, Any]]], LoadR
                 _skip(report, "not UTF-8", number)
     report.kept = len(conversations)
     if not conversations:
-        problem = f" ({report.summary().split('; ', 1)[1]})" if report.skipped else ""
+        problem = f" in {report.lines} lines: {report.reasons()}" if report.skipped else " (empty file)"
         raise BadInput(f"{path}: no valid chat conversations{problem}")
     return conversations, report
 
