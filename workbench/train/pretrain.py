@@ -140,7 +140,8 @@ def _pretrain(cfg, resume: bool, dist, verbose: bool):
         writer = RunWriter(run_dir, "pretrain", total_steps=train_cfg.steps)
         freeze_config(run_dir, cfg.frozen().to_toml())
         if newest is not None:
-            writer.event(f"resuming from {newest.name} (step {start_step}, {tokens_seen:,} tokens)")
+            writer.log("event", step=start_step,
+                       message=f"resuming from {newest.name} (step {start_step}, {tokens_seen:,} tokens)")
     if verbose and dist.is_main:
         print(f"pretrain: {model.num_params():,} params on {device}, {train_cfg.steps} steps of "
               f"{train_cfg.total_batch_tokens:,} tokens ({grad_accum_steps} x {dist.world_size} x "
