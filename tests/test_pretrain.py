@@ -244,3 +244,12 @@ def test_bpb_for_checkpoint_matches_the_runs_own_eval(tiny_checkpoint):
     meta = json.loads((tiny_checkpoint / "meta.json").read_text())
     assert bpb_for_checkpoint(tiny_checkpoint, device="cpu") == pytest.approx(meta["val_bpb"], rel=1e-6)
     assert bpb_for_checkpoint(tiny_checkpoint.parent.parent, max_tokens=512, device="cpu") > 0
+
+
+def test_a_running_worker_is_not_started_twice(make_tiny_config):
+    cfg = make_tiny_config()
+    writer = runs.RunWriter(cfg.out_dir, "pretrain", total_steps=40)  # this process plays the worker
+    writer.write_status(state="running")
+    with pytest.raises(BadInput, match="already running"):
+        pretrain(cfg, verbose=False)
+    writer.finish("done")

@@ -163,6 +163,25 @@ def resolve_checkpoint(spec: str | Path) -> Path:
     return found[-1]
 
 
+def guard_run_folder(run_dir: str | Path, stage: str, resume: bool, check_running: bool = True) -> Path | None:
+    """Before a training stage starts in run_dir: refuse when a worker of that stage is running
+    there, or when checkpoints exist and resume is off (never overwrite a run silently).
+    Returns the newest checkpoint to resume from (None: start fresh)."""
+    from workbench import runs
+
+    run_dir = Path(run_dir)
+    status = runs.read_status(run_dir) if check_running else None
+    if (status and status.get("stage") == stage
+            and runs.effective_state(status) in ("starting", "running", "paused", "stopping")):
+        raise BadInput(f"{run_dir}: a {stage} worker is already running there (pid {status.get('pid')}); "
+                       f"stop it first with `picochat stop {run_dir}`")
+    checkpoints = list_checkpoints(run_dir)
+    if checkpoints and not resume:
+        raise BadInput(f"{run_dir}: already has checkpoints (newest {checkpoints[-1].name}); continue it with "
+                       f"--resume, or choose another [run] name or out_dir")
+    return checkpoints[-1] if checkpoints else None
+
+
 @dataclass
 class Checkpoint:
     path: Path

@@ -47,26 +47,18 @@ def check_inputs(cfg, resume: bool, is_main: bool = True):
     """Everything that can be wrong before training starts, as BadInput: data and tokenizer
     missing, a run folder that would be overwritten, a run that is already going.
     Returns (tokenizer, newest checkpoint folder or None)."""
-    from workbench import runs
     from workbench.data.shards import list_shards
     from workbench.tokenizer import Tokenizer
+    from workbench.train.checkpoint import guard_run_folder
 
     if not list_shards(cfg.data_dir, "train"):
         raise BadInput(f"{cfg.data_dir}: no prepared training data; run `picochat prepare CONFIG` first")
     if not Path(cfg.tokenizer_path).exists():
         raise BadInput(f"{cfg.tokenizer_path}: no tokenizer; run `picochat tokenizer CONFIG` first")
     tokenizer = Tokenizer.from_file(cfg.tokenizer_path)
-    run_dir = cfg.stage_dir("pretrain")
-    status = runs.read_status(run_dir) if is_main else None  # rank 0 may have written it already
-    if (status and status.get("stage") == "pretrain"
-            and runs.effective_state(status) in ("starting", "running", "paused", "stopping")):
-        raise BadInput(f"{run_dir}: a pretrain worker is already running there (pid {status.get('pid')}); "
-                       f"stop it first with `picochat stop {run_dir}`")
-    checkpoints = runs.list_checkpoints(run_dir)
-    if checkpoints and not resume:
-        raise BadInput(f"{run_dir}: already has checkpoints (newest {checkpoints[-1].name}); continue it with "
-                       f"--resume, or choose another [run] name or out_dir")
-    return tokenizer, (checkpoints[-1] if checkpoints and resume else None)
+    # Under torchrun only rank 0 checks for a running worker: it may have written status.json already.
+    newest = guard_run_folder(cfg.stage_dir("pretrain"), "pretrain", resume, check_running=is_main)
+    return tokenizer, newest
 
 
 def pretrain(cfg, resume: bool = False, verbose: bool = True):
