@@ -61,7 +61,8 @@ class PackingLoader:
         # Where the unconsumed tokens start: document position (epoch, shard, row) + token offset.
         self._epoch, self._shard, self._row, self._offset = 0, 0, 0, 0
         self._rows_done = 0
-        self._buffer: list[int] = []
+        self._buffer: list[int] = []  # tokenized, not yet used from index _head on
+        self._head = 0
         # Per document with tokens in the buffer: [position, tokens of it used so far, tokens of it left].
         self._docs: deque[list] = deque()
         self._thread: threading.Thread | None = None
@@ -99,14 +100,12 @@ class PackingLoader:
                     positions.append((epoch, shard, row))
                     if len(texts) == self.docs_per_batch:
                         any_docs = True
-                        if not self._put(out, list(zip(positions, self.tokenizer.encode_batch(texts, bos=True),
-                                                       strict=True))):
+                        if not self._put_encoded(out, positions, texts):
                             return
                         texts, positions = [], []
                 if texts:
                     any_docs = True
-                    if not self._put(out, list(zip(positions, self.tokenizer.encode_batch(texts, bos=True),
-                                                   strict=True))):
+                    if not self._put_encoded(out, positions, texts):
                         return
                 if not self.loop:
                     break
@@ -117,7 +116,12 @@ class PackingLoader:
         except BaseException as error:  # surfaces in the consumer, which re-raises it
             self._put(out, error)
 
+    def _put_encoded(self, out: queue.Queue, positions: list, texts: list[str]) -> bool:
+        ids = self.tokenizer.encode_batch(texts, bos=True)
+        return self._put(out, list(zip(positions, ids, strict=True)))
+
     def _put(self, out: queue.Queue, item) -> bool:
+        """Put an item, giving up (False) when the loader is closed while the queue is full."""
         while not self._stop.is_set():
             try:
                 out.put(item, timeout=0.1)
@@ -135,7 +139,7 @@ class PackingLoader:
 
     def _fill(self, needed: int) -> bool:
         """Pull tokenized documents until the buffer holds `needed` tokens; False at the end."""
-        while len(self._buffer) < needed:
+        while len(self._buffer) - self._head < needed:
             if self._finished:
                 return False
             item = self._queue.get()
@@ -144,6 +148,9 @@ class PackingLoader:
                 return False
             if isinstance(item, BaseException):
                 raise item
+            if self._head:  # drop the used front once per refill, not once per row
+                del self._buffer[: self._head]
+                self._head = 0
             for position, ids in item:
                 start, self._skip = self._skip, 0
                 self._buffer.extend(ids[start:])
@@ -154,7 +161,8 @@ class PackingLoader:
         """Remove `count` tokens from the front of the buffer and move the saved position past them.
         A fully used document stays as the position while it is the last one known, with offset =
         its length: a resume then re-reads it, skips all of it, and goes on with the next."""
-        taken, self._buffer = self._buffer[:count], self._buffer[count:]
+        taken = self._buffer[self._head:self._head + count]
+        self._head += count
         docs = self._docs
         while True:
             used = min(count, docs[0][2])
