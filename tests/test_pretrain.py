@@ -253,3 +253,12 @@ def test_a_running_worker_is_not_started_twice(make_tiny_config):
     with pytest.raises(BadInput, match="already running"):
         pretrain(cfg, verbose=False)
     writer.finish("done")
+
+
+def test_bfloat16_autocast_trains(make_tiny_config):
+    """[train] dtype = "bfloat16" (autocast; what CUDA gets by default) runs through the loop."""
+    cfg = make_tiny_config(train={"steps": 3, "eval_every": 3, "save_every": 3, "dtype": "bfloat16"})
+    result = pretrain(cfg, verbose=False)
+    assert result.step == 3 and math.isfinite(result.last_loss)
+    assert runs.read_metrics(cfg.out_dir, kind="sys")[0]["dtype"] == "bfloat16"
+    assert math.isfinite(runs.read_metrics(cfg.out_dir, kind="eval")[-1]["val_bpb"])
