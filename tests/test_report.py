@@ -60,9 +60,9 @@ def test_report_gathers_every_stage_and_eval(evaluated_run):
     assert by_metric["arc-easy, letter answer"][3] == "100.0%"
     assert by_metric["gsm8k"][1] == "0%" and by_metric["mmlu"][2] == "-"
     assert by_metric["parameters"][3] == "123.46k"
-    assert by_metric["val bpb (training)"][3] == "1.7500"
+    assert by_metric["val bpb (stage's own val data)"][3] == "1.7500"
     assert by_metric["final train loss"][3] == "2.5000"
-    for metric in ("wall time", "steps", "tokens", "parameters", "final train loss", "val bpb (training)"):
+    for metric in ("wall time", "steps", "tokens", "parameters", "final train loss", "val bpb (stage's own val data)"):
         assert by_metric[metric][2] != "-", metric  # the real pretraining run filled every one
 
     assert set(data["stages"]) >= {"pretrain", "sft", "eval"}

@@ -329,7 +329,7 @@ def main_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     add("parameters", "", [_fmt_count(stage_value(s, "params")) for s in columns])
     add("tokens/s (last step)", "", [_fmt_count(stage_value(s, "tokens_per_second")) for s in columns])
     add("final train loss", "", [_fmt_number(stage_value(s, "final_loss")) for s in columns])
-    add("val bpb (training)", "", [_fmt_number(stage_value(s, "val_bpb")) for s in columns])
+    add("val bpb (stage's own val data)", "", [_fmt_number(stage_value(s, "val_bpb")) for s in columns])
     add("grpo reward (first -> last)", "", [
         f"{_fmt_number(stage_value(s, 'first_reward_mean'))} -> {_fmt_number(stage_value(s, 'reward_mean'))}"
         if stage_value(s, "reward_mean") is not None else "-" for s in columns])
@@ -338,7 +338,7 @@ def main_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     for task in tasks:
         chance = TASKS.get(task, ("", None, ""))[1]
         chance_text = "-" if chance is None else f"{100 * chance:.0f}%"
-        label = f"{task} (bpb, lower is better)" if task == "bpb" else task
+        label = "bpb (eval, lower is better)" if task == "bpb" else task
         add(label, chance_text, [score_cell(task, newest_evals.get(s, {}).get(task, {})) for s in columns])
         if task in ("arc-easy", "arc-challenge", "mmlu", "hellaswag"):
             add(f"{task}, letter answer", chance_text,
