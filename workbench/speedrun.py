@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import sys
 import time
 from contextlib import redirect_stdout
 from dataclasses import dataclass, field
@@ -41,10 +42,18 @@ def run(args: argparse.Namespace) -> int:
     from workbench import config as config_module
 
     cfg = config_module.load(args.config)
-    report_path, results = speedrun(cfg, skip_grpo=args.skip_grpo)
+    try:
+        report_path, results = speedrun(cfg, skip_grpo=args.skip_grpo)
+    except StageStopped as stopped:
+        print(f"picochat speedrun: {stopped}", file=sys.stderr)
+        return 1
     print_summary(results)
     print(f"report: {report_path}")
     return 0
+
+
+class StageStopped(Exception):
+    """A training stage was stopped (stop command, SIGTERM) before its last step."""
 
 
 def _newest_step(run_dir: Path) -> int | None:
@@ -151,7 +160,7 @@ def _training_stage(name: str, run_dir: Path, total_steps: int, train_fn) -> Sta
     t = time.time()
     figures = train_fn(state == "partial")
     if figures.pop("stopped", False):
-        raise BadInput(f"{run_dir}: {name} was stopped before its last step; run the speedrun again to resume it")
+        raise StageStopped(f"{name} stopped before its last step ({run_dir}); run the speedrun again to resume it")
     return StageResult(name, "resumed" if state == "partial" else "ran", time.time() - t, str(run_dir), figures)
 
 

@@ -14,7 +14,7 @@ Group relative policy optimization, one visible loop. Each step:
        frozen copy of the starting model (kl_coef > 0, the k3 estimator); both off by default
     5. clip gradients, scheduled learning rate, optimizer step; log, checkpoint, obey control files
 
-Tasks ([grpo] task): "arith" (the synthetic word problems, numeric reward), "gsm8k" (train split,
+Tasks ([grpo] task): "arith" (synthetic word problems of difficulty 1-2, numeric reward), "gsm8k" (train split,
 numeric reward), "arc" (ARC-Easy train split, letter reward), "tool" (synthetic problems with
 large operands, reward for using the calculator correctly and answering right). Held-out prompts of
 the task are answered at the start, every save_every steps and at the end ("eval" records: mean
@@ -48,6 +48,10 @@ TASK_SEED_OFFSET = 7919  # GRPO prompts come from a different stream than SFT's 
 HELD_OUT_SEED_OFFSET = 104_729
 ITERATIONS_PER_BATCH = 1  # optimizer steps per sampled batch; clipping only bites when > 1
 ADVANTAGE_EPSILON = 1e-4
+# The arith task's levels: where a CPU-sized SFT model is partly right. Level 3 (three operations)
+# it almost never solves and level 1 it soon always solves, and a group whose answers are all
+# wrong or all right teaches nothing.
+ARITH_DIFFICULTY = (1, 2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,7 +162,7 @@ def build_task(cfg) -> Task:
     """The [grpo] task. Files come from [eval] data_dir (the shared data folder)."""
     name, seed = cfg.grpo.task, cfg.run.seed
     if name == "arith":
-        return _synthetic_task(name, seed, (1, 3), None, rewards.numeric_reward)
+        return _synthetic_task(name, seed, ARITH_DIFFICULTY, None, rewards.numeric_reward)
     if name == "tool":  # operands too big to add in one's head: the calculator is the way
         return _synthetic_task(name, seed, (2, 3), 999, rewards.tool_reward)
     data_dir = cfg.resolve_path(cfg.eval.data_dir)
