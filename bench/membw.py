@@ -15,17 +15,17 @@ import time
 import torch
 
 
-def _best_seconds(fn, repeats: int) -> float:
+def _best_seconds(fn, repeats: int, clock=time.perf_counter) -> float:
     fn()  # warm up (page faults, thread pool)
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return best
 
 
-def read_bandwidth(megabytes: int = 256, repeats: int = 7, device: str = "cpu") -> float:
+def read_bandwidth(megabytes: int = 256, repeats: int = 7, device: str = "cpu", clock=time.perf_counter) -> float:
     """Bytes per second read by a streaming reduction over a `megabytes` float32 buffer."""
     buffer = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32, device=device)
     sync = torch.cuda.synchronize if buffer.is_cuda else (lambda: None)
@@ -34,7 +34,7 @@ def read_bandwidth(megabytes: int = 256, repeats: int = 7, device: str = "cpu") 
         buffer.sum()
         sync()
 
-    return buffer.numel() * 4 / _best_seconds(read, repeats)
+    return buffer.numel() * 4 / _best_seconds(read, repeats, clock)
 
 
 def copy_bandwidth(megabytes: int = 256, repeats: int = 7, device: str = "cpu") -> float:

@@ -234,11 +234,24 @@ class ModelSource:
         return self.model(self.history[:, -self.max_context:])[:, -1]
 
 
+def optimize_for_cpu_decode(model) -> None:
+    """Store every float32 nn.Linear weight column-major (same values and shape, transposed
+    memory): F.linear then hands MKL a contiguous [in, out] matrix, which a batch-1 matmul streams
+    at ~13 GB/s instead of ~11 on this class of CPU (d8 shapes, one thread; measured ~6-17% faster
+    decode); bigger batches run the same. Only for models the engine owns: a model still being
+    trained keeps its layout."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.weight.dtype == torch.float32 \
+                and module.weight.device.type == "cpu" and module.weight.is_contiguous():
+            module.weight.data = module.weight.data.t().contiguous().t()
+
+
 def measure_speed(model, prompt_tokens: int = 16, new_tokens: int = 64, batch_size: int = 1,
-                  use_cache: bool = True, device="cpu", seed: int = 0) -> dict[str, float]:
+                  use_cache: bool = True, device="cpu", seed: int = 0, clock=time.perf_counter) -> dict[str, float]:
     """Prefill and decode tokens/s of the engine's token source and sampler (random token ids,
     greedy, no stop): prefill = prompt_tokens / its forward time; decode = batch_size *
-    new_tokens / the time of new_tokens steps (each a forward of [batch, 1] and a sample)."""
+    new_tokens / the time of new_tokens steps (each a forward of [batch, 1] and a sample).
+    `clock` may be time.process_time to count this process's CPU time on a busy machine."""
     source = ModelSource(model, device, use_cache)
     limit = source.room()
     if limit is not None:
@@ -248,14 +261,14 @@ def measure_speed(model, prompt_tokens: int = 16, new_tokens: int = 64, batch_si
     generator = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, model.vocab_size, (prompt_tokens,), generator=generator).tolist()
     params = SamplingParams(temperature=0.0)
-    start = time.perf_counter()
+    start = clock()
     logits = source.prefill(prompt, batch_size)
     tokens = sample_next(logits, params).tolist()
-    prefill_seconds = time.perf_counter() - start
-    start = time.perf_counter()
+    prefill_seconds = clock() - start
+    start = clock()
     for _ in range(new_tokens):
         tokens = sample_next(source.step(tokens), params).tolist()
-    decode_seconds = time.perf_counter() - start
+    decode_seconds = clock() - start
     return {"prefill_tokens_per_second": prompt_tokens / prefill_seconds,
             "decode_tokens_per_second": batch_size * new_tokens / decode_seconds,
             "prefill_seconds": prefill_seconds, "decode_seconds": decode_seconds}
@@ -342,6 +355,8 @@ class Engine:
         chosen = dtype or ("bfloat16" if device.type == "cuda" else "float32")
         if chosen == "bfloat16":
             model = model.to(torch.bfloat16)
+        if device.type == "cpu":
+            optimize_for_cpu_decode(model)
         engine = cls(model, checkpoint.tokenizer, device=device)
         engine.model_name = checkpoint.path.parent.parent.name + "/" + checkpoint.path.name
         engine.checkpoint = checkpoint
