@@ -86,22 +86,26 @@ def softcap_logits(logits: torch.Tensor, cap: float) -> torch.Tensor:
 
 class _SoftcapCrossEntropy(torch.autograd.Function):
     """Per-row cross-entropy of soft-capped logits, cap * tanh(z / cap), in float32 whatever z's
-    dtype. One function instead of five autograd nodes: the [N, V] logits are the biggest tensor of
-    a training step, and this makes about half as many passes over them (measured ~40% faster
-    than F.cross_entropy(cap * tanh(z / cap)) at N=4096, V=8192 on CPU)."""
+    dtype. One function instead of five autograd nodes, over the biggest tensor of a training step
+    (the [N, V] logits). Two tricks: softmax ignores a constant shift, so cap * tanh(z / cap) =
+    2 cap * sigmoid(2 z / cap) - cap can drop its "- cap", and sigmoid is about six times cheaper
+    than tanh on CPU; and only the log-probabilities are kept for backward (one [N, V] tensor, like
+    F.cross_entropy), the cap's derivative being rebuilt in their memory. Measured: about half the
+    CPU time of F.cross_entropy(cap * tanh(z / cap)) at N=2048, V=8192."""
 
     @staticmethod
     def forward(ctx, logits, targets, cap):
         if cap > 0:
-            capped = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
-            torch.div(logits, cap, out=capped).tanh_().mul_(cap)
+            shifted = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+            torch.mul(logits, 2.0 / cap, out=shifted).sigmoid_().mul_(2.0 * cap)  # capped + cap
         else:
-            capped = logits.float()
-        lse = torch.logsumexp(capped, dim=1)
+            shifted = logits.float()
+        logp = torch.log_softmax(shifted, dim=1)
         valid = targets >= 0
         safe = targets.clamp(min=0)
-        losses = torch.where(valid, lse - capped.gather(1, safe[:, None]).squeeze(1), 0.0)
-        ctx.save_for_backward(capped, lse, safe, valid)
+        losses = torch.where(valid, -logp.gather(1, safe[:, None]).squeeze(1), 0.0)
+        lse = shifted[:, :1] - logp[:, :1]  # shifted = logp + lse, row by row
+        ctx.save_for_backward(logp, lse, safe, valid)
         ctx.cap, ctx.logits_dtype, ctx.spent = cap, logits.dtype, False
         return losses
 
@@ -109,13 +113,14 @@ class _SoftcapCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_rows):
         if ctx.spent:
             raise RuntimeError("softcapped cross-entropy: backward twice through one graph is not supported")
-        capped, lse, safe, valid = ctx.saved_tensors
-        grad = torch.sub(capped, lse[:, None]).exp_()  # softmax
+        logp, lse, safe, valid = ctx.saved_tensors
+        grad = logp.exp()  # softmax
         grad[torch.arange(grad.size(0), device=grad.device), safe] -= 1
         grad.mul_(torch.where(valid, grad_rows, 0.0)[:, None])
-        if ctx.cap > 0:  # d(cap * tanh(z / cap)) / dz = 1 - (capped / cap)^2, built in capped's memory
+        if ctx.cap > 0:  # d(cap * tanh(z / cap)) / dz = 1 - tanh^2, built in logp's memory
             ctx.spent = True
-            grad.mul_(capped.square_().mul_(-1.0 / ctx.cap**2).add_(1.0))
+            tanh = logp.add_(lse - ctx.cap).mul_(1.0 / ctx.cap)  # (shifted - cap) / cap
+            grad.mul_(torch.sub(1.0, tanh.square_(), out=tanh))
         return grad.to(ctx.logits_dtype), None, None
 
 
