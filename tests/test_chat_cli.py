@@ -94,8 +94,13 @@ def test_ctrl_c_stops_the_answer_but_not_the_chat(engine):
 
 
 def test_history_is_sent_back_to_the_model(engine):
-    chat = Chat(engine, SamplingParams(temperature=0.0, max_tokens=8), Console(file=io.StringIO()))
+    question = [{"role": "user", "content": "First question"}]
+    seed = next(seed for seed in range(50)  # a seed whose answer says something
+                if engine.complete_chat(question, SamplingParams(temperature=1.0, max_tokens=8, seed=seed))[0]
+                .text.strip())
+    chat = Chat(engine, SamplingParams(temperature=1.0, max_tokens=8, seed=seed), Console(file=io.StringIO()))
     chat.answer("First question")
+    assert [m["role"] for m in chat.messages] == ["user", "assistant"]
     first = len(engine.chat_prompt(chat.messages + [{"role": "user", "content": "x"}], chat.params))
     assert first > len(engine.chat_prompt([{"role": "user", "content": "x"}], chat.params))
     chat.command("/clear")

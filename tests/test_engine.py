@@ -461,3 +461,18 @@ def test_worker_bad_checkpoint(tmp_path):
     message = worker.read()
     assert message["type"] == "error" and "missing" in message["message"]
     assert worker.process.wait(timeout=60) == 2
+
+
+def test_generation_keeps_a_training_models_mode(model, tokenizer):
+    model.train()
+    try:
+        Engine(model, tokenizer).generate(prompt(tokenizer), GREEDY)
+        assert model.training
+        run = Engine(model, tokenizer).start(prompt(tokenizer), GREEDY)
+        iterator = iter(run)
+        next(iterator)
+        assert not model.training  # generating: eval mode
+        iterator.close()  # an abandoned run gives the mode back too
+        assert model.training
+    finally:
+        model.eval()

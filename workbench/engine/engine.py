@@ -295,6 +295,19 @@ class GenerationRun:
         self.rows = [_Row(tokenizer, params, use_tools) for _ in range(num_samples)]
 
     def __iter__(self) -> Iterator[tuple[int, list[Event]]]:
+        # A model still being trained (SFT probes, GRPO rollouts) generates in eval mode and gets
+        # its mode back when the run ends or is abandoned.
+        model = getattr(self.source, "model", None)
+        was_training = bool(model is not None and model.training)
+        if was_training:
+            model.eval()
+        try:
+            yield from self._loop()
+        finally:
+            if was_training:
+                model.train()
+
+    def _loop(self) -> Iterator[tuple[int, list[Event]]]:
         rows, source, params = self.rows, self.source, self.params
         logits = source.prefill(self.prompt_ids, len(rows))
         generator = make_generator(params.seed, logits.device)
@@ -333,7 +346,7 @@ class GenerationRun:
 
 class Engine:
     def __init__(self, model, tokenizer, device="cpu", use_cache: bool = True):
-        self.model = model.eval()
+        self.model = model  # generation runs in eval mode (see GenerationRun); from_checkpoint's stays there
         self.tokenizer = tokenizer
         self.device = torch.device(device)
         self.use_cache = use_cache
