@@ -3,8 +3,10 @@
 The recipe is nanochat's:
 - Muon (momentum 0.95, warmed up from 0.85 over the first 300 steps; Nesterov) on every 2-D weight
   inside the blocks. Its update is the momentum orthogonalized by five Newton-Schulz quintic
-  iterations (bf16 on GPU, fp32 on CPU), scaled by max(1, rows / cols) ** 0.5 so tall and wide
-  matrices move alike. [train] weight_decay is decoupled decay on these matrices only.
+  iterations, scaled by max(1, rows / cols) ** 0.5 so tall and wide matrices move alike. The
+  iterations run in bf16 on GPUs and on CPUs with bf16 arithmetic (avx512_bf16 / AMX: 2.2x the
+  fp32 matmul speed on this project's test machine), in fp32 on other CPUs, where bf16 is emulated.
+  [train] weight_decay is decoupled decay on these matrices only.
 - AdamW (betas 0.8 / 0.95, eps 1e-10, no weight decay) on the embedding, the head and the scalars.
 - Learning rates from [train]: matrix_lr (Muon), embedding_lr, unembedding_lr, scalar_lr. As in
   nanochat, the embedding and head rates are scaled by (width / 768) ** -0.5, since they were tuned
@@ -17,6 +19,9 @@ left out of it, or named twice, is a bug and fails loudly here.
 """
 
 from __future__ import annotations
+
+import functools
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -55,12 +60,22 @@ def lr_multiplier(step: int, total_steps: int, train_cfg) -> float:
     return multiplier
 
 
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (Linux: avx512_bf16 or amx_bf16 in /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     """An approximately orthogonal matrix with g's singular vectors ([..., rows, cols], batched):
     the quintic iteration of Muon, tuned to push every singular value into roughly [0.7, 1.2]
     quickly rather than to converge exactly."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    x = g.bfloat16() if g.is_cuda else g.float()
+    x = g.bfloat16() if g.is_cuda or cpu_has_bf16() else g.float()
     tall = x.size(-2) > x.size(-1)
     if tall:  # iterate on the wide orientation: the Gram matrix x @ x.T is the smaller one
         x = x.mT
