@@ -23,6 +23,15 @@ STYLES = {"text": "", "thought": "dim italic", "tool_call": "bold cyan", "tool_o
 PART_TYPES = {"text": "text", "thought": "thinking", "tool_call": "python", "tool_output": "python_output"}
 
 
+def shown_text(event) -> str:
+    """How an event reads on a terminal: a calculator call and its result as [calculator: 2+2 = 4]."""
+    if event.kind == "tool_call":
+        return f"[calculator: {event.text}"
+    if event.kind == "tool_output":
+        return f" = {event.text}]"
+    return event.text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="checkpoint folder, or a run folder (its newest checkpoint)")
     parser.add_argument("-p", "--prompt", default=None, help="answer this one prompt and exit")
@@ -134,12 +143,8 @@ class Chat:
         return reason
 
     def show(self, event) -> None:
-        text = event.text
-        if event.kind == "tool_call":
-            text = f"[calculator: {text}"
-        elif event.kind == "tool_output":
-            text = f" = {text}]"
-        self.console.print(text, style=STYLES[event.kind], end="", markup=False, highlight=False, soft_wrap=True)
+        self.console.print(shown_text(event), style=STYLES[event.kind], end="", markup=False, highlight=False,
+                           soft_wrap=True)
 
     def command(self, line: str) -> bool:
         """Handle a /command; False when the chat should end."""
@@ -211,14 +216,9 @@ def run(args: argparse.Namespace) -> int:
 def one_shot(engine, params, prompt: str, use_tools: bool) -> int:
     """The answer's text on stdout, thoughts and calculator calls on stderr."""
     for event in engine.stream_chat([{"role": "user", "content": prompt}], params, use_tools=use_tools):
-        if event.kind == "text":
-            sys.stdout.write(event.text)
-            sys.stdout.flush()
-        elif event.kind == "thought":
-            sys.stderr.write(event.text)
-        elif event.kind == "tool_call":
-            sys.stderr.write(f"[calculator: {event.text}")
-        elif event.kind == "tool_output":
-            sys.stderr.write(f" = {event.text}]")
+        if event.kind != "done":
+            stream = sys.stdout if event.kind == "text" else sys.stderr
+            stream.write(shown_text(event))
+            stream.flush()
     sys.stdout.write("\n")
     return 0
