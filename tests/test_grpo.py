@@ -111,8 +111,8 @@ def test_build_batch_masks_prompt_and_forced_tool_output():
     group.sampled_masks = [[1, 1, 0, 0, 1], [1]]
     inputs, targets, mask = grpo.build_batch([group], pad_id=0)
     assert inputs.tolist() == [[1, 2, 3, 10, 11, 12, 13], [1, 2, 3, 0, 0, 0, 0]]
-    assert targets.tolist() == [[2, 3, 10, 11, 12, 13, 14], [2, 3, 20, -1, -1, -1, -1]]
     # targets 10, 11 and 14 were sampled; 12, 13 were forced tool output; prompt targets never count
+    assert targets.tolist() == [[-1, -1, 10, 11, -1, -1, 14], [-1, -1, 20, -1, -1, -1, -1]]
     assert mask.tolist() == [[0, 0, 1, 1, 0, 0, 1], [0, 0, 1, 0, 0, 0, 0]]
 
 

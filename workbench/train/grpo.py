@@ -264,25 +264,15 @@ def rollout(engine, tokenizer, task: Task, prompts: list[Prompt], group_size: in
 
 
 def build_batch(groups: list[Group], pad_id: int, device="cpu"):
-    """Rows prompt + completion -> (inputs, targets, mask) [B, T]: targets are the next tokens
-    (-1 on padding), mask is 1 where the target is a token the model sampled (prompt and forced
-    tool output are 0)."""
-    import torch
+    """Rows prompt + completion -> (inputs, targets, mask) [B, T], padded like SFT batches: the
+    mask (and a target other than -1) only where the target is a token the model sampled, never
+    on the prompt, forced tool output or padding."""
+    from workbench.data.chat import collate
 
     rows = [(group.prompt_ids + completion, [0] * len(group.prompt_ids) + sampled)
             for group in groups for completion, sampled in zip(group.completions, group.sampled_masks, strict=True)]
-    width = max(1, max(len(ids) for ids, _ in rows) - 1)
-    inputs = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    targets = torch.full((len(rows), width), -1, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.float32)
-    for row, (ids, sampled) in enumerate(rows):
-        n = len(ids) - 1
-        if n <= 0:
-            continue
-        inputs[row, :n] = torch.tensor(ids[:-1])
-        targets[row, :n] = torch.tensor(ids[1:])
-        mask[row, :n] = torch.tensor(sampled[1:], dtype=torch.float32)
-    return inputs.to(device), targets.to(device), mask.to(device)
+    inputs, targets = collate(rows, pad_id)
+    return inputs.to(device), targets.to(device), (targets >= 0).float().to(device)
 
 
 def token_logprobs(model, inputs, targets, chunk_rows: int, device, dtype="auto"):
@@ -371,13 +361,7 @@ def grpo(cfg, resume: bool = False, verbose: bool = True, task: Task | None = No
     from workbench.optim import build_optimizer, lr_multiplier
     from workbench.runs import RunWriter, freeze_config
     from workbench.train.checkpoint import load_checkpoint, save_checkpoint, update_meta
-    from workbench.train.common import (
-        autocast,
-        capture_rng_states,
-        resolve_device,
-        restore_rng_states,
-        seed_everything,
-    )
+    from workbench.train.common import capture_rng_states, resolve_device, restore_rng_states, seed_everything
     from workbench.train.loop import _Signals, _wait_while_paused
     from workbench.train.sft import check_inputs, single_process, stage_config
 
@@ -507,10 +491,10 @@ def grpo(cfg, resume: bool = False, verbose: bool = True, task: Task | None = No
                 for _ in range(ITERATIONS_PER_BATCH if updated else 0):
                     for start in range(0, inputs.size(0), chunk_rows):
                         rows = slice(start, start + chunk_rows)
-                        with autocast(device, cfg.train.dtype):
-                            losses = model(inputs[rows], targets[rows], loss_reduction="none")
+                        logprobs = token_logprobs(model, inputs[rows], targets[rows], chunk_rows, device,
+                                                  cfg.train.dtype)
                         loss, chunk_stats = policy_loss(
-                            -losses.float(), mask[rows], advantages[rows],
+                            logprobs, mask[rows], advantages[rows],
                             None if old_logprobs is None else old_logprobs[rows],
                             None if ref_logprobs is None else ref_logprobs[rows],
                             settings.clip_epsilon, settings.kl_coef, normalizer=count)
