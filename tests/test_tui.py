@@ -14,13 +14,16 @@ import time
 from pathlib import Path
 
 import pytest
-from textual.widgets import Button, DataTable, Input, Markdown, Static, TextArea
+from textual.widgets import Button, DataTable, Input, Markdown, OptionList, Static, TextArea
 
+from workbench import config as config_module
 from workbench import runs
+from workbench.errors import BadInput
 from workbench.tui.app import PicochatApp
+from workbench.tui.launch import launch_stage, rebase_paths, suggested_stage
 from workbench.tui.screens.chat import ChatScreen
 from workbench.tui.screens.config import ConfigScreen
-from workbench.tui.series import RunMetrics, Series, downsample, ema
+from workbench.tui.series import RunMetrics, Series, Summary, downsample, ema
 from workbench.tui.widgets.dialogs import ConfirmDialog, PromptDialog
 from workbench.tui.widgets.plot import MetricPlot
 
@@ -48,6 +51,10 @@ def live_run(runs_dir: Path, name: str = "live", steps: int = 0) -> runs.RunWrit
 
 def text_of(widget: Static) -> str:
     return str(widget.render())
+
+
+def notes(app) -> list[str]:
+    return [notification.message for notification in app._notifications]
 
 
 def table_rows(table: DataTable) -> list[list[str]]:
@@ -129,6 +136,10 @@ async def test_runs_screen_controls_a_live_run(runs_dir):
         await pilot.press("u")
         assert writer.poll_control() == ["resume"]
         await pilot.press("s")
+        assert isinstance(app.screen, ConfirmDialog)  # a stop asks first
+        await pilot.press("n")
+        assert writer.poll_control() == []
+        await pilot.press("s", "y")
         assert writer.poll_control() == ["stop"]
 
 
@@ -262,7 +273,8 @@ async def test_invalid_config_shows_errors_with_lines_and_cannot_launch(runs_dir
 
 async def test_config_saves_and_launches_a_detached_worker(tmp_path, monkeypatch):
     """A real `picochat tokenizer` worker, started detached from the Config screen; with no prepared
-    data it fails fast, and says so in its log and status.json, which the Data screen shows."""
+    data it fails fast, and says so in its log and status.json, which the Data screen shows, and the
+    app reports its error line."""
     monkeypatch.chdir(tmp_path)
     app = PicochatApp(tmp_path / "runs")
     async with app.run_test(size=SIZE) as pilot:
@@ -272,8 +284,10 @@ async def test_config_saves_and_launches_a_detached_worker(tmp_path, monkeypatch
         path.value = "configs/mine.toml"
         editor = app.screen.query_one(TextArea)
         editor.load_text(editor.text.replace('out_dir = "runs/tiny"', f'out_dir = "{tmp_path}/runs/mine"'))
-        app.screen.query_one("#config-stage").value = "tokenizer"
         await pilot.press("ctrl+l")
+        await pilot.pause()
+        assert app.screen.query_one(OptionList).highlighted_option.id == "prepare"  # what the run needs next
+        await pilot.press("t")
         await pilot.pause()
         assert (tmp_path / "configs" / "mine.toml").read_text() == editor.text
         assert app.current_mode == "data"
@@ -284,6 +298,12 @@ async def test_config_saves_and_launches_a_detached_worker(tmp_path, monkeypatch
         assert "no prepared training data" in log.read_text()
         await pilot.pause(1.2)
         assert "failed" in text_of(app.screen.query_one("#data-status", Static))
+        # The app watched the worker it started: its error line is on screen, not only in the log.
+        deadline = time.time() + 20
+        while time.time() < deadline and app.launched:
+            await pilot.pause(0.2)
+        failures = [note for note in notes(app) if "tokenizer of mine failed" in note]
+        assert failures and "no prepared training data" in failures[0]
 
 
 # ---- Checkpoints and evals ----
@@ -420,3 +440,186 @@ def test_picochat_tui_rejects_extra_arguments():
     result = subprocess.run([sys.executable, "-m", "workbench.tui.app", "a", "b"], capture_output=True,
                             text=True, cwd=Path(__file__).parents[1], env={**os.environ, "TERM": "dumb"})
     assert result.returncode == 2 and "unrecognized arguments" in result.stderr
+
+
+# ---- what a first walk through the TUI found (each test: the behaviour that was missing) ----
+
+
+def test_summary_matches_a_fresh_count_as_points_arrive():
+    xs = [float(i) for i in range(1, 30_001)]
+    ys = [float((i * 7919) % 101) for i in range(30_000)]
+    ys[12_345] = 1e6  # a spike
+    growing_x: list[float] = []
+    growing_y: list[float] = []
+    summary = Summary(growing_x, growing_y, max_blocks=200)
+    for start in range(0, 30_000, 7_000):  # points arrive in batches, as a live run's do
+        growing_x.extend(xs[start:start + 7_000])
+        growing_y.extend(ys[start:start + 7_000])
+        summary.means(100)
+    assert len(summary.blocks) <= 200
+    mean_x, mean_y = summary.means(100)
+    assert len(mean_y) == 100
+    units = summary.units()  # every point counted exactly once
+    assert sum(unit[0] for unit in units) == 30_000 and sum(unit[2] for unit in units) == pytest.approx(sum(ys))
+    assert mean_x == sorted(mean_x)
+    low_x, low_y = summary.extremes(50)
+    assert len(low_y) <= 100 and max(low_y) == 1e6 and low_x[low_y.index(1e6)] == 12_346.0
+    assert (mean_x, mean_y) == Summary(xs, ys, max_blocks=200).means(100)  # incremental == from scratch
+
+
+def test_a_resumed_run_replaces_the_steps_it_logs_again(tmp_path):
+    writer = live_run(tmp_path, steps=10)
+    writer.log("eval", 10, val_bpb=2.0)
+    metrics = RunMetrics(writer.dir)
+    metrics.poll()
+    smoothed_before = metrics.series["loss"].smoothed(0.9)
+    for step in range(6, 9):  # crashed after step 10, resumed from the step 5 checkpoint
+        writer.log("train", step, loss=1.0, lr=0.02, grad_norm=1.0, tokens=step * 512,
+                   tokens_per_second=1000.0, mfu=1.0)
+    metrics.poll()
+    assert metrics.series["loss"].step == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert metrics.series["loss"].value[-3:] == [1.0, 1.0, 1.0]
+    assert metrics.series["loss"].smoothed(0.9) is not smoothed_before  # recomputed, not extended
+    assert metrics.series["val_bpb"].step == [10]  # other metrics keep theirs until they repeat
+
+
+def test_elapsed_time_leaves_out_pauses(tmp_path):
+    metrics = RunMetrics(tmp_path)
+    for t, message in ((100.0, "paused at step 5"), (160.0, "resumed at step 5"), (200.0, "paused at step 9")):
+        metrics.add({"t": t, "step": 5, "kind": "event", "message": message})
+    assert metrics.active_seconds(started=50.0, end=220.0) == pytest.approx(170 - 60 - 20)
+    metrics.add({"t": 300.0, "step": 10, "kind": "train", "loss": 1.0})  # killed while paused, resumed
+    assert metrics.active_seconds(started=290.0, end=310.0) == pytest.approx(20)  # the old pause is over
+
+
+async def test_dashboard_says_paused_and_stops_the_clock(runs_dir):
+    writer = live_run(runs_dir, "live", steps=3)
+    writer.write_status(state="paused", started=time.time() - 100)
+    writer.log("event", 3, message="paused at step 3")
+    metrics_path = writer.dir / "metrics.jsonl"
+    lines = metrics_path.read_text().splitlines()
+    last = json.loads(lines[-1])
+    last["t"] = time.time() - 60  # paused a minute ago
+    metrics_path.write_text("\n".join(lines[:-1] + [json.dumps(last)]) + "\n")
+    app = PicochatApp(runs_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        app.open_run(writer.dir)
+        await pilot.pause()
+        headline = text_of(app.screen.query_one("#dash-headline", Static))
+        assert "ETA paused" in headline
+        assert "elapsed 0m4" in headline  # 100 s since the start, 60 of them paused
+
+
+async def test_dashboard_log_panel_shows_the_newest_line(runs_dir):
+    writer = live_run(runs_dir, "live", steps=1)
+    long_lines = [f"step {i:6d}/1000 | loss 4.0 | lr 2.00e-02 | grad norm 0.330 | 4,481 tok/s | mfu 53.9% and more"
+                  for i in range(200)]
+    (writer.dir / "train.log").write_text("\n".join(long_lines) + "\n")
+    app = PicochatApp(runs_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        app.open_run(writer.dir)
+        await pilot.pause()
+        await pilot.pause()
+        app.screen.update_log()
+        log = text_of(app.screen.query_one("#dash-log", Static))
+        assert "step    199/1000" in log and "step      0/1000" not in log
+
+
+async def test_config_saved_in_another_folder_still_finds_its_sources(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the repo: assets/ is not here
+    app = PicochatApp(tmp_path / "runs")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("n")
+        await pilot.pause()
+        path = app.screen.query_one("#config-path", Input)
+        assert Path(path.value).parent == config_module.default_config_path().parent  # next to the default
+        assert not Path(path.value).exists()
+        path.value = str(tmp_path / "elsewhere" / "mine.toml")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        saved = (tmp_path / "elsewhere" / "mine.toml").read_text()
+        assert "# The embedded default" in saved  # comments and layout kept
+        cfg = config_module.load(tmp_path / "elsewhere" / "mine.toml")
+        assert all(cfg.resolve_path(source).is_file() for source in cfg.data.sources)
+        assert cfg.out_dir == config_module.REPO_DIR / "runs" / "tiny"  # the run goes where it would have
+        assert app.screen.query_one(TextArea).text == saved
+        assert any("absolute" in note for note in notes(app))
+
+
+def test_rebase_leaves_paths_that_resolve_the_same_alone(tmp_path):
+    text = '[run]\nname = "x"\nout_dir = "/abs/run"\n[data]\nsources = ["a.txt", "b.txt"]  # two\n'
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "a.txt").write_text("a")
+    new_text, rewritten = rebase_paths(text, tmp_path / "old", tmp_path / "new")
+    assert rewritten == ["a.txt", "b.txt"]
+    assert f'sources = ["{tmp_path}/old/a.txt", "{tmp_path}/old/b.txt"]  # two' in new_text
+    assert rebase_paths(text, tmp_path / "old", tmp_path / "old") == (text, [])
+
+
+def test_launch_refuses_to_overwrite_a_run_with_checkpoints(make_tiny_config):
+    cfg = make_tiny_config()
+    config_path = cfg.base_dir / "config.toml"
+    assert suggested_stage(cfg) == "pretrain"  # data and tokenizer are there
+    (cfg.out_dir / "checkpoints" / "step_000020").mkdir(parents=True)
+    (cfg.out_dir / "checkpoints" / "step_000020" / "meta.json").write_text('{"step": 20, "stage": "pretrain"}')
+    assert suggested_stage(cfg) == "sft"
+    with pytest.raises(BadInput, match="already has checkpoints .newest step_000020.: resume it"):
+        launch_stage("pretrain", config_path)
+    assert not (cfg.out_dir / "train.log").exists()  # nothing was started
+
+
+async def test_resume_asks_first_and_names_the_newest_checkpoint(runs_dir):
+    app = PicochatApp(runs_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("5")
+        await pilot.pause()
+        table = app.screen.query_one(DataTable)
+        names = [row[1] + "/" + row[2] for row in table_rows(table)]
+        table.move_cursor(row=names.index("tiny-done/step_000200"))
+        await pilot.press("r")  # all 300 of 300 steps done: nothing to resume
+        await pilot.pause()
+        assert any("has done all 300 steps" in note for note in notes(app))
+        assert not isinstance(app.screen, ConfirmDialog)
+        table.move_cursor(row=names.index("d4-failed/step_000100"))
+        await pilot.press("r")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmDialog)
+        assert app.screen.question == "Resume sft of d4-failed from step_000100, step 100 -> 150?"
+        log_before = (runs_dir / "d4-failed" / "train.log").read_text()
+        await pilot.press("n")
+        await pilot.pause()
+        assert app.launched == [] and (runs_dir / "d4-failed" / "train.log").read_text() == log_before
+
+
+async def test_int8_copies_are_listed_and_cannot_be_trained_or_quantized_again(runs_dir):
+    source = runs_dir / "tiny-done" / "checkpoints" / "step_000300"
+    copy = runs_dir / "tiny-done" / "int8" / "step_000300"
+    shutil.copytree(source, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    (copy / "meta.json").write_text(json.dumps({**meta, "quantization": "int8"}))
+    app = PicochatApp(runs_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("5")
+        await pilot.pause()
+        table = app.screen.query_one(DataTable)
+        names = [row[1] + "/" + row[2] for row in table_rows(table)]
+        assert names[-1] == "tiny-done/int8/step_000300"
+        table.move_cursor(row=len(names) - 1)
+        await pilot.press("i", "r")
+        await pilot.pause()
+        assert any("already an INT8 copy" in note for note in notes(app))
+        assert any("cannot be trained on" in note for note in notes(app))
+        assert app.launched == []
+
+
+async def test_runs_screen_tells_what_to_do_with_a_crashed_run(runs_dir):
+    app = PicochatApp(runs_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        rows = {row[0]: row for row in table_rows(app.screen.query_one(DataTable))}
+        assert rows["wide-crashed"][1] == "crashed" and "r resumes" in rows["wide-crashed"][7]
+        table = app.screen.query_one(DataTable)
+        table.move_cursor(row=list(rows).index("wide-crashed"))
+        await pilot.press("r")  # it never saved a checkpoint
+        await pilot.pause()
+        assert any("no checkpoint to resume from" in note for note in notes(app))

@@ -33,7 +33,7 @@ def test_config_screen_with_errors(snap_compare):
         await pilot.pause()
         editor = pilot.app.screen.query_one("#config-editor")
         editor.load_text(editor.text.replace("steps = 300", "steps = 0"))
-        pilot.app.screen.query_one("#config-stage").focus()  # no blinking cursor in the picture
+        pilot.app.screen.query_one("#config-save").focus()  # no blinking cursor in the picture
         await pilot.pause(0.3)
 
     assert snap_compare(PicochatApp(FIXTURE_RUNS), run_before=break_the_config, terminal_size=SIZE)

@@ -34,8 +34,7 @@ async def test_launch_pretraining_from_the_config_screen_and_watch_it(make_tiny_
     async with app.run_test(size=SIZE) as pilot:
         app.open_config(config_path)
         await pilot.pause()
-        app.screen.query_one("#config-stage").value = "pretrain"
-        await pilot.press("ctrl+l")
+        await pilot.press("ctrl+l", "p")
         await pilot.pause()
         assert app.current_mode == "dashboard" and app.current_run == cfg.out_dir
         loss = app.screen.query_one("#plot-loss", MetricPlot)

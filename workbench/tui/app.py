@@ -17,6 +17,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
+from workbench.tui.launch import Launched, display_path, exit_code, failure_line
 from workbench.tui.screens.chat import ChatScreen
 from workbench.tui.screens.checkpoints import CheckpointsScreen
 from workbench.tui.screens.config import ConfigScreen
@@ -58,6 +59,35 @@ class PicochatApp(App):
         self.current_config: Path | None = None  # the config last saved or launched
         self.chat_checkpoint: Path | None = None
         self.eval_checkpoint: Path | None = None
+        self.launched: list[Launched] = []  # workers started here, until they end
+
+    def on_mount(self) -> None:
+        self.set_interval(1.0, self.check_launched)
+
+    # ---- workers started from this TUI ----
+
+    def watch_launch(self, launched: Launched) -> None:
+        """Say what started, and later how it ended: a worker that fails (a bad data file, an eval
+        folder that is not there) says why in its log, and the error line is shown here."""
+        self.launched.append(launched)
+        self.notify(f"started {launched.what} (pid {launched.pid}); log: {display_path(launched.log_path)}")
+        if launched.run_dir.resolve().parent != self.runs_dir.resolve():
+            self.notify(f"{display_path(launched.run_dir)} is outside {self.runs_dir}, the runs folder this "
+                        f"window lists: open picochat-tui {display_path(launched.run_dir.parent)} to see it there",
+                        severity="warning", timeout=10)
+
+    def check_launched(self) -> None:
+        for launched in list(self.launched):
+            code = exit_code(launched.pid)
+            if code is None:
+                continue
+            self.launched.remove(launched)
+            where = launched.run_dir.name
+            if code == 0:
+                self.notify(f"{launched.what} of {where} finished")
+            else:
+                line = failure_line(launched) or f"exit code {code}"
+                self.notify(f"{launched.what} of {where} failed: {line}", severity="error", timeout=15)
 
     # ---- navigation between screens ----
 

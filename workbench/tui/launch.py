@@ -1,10 +1,15 @@
 """Starting workers from the TUI: always detached (own session, output to a log file, no pipes),
 so closing the TUI or losing SSH never stops them, and a new TUI re-attaches by reading the run
-folder. No torch here."""
+folder. What can be checked before starting (an invalid config, a run that would be overwritten, a
+resume with nothing left to do) is refused here with BadInput; what fails later shows in the log,
+which the app watches for the first lines of a worker that exits with an error. No torch here."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from workbench import config as config_module
@@ -12,7 +17,29 @@ from workbench import runs
 from workbench.errors import BadInput
 
 STAGES = ("prepare", "tokenizer", "pretrain", "sft", "grpo", "eval")
+TRAINING_STAGES = ("pretrain", "sft", "grpo")
+LIVE_STATES = ("starting", "running", "paused", "stopping", "stalled")
 EVAL_TASKS = ("bpb", "arc-easy", "arc-challenge", "mmlu", "hellaswag", "gsm8k", "humaneval")
+
+
+@dataclass
+class Launched:
+    """A worker this TUI started: the app watches it and reports how it ended."""
+
+    what: str  # "pretrain", "eval", "quantize", ...
+    run_dir: Path
+    pid: int
+    log_path: Path
+    log_offset: int  # the log's size before the worker started: its own lines come after
+
+
+def _spawn(what: str, argv: list[str], run_dir: Path, log_path: Path) -> Launched:
+    try:
+        offset = log_path.stat().st_size
+    except FileNotFoundError:
+        offset = 0
+    pid = runs.spawn_detached(argv, log_path=log_path, env=_worker_env())
+    return Launched(what, run_dir, pid, log_path, offset)
 
 
 def config_files(runs_dir: Path) -> list[Path]:
@@ -37,62 +64,199 @@ def display_path(path: Path) -> str:
         return str(path)
 
 
-def launch_stage(stage: str, config_path: Path) -> tuple[Path, int]:
+# ---- which stage comes next ----
+
+
+def suggested_stage(cfg: config_module.Config) -> str:
+    """The first stage the run still needs: prepare, tokenizer, pretrain, then sft, then grpo."""
+    if not (cfg.data_dir / "manifest.json").is_file():
+        return "prepare"
+    if not cfg.tokenizer_path.is_file():
+        return "tokenizer"
+    for stage in TRAINING_STAGES:
+        if not runs.list_checkpoints(cfg.stage_dir(stage)):
+            return stage
+    return "eval"
+
+
+# ---- launching ----
+
+
+def launch_stage(stage: str, config_path: Path) -> Launched:
     """Start `picochat STAGE CONFIG` detached; its output goes to the stage's run folder/train.log.
     `eval` evaluates the newest checkpoint of the run with the config's [eval] tasks.
-    Raises BadInput when the config is invalid (nothing is started then)."""
+    Raises BadInput when the config is invalid or the stage cannot start (nothing is started then)."""
     if stage not in STAGES:
         raise BadInput(f"{stage}: unknown stage (one of {', '.join(STAGES)})")
     cfg = config_module.load(config_path)
     run_dir = cfg.stage_dir(stage)
     if stage == "eval":
-        return launch_eval(run_dir, cfg.eval.tasks, cfg.eval.limit)
+        newest = runs.list_checkpoints(cfg.stage_dir("pretrain"))
+        if not newest:
+            raise BadInput(f"{cfg.stage_dir('pretrain')}: no checkpoint to evaluate yet (pretrain first)")
+        return launch_eval(newest[-1], cfg.eval.tasks, cfg.eval.limit)
     existing = runs.read_status(run_dir)
-    if existing and runs.effective_state(existing) in ("running", "paused", "starting", "stalled") \
-            and existing.get("stage") == stage:
+    if existing and runs.effective_state(existing) in LIVE_STATES and existing.get("stage") == stage:
         raise BadInput(f"{run_dir}: a {stage} worker is already running there (pid {existing.get('pid')})")
+    checkpoints = runs.list_checkpoints(run_dir)
+    if stage in TRAINING_STAGES and checkpoints:
+        # The worker would refuse too, but only in its log: say it here, with the way forward.
+        raise BadInput(f"{display_path(run_dir)} already has checkpoints (newest {checkpoints[-1].name}): "
+                       f"resume it (r on Checkpoints), or give [run] another name")
     argv = runs.picochat_command(stage, str(Path(config_path).resolve()))
-    pid = runs.spawn_detached(argv, log_path=run_dir / "train.log", env=_worker_env())
-    return run_dir, pid
+    return _spawn(stage, argv, run_dir, run_dir / "train.log")
 
 
-def launch_resume(checkpoint: Path) -> tuple[Path, int]:
-    """Continue training a run from its checkpoints with its frozen config (`STAGE CONFIG --resume`)."""
+def resume_plan(checkpoint: Path) -> tuple[str, Path, int, int]:
+    """What `r` on a checkpoint would do: (stage, the checkpoint it continues from, its step, the
+    step it trains to). Training always continues from the run's newest checkpoint."""
     run_dir = checkpoint.parent.parent
-    stage = _checkpoint_stage(checkpoint)
+    if checkpoint.parent.name != "checkpoints":
+        raise BadInput(f"{checkpoint}: an exported or INT8 copy cannot be trained on; pick one under checkpoints/")
     config_path = run_dir / "config.toml"
     if not config_path.is_file():
         raise BadInput(f"{config_path}: the run has no frozen config to resume with")
-    argv = runs.picochat_command(stage, str(config_path.resolve()), "--resume")
-    return run_dir, runs.spawn_detached(argv, log_path=run_dir / "train.log", env=_worker_env())
+    status = runs.read_status(run_dir)
+    if status and runs.effective_state(status) in LIVE_STATES and status.get("stage") in TRAINING_STAGES:
+        raise BadInput(f"{run_dir.name} is still {runs.effective_state(status)}: stop it before resuming")
+    newest = runs.list_checkpoints(run_dir)[-1]
+    stage = _checkpoint_stage(newest)
+    cfg = config_module.load(config_path)
+    total = {"pretrain": cfg.train.steps, "sft": cfg.sft.steps, "grpo": cfg.grpo.steps}[stage]
+    step = int(_read_json(newest / "meta.json").get("step", 0))
+    if step >= total:
+        raise BadInput(f"{run_dir.name} has done all {total} steps: raise the {stage} steps in "
+                       f"{display_path(config_path)} to train further")
+    return stage, newest, step, total
 
 
-def launch_eval(checkpoint: Path, tasks: list[str], limit: int = 0) -> tuple[Path, int]:
+def launch_resume(checkpoint: Path) -> Launched:
+    """Continue training a run from its checkpoints with its frozen config (`STAGE CONFIG --resume`)."""
+    stage, newest, _, _ = resume_plan(checkpoint)
+    run_dir = newest.parent.parent
+    argv = runs.picochat_command(stage, str((run_dir / "config.toml").resolve()), "--resume")
+    return _spawn(stage, argv, run_dir, run_dir / "train.log")
+
+
+def launch_eval(checkpoint: Path, tasks: list[str], limit: int = 0) -> Launched:
     """`picochat eval CHECKPOINT --tasks ... --limit N`, logging into the checkpoint's run folder."""
     checkpoint = Path(checkpoint)
     if not tasks:
         raise BadInput("no eval tasks chosen")
-    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name in ("checkpoints", "int8") else checkpoint
     argv = runs.picochat_command("eval", str(checkpoint.resolve()), "--tasks", ",".join(tasks))
     if limit:
         argv += ["--limit", str(limit)]
-    return run_dir, runs.spawn_detached(argv, log_path=run_dir / "eval.log", env=_worker_env())
+    return _spawn("eval", argv, run_dir, run_dir / "eval.log")
 
 
-def launch_quantize(checkpoint: Path) -> tuple[Path, int]:
+def launch_quantize(checkpoint: Path) -> Launched:
+    """`picochat quantize CHECKPOINT`: an INT8 copy in RUN/int8/step_N (the Checkpoints screen lists it)."""
+    if _read_json(checkpoint / "meta.json").get("quantization") == "int8":
+        raise BadInput(f"{checkpoint.name} is already an INT8 copy")
     run_dir = checkpoint.parent.parent
     argv = runs.picochat_command("quantize", str(checkpoint.resolve()))
-    return run_dir, runs.spawn_detached(argv, log_path=run_dir / "quantize.log", env=_worker_env())
+    return _spawn("quantize", argv, run_dir, run_dir / "quantize.log")
+
+
+# ---- watching what was launched ----
+
+
+def exit_code(pid: int) -> int | None:
+    """None while the worker runs; its exit code once it ended (reaping it: no zombie is left).
+    A child reaped elsewhere (subprocess cleans up after its own Popen objects) reads as 0."""
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None if runs.pid_alive(pid) else 0
+    return None if done == 0 else os.waitstatus_to_exitcode(status)
+
+
+def failure_line(launched: Launched) -> str:
+    """The worker's own last error line from its log ("picochat X: error: ..."), else its last line."""
+    try:
+        with open(launched.log_path, "rb") as handle:
+            handle.seek(launched.log_offset)
+            lines = [line.strip() for line in handle.read().decode("utf-8", "replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    errors = [line for line in lines if re.search(r"error", line, re.IGNORECASE)]
+    return (errors or lines or [""])[-1]
+
+
+# ---- saving a config somewhere else ----
+
+# (section, key) of every path a config names; lists are marked.
+PATH_KEYS = (("run", "out_dir", False), ("data", "sources", True), ("data", "dir", False),
+             ("tokenizer", "path", False), ("sft", "init_from", False), ("eval", "data_dir", False))
+
+
+def config_base_dir(path: Path) -> Path:
+    """Where relative paths in a config file resolve from (as config.load does)."""
+    base = Path(path).resolve().parent
+    return base.parent if base.name == "configs" else base
+
+
+def rebase_paths(text: str, old_base: Path, new_base: Path) -> tuple[str, list[str]]:
+    """The config text with every relative path that would point elsewhere from new_base (a config
+    saved into another folder) replaced by the absolute path it meant at old_base. Only those
+    string literals change: comments and layout stay. Returns (text, the paths rewritten)."""
+    cfg, errors = config_module.parse(text, "<config>")
+    if errors:
+        return text, []
+    old, new = config_module.Config(), config_module.Config()
+    old.base_dir, new.base_dir = old_base, new_base
+    rewritten = []
+    for section, key, is_list in PATH_KEYS:
+        values = getattr(getattr(cfg, section), key)
+        for value in (values if is_list else [values]):
+            if not value or Path(value).expanduser().is_absolute():
+                continue
+            before = old.resolve_path(value).resolve()
+            if new.resolve_path(value).resolve() == before:
+                continue
+            replaced = _replace_literal(text, section, key, value, json.dumps(str(before)))
+            if replaced != text:
+                text = replaced
+                rewritten.append(value)
+    return text, rewritten
+
+
+def _replace_literal(text: str, section: str, key: str, value: str, replacement: str) -> str:
+    """Replace the first "value" (or 'value') string at or after `key =` inside [section]."""
+    lines = text.split("\n")
+    current, start = None, None
+    for index, line in enumerate(lines):
+        header = re.match(r"^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]", line)
+        if header:
+            current = header.group(1)
+        elif current == section and re.match(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=", line):
+            start = index
+            break
+    if start is None:
+        return text
+    for index in range(start, len(lines)):
+        for quoted in (json.dumps(value), f"'{value}'"):
+            if quoted in lines[index]:
+                lines[index] = lines[index].replace(quoted, replacement, 1)
+                return "\n".join(lines)
+    return text
+
+
+# ---- helpers ----
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _checkpoint_stage(checkpoint: Path) -> str:
-    import json
-
-    try:
-        stage = json.loads((checkpoint / "meta.json").read_text()).get("stage", "pretrain")
-    except (OSError, ValueError):
-        stage = "pretrain"
-    return stage if stage in ("pretrain", "sft", "grpo") else "pretrain"
+    stage = _read_json(checkpoint / "meta.json").get("stage", "pretrain")
+    return stage if stage in TRAINING_STAGES else "pretrain"
 
 
 def _worker_env() -> dict[str, str]:

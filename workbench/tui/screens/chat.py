@@ -20,7 +20,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Collapsible, Footer, Header, Input, Label, Markdown, Select, Static
 
-from workbench.tui.screens.checkpoints import all_checkpoints
+from workbench.tui.screens.checkpoints import all_checkpoints, checkpoint_name
 
 SAMPLING_FIELDS = (  # input id -> (sampling key, label, default, type)
     ("temperature", "temperature", "0.8", float),
@@ -82,7 +82,7 @@ class ChatScreen(Screen):
     def sync_with_app(self) -> None:
         checkpoints = all_checkpoints(self.app.runs_dir)
         picker = self.query_one("#chat-checkpoint", Select)
-        picker.set_options([(f"{p.parent.parent.name}/{p.name}", str(p)) for p in checkpoints])
+        picker.set_options([(f"{p.parent.parent.name}/{checkpoint_name(p)}", str(p)) for p in checkpoints])
         wanted = self.app.chat_checkpoint or self.checkpoint
         if wanted is None and checkpoints:
             wanted = checkpoints[-1]
@@ -105,6 +105,7 @@ class ChatScreen(Screen):
         self.stop_model()
         self.checkpoint = checkpoint
         self.app.chat_checkpoint = checkpoint
+        self.use_sampling_of(checkpoint)
         self.generation += 1
         self.set_status(f"loading {checkpoint.parent.parent.name}/{checkpoint.name}…")
         command = getattr(self.app, "chat_worker_command", worker_command)(checkpoint)
@@ -115,6 +116,17 @@ class ChatScreen(Screen):
             self.set_status(Text(f"cannot start the model process: {error}", style="bold red"))
             return
         self.read_events(self.process, self.generation)
+
+    def use_sampling_of(self, checkpoint: Path) -> None:
+        """Fill the sampling fields from the checkpoint's [sample] section (its run's choice)."""
+        try:
+            section = json.loads((checkpoint / "config.json").read_text(encoding="utf-8")).get("sample") or {}
+        except (OSError, ValueError, AttributeError):
+            return
+        for key, _, _, kind in SAMPLING_FIELDS:
+            value = section.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.query_one(f"#chat-{key}", Input).value = str(kind(value))
 
     def stop_model(self) -> None:
         process, self.process = self.process, None

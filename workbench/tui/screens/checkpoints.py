@@ -21,7 +21,8 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from workbench import runs
 from workbench.errors import BadInput
-from workbench.tui.launch import launch_quantize, launch_resume
+from workbench.tui.actions import resume_training
+from workbench.tui.launch import launch_quantize
 from workbench.tui.screens.runs import format_count
 from workbench.tui.widgets.dialogs import ConfirmDialog, PromptDialog
 
@@ -48,10 +49,20 @@ def format_size(size: int) -> str:
 
 
 def all_checkpoints(runs_dir: Path) -> list[Path]:
+    """Every checkpoint of every run, by run name then step, with the INT8 copies
+    `picochat quantize` writes to RUN/int8/step_N after the run's own checkpoints."""
     found = []
     for info in sorted(runs.list_runs(runs_dir), key=lambda info: info.name):
         found.extend(runs.list_checkpoints(info.path))
+        int8 = info.path / "int8"
+        if int8.is_dir():
+            found.extend(sorted(p for p in int8.iterdir() if p.name.startswith("step_") and (p / "meta.json").exists()))
     return found
+
+
+def checkpoint_name(path: Path) -> str:
+    """step_000300, or int8/step_000300 for a quantized copy."""
+    return path.name if path.parent.name == "checkpoints" else f"{path.parent.name}/{path.name}"
 
 
 def config_as_toml(checkpoint: Path) -> str:
@@ -98,17 +109,41 @@ class CheckpointsScreen(Screen):
             table.add_column(column, key=column)
         self.marked: list[Path] = []
         self.diff_text = ""
+        self.shown: tuple = ()
         self.query_one("#ckpt-diff-box").border_title = "config diff"
+        self.set_interval(2.0, self.refresh_if_changed)
 
     def on_screen_resume(self) -> None:
         self.sync_with_app()
 
     def sync_with_app(self) -> None:
+        first_time = not self.shown
         self.refresh_table()
+        current = self.app.current_run
+        own = [p for p in all_checkpoints(self.app.runs_dir) if current and p.parent == current / "checkpoints"]
+        if first_time and own:  # start on the newest checkpoint of the run being looked at
+            self.query_one(DataTable).move_cursor(row=all_checkpoints(self.app.runs_dir).index(own[-1]))
         self.query_one(DataTable).focus()
+
+    def state_on_disk(self, checkpoints: list[Path]) -> tuple:
+        """What the table shows depends on: the folders and their meta/evals files."""
+        stamps = []
+        for path in checkpoints:
+            for name in ("meta.json", "evals.json"):
+                try:
+                    stamps.append((path / name).stat().st_mtime)
+                except OSError:
+                    stamps.append(None)
+        return tuple(checkpoints), tuple(stamps)
+
+    def refresh_if_changed(self) -> None:
+        """New checkpoints of a live run, an INT8 copy, new eval results: shown within seconds."""
+        if self.is_current and self.state_on_disk(all_checkpoints(self.app.runs_dir)) != self.shown:
+            self.refresh_table()
 
     def refresh_table(self) -> None:
         checkpoints = all_checkpoints(self.app.runs_dir)
+        self.shown = self.state_on_disk(checkpoints)
         self.marked = [path for path in self.marked if path in checkpoints]
         table = self.query_one(DataTable)
         selected = self.selected()
@@ -117,7 +152,7 @@ class CheckpointsScreen(Screen):
             meta = read_json(path / "meta.json") or {}
             evals = read_json(path / "evals.json") or {}
             bpb = meta.get("val_bpb")
-            table.add_row("●" if path in self.marked else "", path.parent.parent.name, path.name,
+            table.add_row("●" if path in self.marked else "", path.parent.parent.name, checkpoint_name(path),
                           str(meta.get("stage", "-")), str(meta.get("step", "-")),
                           format_count(meta.get("tokens")),
                           f"{bpb:.4f}" if isinstance(bpb, (int, float)) else "-",
@@ -161,22 +196,20 @@ class CheckpointsScreen(Screen):
             self.app.open_eval(path)
 
     def action_resume(self) -> None:
+        if (path := self.selected()) is not None:
+            resume_training(self, path)
+
+    def action_quantize(self) -> None:
         path = self.selected()
         if path is None:
             return
         try:
-            run_dir, pid = launch_resume(path)
+            launched = launch_quantize(path)
         except BadInput as error:
             self.notify(str(error), severity="error")
             return
-        self.notify(f"resuming {run_dir.name} (pid {pid})")
-        self.app.open_run(run_dir)
-
-    def action_quantize(self) -> None:
-        path = self.selected()
-        if path is not None:
-            run_dir, pid = launch_quantize(path)
-            self.notify(f"writing an INT8 copy of {path.name} (pid {pid}); log: {run_dir / 'quantize.log'}")
+        self.app.watch_launch(launched)
+        self.notify(f"the INT8 copy of {path.name} will show here as int8/{path.name}")
 
     def action_export(self) -> None:
         path = self.selected()

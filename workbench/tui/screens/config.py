@@ -1,7 +1,10 @@
 """Config: pick or create a per-run TOML, edit it with TOML highlighting, validate as you type
-(errors with line numbers), save it, and launch any stage as a detached worker.
+(errors with line numbers), save it, and launch any stage as a detached worker (ctrl+l, then a key
+per stage, or enter for the stage the run needs next).
 
-An invalid config can be saved (work in progress) but never launched.
+An invalid config can be saved (work in progress) but never launched. A new config starts as a
+copy of the embedded default saved next to it; a config saved into another folder gets its relative
+paths made absolute, so it still finds its data (assets/..., the run folder) from there.
 """
 
 from __future__ import annotations
@@ -13,14 +16,37 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Header, Input, Label, Select, Static, TextArea
+from textual.widgets import Button, Footer, Header, Input, Select, Static, TextArea
 
 from workbench import config as config_module
 from workbench import runs
 from workbench.errors import BadInput
-from workbench.tui.launch import STAGES, config_files, display_path, launch_stage
+from workbench.tui.launch import (
+    config_base_dir,
+    config_files,
+    display_path,
+    launch_stage,
+    rebase_paths,
+    suggested_stage,
+)
+from workbench.tui.widgets.dialogs import StageDialog
 
-NEW_CONFIG = Path("configs/new.toml")
+STAGE_ABOUT = {
+    "prepare": "sources -> parquet shards",
+    "tokenizer": "train the BPE tokenizer",
+    "pretrain": "pretrain the model",
+    "sft": "fine-tune it on chat data",
+    "grpo": "reinforcement learning after SFT",
+    "eval": "evaluate the newest checkpoint ([eval] tasks)",
+}
+
+
+def fresh_config_path(folder: Path) -> Path:
+    """folder/new.toml, or new-2.toml, new-3.toml... : never an existing file."""
+    path, number = folder / "new.toml", 2
+    while path.exists():
+        path, number = folder / f"new-{number}.toml", number + 1
+    return path
 
 
 class ConfigScreen(Screen):
@@ -39,15 +65,14 @@ class ConfigScreen(Screen):
         yield TextArea.code_editor("", language="toml", id="config-editor")
         yield Static(id="config-errors")
         with Horizontal(id="config-actions"):
-            yield Label("stage:")
-            yield Select([(stage, stage) for stage in STAGES], value="pretrain", allow_blank=False,
-                         id="config-stage")
-            yield Button("Launch (ctrl+l)", variant="success", id="config-launch")
+            yield Button("Launch… (ctrl+l)", variant="success", id="config-launch")
             yield Button("Save (ctrl+s)", id="config-save")
+            yield Static(id="config-next")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.errors: list[str] = []
+        self.loaded_base: Path | None = None  # where the text's relative paths were written to resolve from
         self.fill_picker()
 
     def on_screen_resume(self) -> None:
@@ -78,9 +103,10 @@ class ConfigScreen(Screen):
         except (OSError, UnicodeDecodeError) as error:
             self.notify(f"{path}: cannot read: {error}", severity="error")
             return
+        self.loaded_base = config_base_dir(path)
         if path.resolve() == config_module.default_config_path().resolve():
-            # Never edit the embedded default in place: a new run starts as a copy.
-            path = NEW_CONFIG
+            # Never edit the embedded default in place: a new run starts as a copy next to it.
+            path = fresh_config_path(path.parent)
         self.query_one("#config-path", Input).value = display_path(path)
         self.query_one(TextArea).load_text(text)
         self.validate()
@@ -104,7 +130,27 @@ class ConfigScreen(Screen):
         box.update(report if self.errors else Text.assemble(("✓ ", "bold green"), "valid"))
         box.set_class(bool(self.errors), "invalid")
         self.query_one("#config-launch", Button).disabled = bool(self.errors)
+        self.query_one("#config-next", Static).update(self.next_stage_hint())
         return self.errors
+
+    def next_stage_hint(self) -> Text:
+        if self.errors:
+            return Text("")
+        try:
+            cfg = self.current_config()
+        except BadInput:
+            return Text("")
+        return Text.assemble(("next stage: ", "dim"), (suggested_stage(cfg), "bold"), ("  (ctrl+l, enter)", "dim"))
+
+    def current_config(self) -> config_module.Config:
+        """The editor's text as a Config whose relative paths resolve from where it will be saved."""
+        text = self.query_one(TextArea).text
+        cfg, errors = config_module.parse(text, "<config>")
+        if errors:
+            raise BadInput(errors[0])
+        value = self.query_one("#config-path", Input).value.strip()
+        cfg.base_dir = config_base_dir(Path(value)) if value else (self.loaded_base or Path.cwd())
+        return cfg
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "config-launch":
@@ -120,14 +166,23 @@ class ConfigScreen(Screen):
         if not value:
             self.notify("give the config a path first", severity="error")
             return None
-        path = Path(value)
+        path = Path(value).expanduser()
+        editor = self.query_one(TextArea)
+        text, rewritten = editor.text, []
+        if self.loaded_base is not None and config_base_dir(path) != self.loaded_base:
+            text, rewritten = rebase_paths(text, self.loaded_base, config_base_dir(path))
         try:
-            runs.atomic_write_text(path, self.query_one(TextArea).text)
+            runs.atomic_write_text(path, text)
         except OSError as error:
             self.notify(f"{path}: cannot save: {error}", severity="error")
             return None
+        if rewritten:
+            editor.load_text(text)
+            self.notify(f"made {', '.join(rewritten)} absolute: {path.parent} is another folder than the "
+                        f"config came from")
+        self.loaded_base = config_base_dir(path)
         self.app.current_config = path
-        self.notify(f"saved {path}")
+        self.notify(f"saved {display_path(path)}")
         return path
 
     def action_launch(self) -> None:
@@ -137,12 +192,22 @@ class ConfigScreen(Screen):
         path = self.action_save()
         if path is None:
             return
-        stage = str(self.query_one("#config-stage", Select).value)
         try:
-            run_dir, pid = launch_stage(stage, path)
+            suggested = suggested_stage(config_module.load(path))
         except BadInput as error:
             self.notify(str(error), severity="error")
             return
-        self.notify(f"started {stage} (pid {pid}); log: {run_dir / 'train.log'}")
+        self.app.push_screen(StageDialog(f"Launch a stage of {display_path(path)}", STAGE_ABOUT, suggested),
+                             lambda stage: self.launch(stage, path))
+
+    def launch(self, stage: str | None, path: Path) -> None:
+        if stage is None:
+            return
+        try:
+            launched = launch_stage(stage, path)
+        except BadInput as error:
+            self.notify(str(error), severity="error")
+            return
+        self.app.watch_launch(launched)
         next_screen = {"prepare": "data", "tokenizer": "data", "eval": "evals"}.get(stage, "dashboard")
-        self.app.open_run(run_dir, next_screen)
+        self.app.open_run(launched.run_dir, next_screen)

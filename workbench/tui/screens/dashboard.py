@@ -18,6 +18,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
 from workbench import runs
+from workbench.tui.actions import control_run
 from workbench.tui.screens.runs import STATE_STYLES, format_count
 from workbench.tui.series import X_AXES, RunMetrics
 from workbench.tui.widgets.dialogs import PickDialog
@@ -33,10 +34,9 @@ PLOTS = {  # widget id -> (metric, title)
 }
 SMOOTHING_STEPS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
 LOG_TAIL_BYTES = 8192
-LOG_TAIL_LINES = 12
 
 
-def read_log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str | None:
+def read_log_tail(path: Path, lines: int) -> str | None:
     try:
         with open(path, "rb") as handle:
             handle.seek(0, 2)
@@ -58,7 +58,7 @@ class DashboardScreen(Screen):
         Binding("o", "overlay", "Overlay"),
         Binding("s", "control('stop')", "Stop"),
         Binding("p", "control('pause')", "Pause"),
-        Binding("u", "control('resume')", "Resume"),
+        Binding("u", "control('resume')", "Unpause"),
     ]
 
     def compose(self) -> ComposeResult:
@@ -141,14 +141,22 @@ class DashboardScreen(Screen):
         started = status.get("started")
         finished = state in ("done", "failed", "crashed")
         end = status.get("heartbeat") if finished else time.time()
-        elapsed = (end - started) if started and end else None
+        elapsed = None
+        if started and end:  # time spent training: pauses are left out
+            elapsed = metrics.active_seconds(started, end) if metrics else end - started
+        if finished:
+            eta = "-"
+        elif state == "paused":
+            eta = "paused"
+        else:
+            eta = runs.format_duration(status.get("eta_seconds"))
         best = status.get("best_val_bpb") or (metrics.best_val_bpb if metrics else None)
         fields = [
             ("stage", status.get("stage") or "-"),
             ("step", f"{step}/{total}" if total else str(step)),
             ("tokens", format_count(status.get("tokens") or (metrics.tokens if metrics else 0))),
             ("elapsed", runs.format_duration(elapsed)),
-            ("ETA", runs.format_duration(status.get("eta_seconds")) if not finished else "-"),
+            ("ETA", eta),
             ("best val bpb", f"{best:.4f}" if isinstance(best, (int, float)) else "-"),
         ]
         if metrics and metrics.last_train:
@@ -186,8 +194,13 @@ class DashboardScreen(Screen):
 
     def update_log(self) -> None:
         panel = self.query_one("#dash-log", Static)
-        tail = read_log_tail(self.run_dir / "train.log") if self.run_dir else None
-        panel.update(Text(tail if tail is not None else "no train.log", style="" if tail else "dim"))
+        # As many of the newest lines as the panel shows, cut at its width rather than wrapped, so
+        # the last line written is always in view.
+        tail = read_log_tail(self.run_dir / "train.log", max(1, panel.content_size.height)) if self.run_dir else None
+        if tail is None:
+            panel.update(Text("no train.log", style="dim"))
+        else:
+            panel.update(Text(tail, no_wrap=True, overflow="ellipsis"))
 
     def update_plots(self) -> None:
         for plot_id, (metric, _) in PLOTS.items():
@@ -197,13 +210,14 @@ class DashboardScreen(Screen):
                 xs = series.xs(self.x_axis)
                 label = run_dir.name if self.overlay else metric
                 if metric == "loss":
-                    # The run itself: raw faint and smoothed bold; overlaid runs: smoothed only.
+                    # The run itself: raw faint (its spread per column) and smoothed bold; overlaid
+                    # runs: smoothed only.
                     if index == 0:
-                        lines.append(Line("raw", xs, series.value, color="gray"))
+                        lines.append(Line("raw", xs, series.value, color="gray", envelope=True, mean_line=False))
                     lines.append(Line(f"{label} (ema {self.smoothing:g})" if not self.overlay else label,
                                       xs, series.smoothed(self.smoothing)))
                 else:
-                    lines.append(Line(label, xs, series.value))
+                    lines.append(Line(label, xs, series.value, envelope=True))
             plot = self.query_one(f"#{plot_id}", MetricPlot)
             plot.set_lines(lines, log_y=self.log_y and metric in ("loss", "val_bpb", "grad_norm"),
                            x_label=self.x_axis if self.x_axis != "time" else "seconds")
@@ -237,10 +251,5 @@ class DashboardScreen(Screen):
         self.app.push_screen(PickDialog("Overlay runs", list(names), [p.name for p in self.overlay]), chosen)
 
     def action_control(self, command: str) -> None:
-        if self.run_dir is None or not self.run_dir.is_dir():
-            return
-        if command == "stop":
-            runs.stop_run(self.run_dir)
-        else:
-            runs.send_control(self.run_dir, command)
-        self.notify(f"asked {self.run_dir.name} to {command} (at its next step)")
+        if self.run_dir is not None and self.run_dir.is_dir():
+            control_run(self, self.run_dir, command)

@@ -160,12 +160,12 @@ class DataScreen(Screen):
             config_path = self.cfg.out_dir / "prepare.toml"
             runs.atomic_write_text(config_path, frozen.to_toml())
         try:
-            run_dir, pid = launch_stage(stage, config_path)
+            launched = launch_stage(stage, config_path)
         except BadInput as error:
             self.notify(str(error), severity="error")
             return
-        self.app.current_run = run_dir
-        self.notify(f"started {stage} (pid {pid}); log: {run_dir / 'train.log'}")
+        self.app.current_run = launched.run_dir
+        self.app.watch_launch(launched)
         self.poll()
 
     def poll(self) -> None:

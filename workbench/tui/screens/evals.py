@@ -27,7 +27,7 @@ from textual.widgets import (
 from workbench import runs
 from workbench.errors import BadInput
 from workbench.tui.launch import EVAL_TASKS, launch_eval
-from workbench.tui.screens.checkpoints import all_checkpoints, read_json
+from workbench.tui.screens.checkpoints import all_checkpoints, checkpoint_name, read_json
 
 
 def score_text(result) -> str:
@@ -73,7 +73,7 @@ class EvalsScreen(Screen):
     def sync_with_app(self) -> None:
         checkpoints = all_checkpoints(self.app.runs_dir)
         picker = self.query_one("#eval-checkpoint", Select)
-        picker.set_options([(f"{p.parent.parent.name}/{p.name}", str(p)) for p in checkpoints])
+        picker.set_options([(f"{p.parent.parent.name}/{checkpoint_name(p)}", str(p)) for p in checkpoints])
         wanted = self.app.eval_checkpoint or self.checkpoint
         if wanted is None and self.app.current_run is not None:
             own = [p for p in checkpoints if p.parent.parent == self.app.current_run]
@@ -94,6 +94,16 @@ class EvalsScreen(Screen):
             return
         self.checkpoint = checkpoint
         self.app.eval_checkpoint = checkpoint
+        # Start from what the run's config asks for ([eval] tasks and limit).
+        section = (read_json(checkpoint / "config.json") or {}).get("eval") or {}
+        wanted = [task for task in section.get("tasks") or [] if task in EVAL_TASKS]
+        if wanted:
+            tasks = self.query_one("#eval-tasks", SelectionList)
+            tasks.deselect_all()
+            for task in wanted:
+                tasks.select(task)
+        if isinstance(section.get("limit"), int):
+            self.query_one("#eval-limit", Input).value = str(section["limit"])
         self.tail = runs.MetricsTail(checkpoint.parent.parent / "metrics.jsonl")
         self.last_progress = None
         self.show_results()
@@ -155,9 +165,9 @@ class EvalsScreen(Screen):
             self.notify(f"examples per task must be a whole number, got {limit_text!r}", severity="error")
             return
         try:
-            run_dir, pid = launch_eval(self.checkpoint, tasks, int(limit_text))
+            launched = launch_eval(self.checkpoint, tasks, int(limit_text))
         except BadInput as error:
             self.notify(str(error), severity="error")
             return
         self.last_progress = None
-        self.notify(f"started eval (pid {pid}); log: {run_dir / 'eval.log'}")
+        self.app.watch_launch(launched)

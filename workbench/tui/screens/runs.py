@@ -17,6 +17,8 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from workbench import config as config_module
 from workbench import runs
+from workbench.tui.actions import control_run, resume_training
+from workbench.tui.launch import LIVE_STATES
 from workbench.tui.widgets.dialogs import ConfirmDialog
 
 STATE_STYLES = {
@@ -24,7 +26,6 @@ STATE_STYLES = {
     "done": "cyan", "failed": "bold red", "crashed": "bold red", "stalled": "bold magenta",
     "missing": "dim", "unknown": "dim",
 }
-LIVE_STATES = ("running", "starting", "paused", "stopping", "stalled")
 COLUMNS = ("run", "state", "stage", "step", "loss", "tok/s", "ETA", "message")
 
 
@@ -41,8 +42,13 @@ def run_row(info: runs.RunInfo) -> tuple:
     step = f"{info.step}/{info.total_steps}" if info.total_steps else str(info.step)
     loss = f"{info.loss:.4f}" if isinstance(info.loss, (int, float)) else "-"
     eta = runs.format_duration(info.eta_seconds) if info.state in LIVE_STATES else "-"
+    if info.state == "paused":
+        eta = "paused"
+    message = info.message or ""
+    if info.state == "crashed":  # the worker died without a word: say what can be done
+        message = "worker gone without finishing; r resumes from the newest checkpoint"
     return (info.name, Text(info.state, style=STATE_STYLES.get(info.state, "")), info.stage or "-", step,
-            loss, format_count(info.tokens_per_second), eta, (info.message or "")[:60])
+            loss, format_count(info.tokens_per_second), eta, message[:70])
 
 
 class RunsScreen(Screen):
@@ -52,7 +58,8 @@ class RunsScreen(Screen):
         Binding("n", "new_run", "New run"),
         Binding("s", "control('stop')", "Stop"),
         Binding("p", "control('pause')", "Pause"),
-        Binding("u", "control('resume')", "Resume"),
+        Binding("u", "control('resume')", "Unpause"),
+        Binding("r", "resume_training", "Resume training"),
         Binding("d", "delete_run", "Delete"),
     ]
 
@@ -120,18 +127,18 @@ class RunsScreen(Screen):
         self.app.open_config(config_module.default_config_path())
 
     def action_control(self, command: str) -> None:
+        if (run_dir := self.selected_run()) is not None:
+            control_run(self, run_dir, command)
+
+    def action_resume_training(self) -> None:
         run_dir = self.selected_run()
         if run_dir is None:
             return
-        state = runs.effective_state(runs.read_status(run_dir))
-        if state not in LIVE_STATES:
-            self.notify(f"{run_dir.name} is {state}: nothing to {command}", severity="warning")
+        checkpoints = runs.list_checkpoints(run_dir)
+        if not checkpoints:
+            self.notify(f"{run_dir.name} has no checkpoint to resume from", severity="warning")
             return
-        if command == "stop":
-            runs.stop_run(run_dir)
-        else:
-            runs.send_control(run_dir, command)
-        self.notify(f"asked {run_dir.name} to {command} (at its next step)")
+        resume_training(self, checkpoints[-1])
 
     def action_delete_run(self) -> None:
         run_dir = self.selected_run()

@@ -1,4 +1,5 @@
-"""Small modal screens: yes/no confirmation, a one-line prompt, and picking several items."""
+"""Small modal screens: yes/no confirmation, a one-line prompt, picking several items, and picking
+the stage to launch."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, SelectionList
+from textual.widgets import Button, Input, Label, OptionList, SelectionList
+from textual.widgets.option_list import Option
 
 
 class ConfirmDialog(ModalScreen[bool]):
@@ -72,6 +74,41 @@ class PickDialog(ModalScreen[list[str] | None]):
 
     def action_accept(self) -> None:
         self.dismiss(list(self.query_one("#items", SelectionList).selected))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class StageDialog(ModalScreen[str | None]):
+    """Which stage to launch: one key per stage, and enter takes the one the run needs next
+    (highlighted), so the usual path is ctrl+l, enter."""
+
+    KEYS = {"prepare": "d", "tokenizer": "t", "pretrain": "p", "sft": "s", "grpo": "g", "eval": "e"}
+    BINDINGS = [Binding("escape", "cancel", "Cancel")] + [
+        Binding(key, f"pick('{stage}')", stage, show=False) for stage, key in KEYS.items()]
+
+    def __init__(self, title: str, stages: dict[str, str], suggested: str):
+        super().__init__(classes="dialog")
+        self.title_text, self.stages, self.suggested = title, stages, suggested
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog-box"):
+            yield Label(f"{self.title_text}\n(a key, or enter for the highlighted one; escape cancels)",
+                        classes="dialog-question")
+            yield OptionList(*[Option(f"{self.KEYS[stage]}  {stage:<10} {about}"
+                                      + ("  <- next" if stage == self.suggested else ""), id=stage)
+                               for stage, about in self.stages.items()], id="stages")
+
+    def on_mount(self) -> None:
+        options = self.query_one(OptionList)
+        options.highlighted = list(self.stages).index(self.suggested)
+        options.focus()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(event.option.id)
+
+    def action_pick(self, stage: str) -> None:
+        self.dismiss(stage)
 
     def action_cancel(self) -> None:
         self.dismiss(None)
