@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+import workbench.model as model_module
 from workbench.config import ModelSection, TrainSection
 from workbench.errors import BadInput
 from workbench.model import MODELS, band_mask, build_model, cross_entropy
@@ -69,7 +70,10 @@ def test_forward_shapes_dtypes_and_loss_reductions():
 
 @pytest.mark.parametrize("cap", [0.0, 15.0])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_fused_softcap_cross_entropy_matches_autograd(cap, reduction):
+@pytest.mark.parametrize("rows_per_chunk", [5, None])
+def test_fused_softcap_cross_entropy_matches_autograd(cap, reduction, rows_per_chunk, monkeypatch):
+    if rows_per_chunk:  # 12 rows in chunks of 5: the chunk edges must not show
+        monkeypatch.setattr(model_module, "CE_CHUNK_BYTES", 4 * 40 * rows_per_chunk)
     torch.manual_seed(0)
     logits = (torch.randn(2, 6, 40, dtype=torch.float64) * 20).requires_grad_()
     targets = torch.randint(0, 40, (2, 6))
