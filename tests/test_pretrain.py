@@ -94,6 +94,8 @@ def test_resume_of_a_finished_run_trains_nothing(make_tiny_config):
     before = train_losses(cfg.out_dir)
     result = pretrain(cfg, resume=True, verbose=False)
     assert result.step == 3 and train_losses(cfg.out_dir) == before
+    status = json.loads((cfg.out_dir / "status.json").read_text())
+    assert status["step"] == 3 and status["state"] == "done"  # the finished run's status is left alone
 
 
 def test_missing_inputs_name_the_command_to_run(make_tiny_config, tmp_path, capsys):

@@ -100,6 +100,10 @@ class RunWriter:
 
     _first_step = 0
 
+    def paused_for(self, seconds: float) -> None:
+        """Leave a pause out of the ETA's rate (the clock it divides by starts later)."""
+        self.started += seconds
+
     def set_first_step(self, step: int) -> None:
         """A resumed run starts counting its ETA from the step it resumed at."""
         self._first_step = step

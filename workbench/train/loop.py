@@ -107,6 +107,7 @@ def _wait_while_paused(writer, signals: _Signals, step: int, checkpoint: Callabl
     Returns True when the run should stop."""
     writer.write_status(state="paused", message=f"paused at step {step}")
     writer.event(f"paused at step {step}")
+    paused_at = time.time()
     while True:
         time.sleep(PAUSE_POLL_SECONDS)
         writer.heartbeat(step)  # alive while paused: not "stalled"
@@ -116,6 +117,7 @@ def _wait_while_paused(writer, signals: _Signals, step: int, checkpoint: Callabl
             checkpoint(step)
         if stop or "resume" in commands:
             break
+    writer.paused_for(time.time() - paused_at)  # the ETA counts training time, not the pause
     writer.write_status(state="running", message="")
     writer.event(f"stop requested at step {step}" if stop else f"resumed at step {step}")
     return stop

@@ -83,7 +83,7 @@ def _pretrain(cfg, resume: bool, dist, verbose: bool):
     from workbench.train.checkpoint import load_checkpoint
     from workbench.train.common import resolve_device, restore_rng_states, seed_everything
     from workbench.train.loader import PackingLoader
-    from workbench.train.loop import train
+    from workbench.train.loop import TrainResult, train
 
     tokenizer, newest = check_inputs(cfg, resume, dist.is_main)
     device = resolve_device(cfg.run.device, dist.local_rank)
@@ -112,6 +112,13 @@ def _pretrain(cfg, resume: bool, dist, verbose: bool):
         start_step, tokens_seen = int(meta["step"]), int(meta.get("tokens", 0))
         loader_state, best_val_bpb = meta.get("loader_state"), meta.get("best_val_bpb")
         restore_rng_states(meta.get("rng_states"))
+        if start_step >= train_cfg.steps:  # nothing to train: leave the finished run's status as it is
+            if verbose and dist.is_main:
+                print(f"pretrain: {run_dir} already reached step {start_step} of {train_cfg.steps}; "
+                      f"raise [train] steps to train further")
+            return TrainResult(step=start_step, tokens=tokens_seen, stopped=False,
+                               best_val_bpb=meta.get("best_val_bpb"), last_checkpoint=newest,
+                               last_loss=None, seconds=0.0)
     else:
         model = build_model(cfg.model, tokenizer.vocab_size).to(device)
         optimizers = build_optimizer(model, train_cfg)
