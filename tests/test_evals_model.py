@@ -51,15 +51,16 @@ def test_eval_cli_runs_every_task(run_copy, capsys):
     assert "arc-challenge" in out and "evals.json" in out
 
     run_dir = run_copy.parent.parent
-    records = runs.read_metrics(run_dir)
+    records = runs.read_metrics(run_dir.with_name(run_dir.name + "-eval"))  # evals write beside the run
     evals = [r for r in records if r["kind"] == "eval" and r["stage"] == "eval"]
     assert [r["task"] for r in evals] == list(results)
     assert evals[1]["arc-easy"] == results["arc-easy"]["accuracy"]
     progress = [r for r in records if r["kind"] == "progress" and r["stage"] == "eval"]
     assert {r["task"] for r in progress} == set(results)
     assert all(r["done"] <= r["total"] for r in progress if r["total"])
-    status = runs.read_status(run_dir)
+    status = runs.read_status(run_dir.with_name(run_dir.name + "-eval"))
     assert status["state"] == "done" and status["stage"] == "eval"
+    assert runs.read_status(run_dir)["stage"] == "pretrain"
 
     # a second run of one task replaces that task and keeps the others
     assert main(["eval", str(run_copy), "--tasks", "arc-easy", "--limit", "2", "--data-dir", str(FIXTURES),
@@ -104,7 +105,7 @@ def test_chat_checkpoints_also_answer_with_a_letter(run_copy):
     assert results["gsm8k"]["prompt"] == "chat"
 
 
-def test_live_training_status_is_not_clobbered(run_copy):
+def test_training_status_is_never_clobbered(run_copy):
     run_dir = run_copy.parent.parent
     live = {"state": "running", "stage": "pretrain", "pid": os.getpid(), "heartbeat": time.time(), "step": 7}
     (run_dir / "status.json").write_text(json.dumps(live))
@@ -114,6 +115,11 @@ def test_live_training_status_is_not_clobbered(run_copy):
     sibling = run_dir.with_name(run_dir.name + "-eval")
     assert runs.read_status(sibling)["state"] == "done"
     assert [r["task"] for r in runs.read_metrics(sibling, kind="eval")] == ["hellaswag"]
+    finished = {"state": "done", "stage": "pretrain", "step": 7, "message": "stopped at step 7 of 9"}
+    (run_dir / "status.json").write_text(json.dumps(finished))
+    assert main(["eval", str(run_copy), "--tasks", "hellaswag", "--limit", "1", "--data-dir", str(FIXTURES),
+                 "--device", "cpu"]) == 0
+    assert runs.read_status(run_dir) == finished
 
 
 def test_bad_eval_file_is_one_line_exit_2(run_copy, tmp_path, capsys):

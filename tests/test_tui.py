@@ -346,7 +346,7 @@ async def test_eval_screen_shows_results_of_the_run_and_live_progress(runs_dir):
         results = app.screen.query_one("#eval-results", DataTable)
         assert table_rows(results) == [["step_000200", "0.2500", "2.7100", "-"],
                                        ["step_000300", "0.2800", "2.6000", "0.0000"]]
-        writer = runs.RunWriter(runs_dir / "tiny-done", "eval")
+        writer = runs.RunWriter(runs_dir / "tiny-done-eval", "eval")  # evals write beside the run
         writer.progress(3, 10, "examples", task="arc-easy")
         await pilot.pause(1.3)
         assert "3/10 examples arc-easy" in text_of(app.screen.query_one("#eval-status", Static))

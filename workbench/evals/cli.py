@@ -3,9 +3,9 @@
 CHECKPOINT is a checkpoint folder or a run folder (its newest checkpoint). Every eval file is read
 and checked BEFORE the model loads, so a malformed file fails in a second with "FILE:LINE: problem".
 Results go to the terminal (a table), to <checkpoint>/evals.json (merged with earlier results, one
-entry per task) and to the run folder's metrics.jsonl: "progress" records while running and one
-"eval" record per task. If a training worker is alive in that run folder its status.json is left
-alone and the eval writes to the sibling folder <run>-eval instead.
+entry per task) and to the sibling run folder <run>-eval: "progress" records while running and one
+"eval" record per task. The training run's own status.json is never touched (it may be live, or
+hold the "stopped at step N; continue with --resume" a user needs).
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from workbench import runs
 from workbench.errors import BadInput
 from workbench.evals import common
 from workbench.evals.common import TASKS, TaskResult
-
-LIVE_STATES = ("starting", "running", "paused", "stopping", "stalled")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,15 +87,13 @@ def load_task_data(task: str, data_dir: Path, limit: int | None) -> list:
 
 
 def writer_dir(checkpoint: Path) -> Path | None:
-    """Where this eval's progress and records go: the checkpoint's run folder, or <run>-eval while a
-    training worker is alive there (its status.json must not be clobbered). None for a checkpoint
-    that is not inside a run folder."""
-    if checkpoint.parent.name != "checkpoints":
+    """Where this eval's progress and records go: <run>-eval beside the checkpoint's run folder (one
+    writer per run folder: the training run's status.json stays the training's). None for a
+    checkpoint that is not inside a run folder."""
+    if checkpoint.parent.name not in ("checkpoints", "int8"):
         return None
     run_dir = checkpoint.parent.parent
-    if runs.effective_state(runs.read_status(run_dir)) in LIVE_STATES:
-        return run_dir.with_name(f"{run_dir.name}-eval")
-    return run_dir
+    return run_dir.with_name(f"{run_dir.name}-eval")
 
 
 def merge_results(checkpoint: Path, results: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -104,7 +104,8 @@ class EvalsScreen(Screen):
                 tasks.select(task)
         if isinstance(section.get("limit"), int):
             self.query_one("#eval-limit", Input).value = str(section["limit"])
-        self.tail = runs.MetricsTail(checkpoint.parent.parent / "metrics.jsonl")
+        run_dir = checkpoint.parent.parent
+        self.tail = runs.MetricsTail(run_dir.with_name(f"{run_dir.name}-eval") / "metrics.jsonl")
         self.last_progress = None
         self.show_results()
         self.poll()
