@@ -137,12 +137,22 @@ class PackingLoader:
         self._thread.start()
         self._skip = self._offset  # tokens of the first document already consumed before a resume
 
+    def _next_item(self):
+        """The producer's next item; a producer that died without a word (it always puts its
+        error, so this is a last resort) is an error here, never a silent hang."""
+        while True:
+            try:
+                return self._queue.get(timeout=1.0)
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    raise RuntimeError(f"the {self.split} data loader thread ended unexpectedly") from None
+
     def _fill(self, needed: int) -> bool:
         """Pull tokenized documents until the buffer holds `needed` tokens; False at the end."""
         while len(self._buffer) - self._head < needed:
             if self._finished:
                 return False
-            item = self._queue.get()
+            item = self._next_item()
             if item is None:
                 self._finished = True
                 return False
