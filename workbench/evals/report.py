@@ -208,10 +208,23 @@ def stage_summary(stage: str, records: list[dict[str, Any]], folder: Path) -> di
     if stage == "eval":
         tasks = [r.get("task") for r in mine if r.get("kind") == "eval" and r.get("task")]
         summary["tasks"] = " ".join(dict.fromkeys(tasks)) or None
+    if stage in ("sft", "grpo"):
+        summary["end_rate"] = _last(mine, "eval", "end_rate")  # replies that end their turn properly
     if stage == "grpo":
-        for key in ("reward_mean", "accuracy", "zero_variance_fraction", "completion_length"):
+        for key in ("accuracy", "zero_variance_fraction", "completion_length"):
             summary[f"first_{key}"] = _first(mine, "grpo", key)
             summary[key] = _last(mine, "grpo", key)
+        # one step's reward is noise: compare the means of the first and the last quarter of steps
+        rewards = [r["reward_mean"] for r in mine if r.get("kind") == "grpo" and r.get("reward_mean") is not None]
+        if rewards:
+            quarter = max(1, len(rewards) // 4)
+            summary["first_reward_mean"] = sum(rewards[:quarter]) / quarter
+            summary["reward_mean"] = sum(rewards[-quarter:]) / quarter
+        held_out = [r for r in mine if r.get("kind") == "eval" and any(k.endswith("_reward") for k in r)]
+        if held_out:
+            key = next(k for k in held_out[-1] if k.endswith("_reward"))
+            summary["first_held_out_reward"] = held_out[0].get(key)
+            summary["held_out_reward"] = held_out[-1].get(key)
     return {key: value for key, value in summary.items() if value is not None}
 
 
@@ -330,9 +343,15 @@ def main_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     add("tokens/s (last step)", "", [_fmt_count(stage_value(s, "tokens_per_second")) for s in columns])
     add("final train loss", "", [_fmt_number(stage_value(s, "final_loss")) for s in columns])
     add("val bpb (stage's own val data)", "", [_fmt_number(stage_value(s, "val_bpb")) for s in columns])
-    add("grpo reward (first -> last)", "", [
-        f"{_fmt_number(stage_value(s, 'first_reward_mean'))} -> {_fmt_number(stage_value(s, 'reward_mean'))}"
-        if stage_value(s, "reward_mean") is not None else "-" for s in columns])
+    add("replies ending with <|assistant_end|>", "", [_fmt_percent(stage_value(s, "end_rate")) for s in columns])
+
+    def first_to_last(stage: str, key: str) -> str:
+        if stage_value(stage, key) is None:
+            return "-"
+        return f"{_fmt_number(stage_value(stage, 'first_' + key))} -> {_fmt_number(stage_value(stage, key))}"
+
+    add("grpo reward (first -> last quarter of steps)", "", [first_to_last(s, "reward_mean") for s in columns])
+    add("grpo held-out reward (first -> last eval)", "", [first_to_last(s, "held_out_reward") for s in columns])
     tasks = [t for t in TASKS if any(t in newest_evals.get(s, {}) for s in columns)]
     tasks += sorted({t for s in columns for t in newest_evals.get(s, {})} - set(tasks))
     for task in tasks:
