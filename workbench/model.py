@@ -181,17 +181,20 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.addcmul(x * cos, swapped, sin)
 
 
-@functools.lru_cache(maxsize=64)
 def band_mask(queries: int, keys: int, offset: int, window: int | None, device: torch.device) -> torch.Tensor:
     """Boolean [queries, keys] mask, True = may attend. Query q sits at absolute position offset + q,
     key k at position k; a query sees keys at or before it, and with a window only the `window` most
-    recent of them (itself included). Cached: training asks for the same mask every step."""
+    recent of them (itself included)."""
     query_pos = torch.arange(queries, device=device)[:, None] + offset
     key_pos = torch.arange(keys, device=device)[None, :]
     allowed = key_pos <= query_pos
     if window is not None:
         allowed &= query_pos - key_pos < window
     return allowed
+
+
+# Eager training asks for the same mask every step; a compiled graph builds it inside the graph.
+_cached_band_mask = functools.lru_cache(maxsize=64)(band_mask)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None) -> torch.Tensor:
@@ -212,7 +215,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
     if window is not None and queries == 1:  # the slice above already is the window
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
-    mask = band_mask(queries, keys, offset, window, q.device)
+    make_mask = band_mask if torch.compiler.is_compiling() else _cached_band_mask
+    mask = make_mask(queries, keys, offset, window, q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
