@@ -222,8 +222,9 @@ def _eval(cfg, run_dir: Path, verbose: bool) -> StageResult:
     if all(isinstance(done.get(task), dict) and done[task].get("limit") == cfg.eval.limit for task in tasks):
         return StageResult("eval", "skipped", note=f"{checkpoint} already evaluated", figures=_scores(done, tasks))
     t = time.time()
+    # the data folder of the config being run (a checkpoint's frozen copy may predate an edit)
     argv = ["eval", str(checkpoint), "--tasks", ",".join(tasks), "--limit", str(cfg.eval.limit),
-            "--device", cfg.run.device]
+            "--device", cfg.run.device, "--data-dir", str(cfg.resolve_path(cfg.eval.data_dir))]
     if verbose:
         code = cli.main(argv)
     else:
