@@ -75,17 +75,21 @@ def newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     the quintic iteration of Muon, tuned to push every singular value into roughly [0.7, 1.2]
     quickly rather than to converge exactly."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    x = g.bfloat16() if g.is_cuda or cpu_has_bf16() else g.float()
+    x = g.reshape(-1, g.size(-2), g.size(-1))
+    x = x.bfloat16() if g.is_cuda or cpu_has_bf16() else x.float()
     tall = x.size(-2) > x.size(-1)
     if tall:  # iterate on the wide orientation: the Gram matrix x @ x.T is the smaller one
         x = x.mT
     x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
     for _ in range(steps):
-        gram = x @ x.mT
-        x = a * x + (b * gram + c * gram @ gram) @ x
+        gram = torch.bmm(x, x.mT)
+        # x <- a x + (b gram + c gram^2) x, the scalings folded into the matmuls (baddbmm's beta
+        # and alpha): separate elementwise passes cost ~15% of the step on CPU in bf16.
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+        x = torch.baddbmm(x, poly, x, beta=a)
     if tall:
         x = x.mT
-    return x.to(g.dtype)
+    return x.reshape(g.shape).to(g.dtype)
 
 
 class Optimizers:
