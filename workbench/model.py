@@ -113,8 +113,10 @@ class _SoftcapCrossEntropy(torch.autograd.Function):
                 shifted.sigmoid_().mul_(2.0 * cap)
             else:
                 shifted = logits[start:end].float()
-            torch.logsumexp(shifted, dim=1, keepdim=True, out=lse[start:end])
-            torch.sub(shifted, lse[start:end], out=logp[start:end])
+            # log_softmax is one fused kernel (logsumexp is several); lse comes back from column 0.
+            chunk_logp = torch.log_softmax(shifted, dim=1)
+            torch.sub(shifted[:, :1], chunk_logp[:, :1], out=lse[start:end])
+            logp[start:end] = chunk_logp
         valid = targets >= 0
         safe = targets.clamp(min=0)
         losses = torch.where(valid, -logp.gather(1, safe[:, None]).squeeze(1), 0.0)
