@@ -56,7 +56,7 @@ class _RMSNorm(torch.autograd.Function):
 
 
 class _ReluSquared(torch.autograd.Function):
-    """relu(x) ** 2 in two passes forward and two backward (autograd's square-of-relu takes five)."""
+    """relu(x) ** 2 in two passes forward and one backward (autograd's square-of-relu takes five)."""
 
     @staticmethod
     def forward(ctx, x):
@@ -67,7 +67,7 @@ class _ReluSquared(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (r,) = ctx.saved_tensors
-        return (grad * r).mul_(2)
+        return torch.addcmul(grad.new_zeros(()), grad, r, value=2.0)  # 2 r grad in one pass
 
 
 def norm(x: torch.Tensor) -> torch.Tensor:
@@ -300,9 +300,11 @@ class Attention(nn.Module):
             # weights every token, and INT8 models replace the layers with Int8Linear.
             qkv = torch.cat([self.c_q(x), self.c_k(x), self.c_v(x)], dim=-1)
         qkv = qkv.view(batch, time, heads + 2 * kv_heads, self.head_dim)
-        qk = norm(apply_rotary(qkv[:, :, :heads + kv_heads], cos, sin))  # q and k in one go
-        q, k = qk[:, :, :heads].transpose(1, 2), qk[:, :, heads:].transpose(1, 2)
-        v = qkv[:, :, heads + kv_heads:].transpose(1, 2)
+        # split, not slicing: its backward concatenates, where a slice's zero-fills the whole qkv.
+        qk, v = qkv.split([heads + kv_heads, kv_heads], dim=2)
+        qk = norm(apply_rotary(qk, cos, sin))  # q and k in one go
+        q, k = (t.transpose(1, 2) for t in qk.split([heads, kv_heads], dim=2))
+        v = v.transpose(1, 2)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v)
             k, v = k.to(q.dtype), v.to(q.dtype)
