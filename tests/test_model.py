@@ -92,6 +92,21 @@ def test_fused_softcap_cross_entropy_matches_autograd(cap, reduction, rows_per_c
     torch.testing.assert_close(got_grad.double(), expected_grad, rtol=1e-4, atol=1e-6)
 
 
+def test_fused_cross_entropy_takes_bf16_logits(monkeypatch):
+    monkeypatch.setattr(model_module, "CE_CHUNK_BYTES", 4 * 64 * 7)  # several chunks of 7 rows
+    torch.manual_seed(0)
+    logits = (torch.randn(2, 10, 64) * 10).bfloat16().requires_grad_()
+    targets = torch.randint(0, 64, (2, 10))
+    loss = cross_entropy(logits, targets, 15.0, "mean")
+    loss.backward()
+    reference = logits.detach().float().requires_grad_()
+    expected = torch.nn.functional.cross_entropy((15 * torch.tanh(reference / 15)).view(-1, 64), targets.view(-1))
+    expected.backward()
+    assert loss.dtype == torch.float32 and logits.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits.grad.float(), reference.grad, rtol=1e-2, atol=1e-4)
+
+
 def test_logit_softcap_bounds_logits():
     model = randomize(small_gpt(logit_softcap=5.0))
     with torch.no_grad():

@@ -106,17 +106,17 @@ class _SoftcapCrossEntropy(torch.autograd.Function):
         chunk = rows if logits.is_cuda else max(1, CE_CHUNK_BYTES // (4 * vocab))
         logp = torch.empty(rows, vocab, dtype=torch.float32, device=logits.device)
         lse = torch.empty(rows, 1, dtype=torch.float32, device=logits.device)
+        # One float32 work buffer reused by every chunk: a fresh allocation per chunk costs page faults.
+        work = torch.empty(min(chunk, rows), vocab, dtype=torch.float32, device=logits.device)
         for start in range(0, rows, chunk):
             end = min(rows, start + chunk)
-            if cap > 0:  # shifted = capped + cap, built in logp's memory
-                shifted = torch.mul(logits[start:end], 2.0 / cap, out=logp[start:end])
-                shifted.sigmoid_().mul_(2.0 * cap)
+            shifted = work[:end - start]
+            if cap > 0:  # shifted = capped + cap
+                torch.mul(logits[start:end], 2.0 / cap, out=shifted).sigmoid_().mul_(2.0 * cap)
             else:
-                shifted = logits[start:end].float()
-            # log_softmax is one fused kernel (logsumexp is several); lse comes back from column 0.
-            chunk_logp = torch.log_softmax(shifted, dim=1)
-            torch.sub(shifted[:, :1], chunk_logp[:, :1], out=lse[start:end])
-            logp[start:end] = chunk_logp
+                shifted.copy_(logits[start:end])
+            torch._log_softmax(shifted, 1, False, out=logp[start:end])  # one fused kernel, written in place
+            torch.sub(shifted[:, :1], logp[start:end, :1], out=lse[start:end])
         valid = targets >= 0
         safe = targets.clamp(min=0)
         losses = torch.where(valid, -logp.gather(1, safe[:, None]).squeeze(1), 0.0)
@@ -132,18 +132,22 @@ class _SoftcapCrossEntropy(torch.autograd.Function):
         logp, lse, safe, valid = ctx.saved_tensors
         rows, cap = logp.size(0), ctx.cap
         grad = torch.empty(logp.shape, dtype=ctx.logits_dtype, device=logp.device)
+        direct = grad.dtype == torch.float32  # else a float32 work buffer, copied into grad per chunk
+        work = None if direct else torch.empty(min(ctx.chunk, rows), logp.size(1), device=logp.device)
         row_scale = torch.where(valid, grad_rows, 0.0)[:, None] * (2.0 / cap if cap > 0 else 1.0)
         row_index = torch.arange(min(ctx.chunk, rows), device=logp.device)
         for start in range(0, rows, ctx.chunk):
             end = min(rows, start + ctx.chunk)
-            g = logp[start:end].exp()  # softmax
+            g = torch.exp(logp[start:end], out=grad[start:end] if direct else work[:end - start])  # softmax
             g[row_index[:end - start], safe[start:end]] -= 1
             if cap > 0:
                 # d(cap * tanh(z / cap)) / dz = 1 - tanh^2 = 4 s (1 - s), s = sigmoid(2 z / cap) =
                 # shifted / (2 cap): shifted * (1 - shifted / (2 cap)), times the 2 / cap in row_scale.
                 shifted = logp[start:end].add_(lse[start:end])
                 g.mul_(shifted.addcmul_(shifted, shifted, value=-0.5 / cap))
-            torch.mul(g, row_scale[start:end], out=grad[start:end])
+            g.mul_(row_scale[start:end])
+            if not direct:
+                grad[start:end] = g
         return grad, None, None
 
 
