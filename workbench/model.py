@@ -111,8 +111,10 @@ class _SoftcapCrossEntropy(torch.autograd.Function):
         for start in range(0, rows, chunk):
             end = min(rows, start + chunk)
             shifted = work[:end - start]
-            if cap > 0:  # shifted = capped + cap
+            if cap > 0 and logits.dtype == torch.float32:  # shifted = capped + cap
                 torch.mul(logits[start:end], 2.0 / cap, out=shifted).sigmoid_().mul_(2.0 * cap)
+            elif cap > 0:  # bf16 logits: to float32 first, or the scaling rounds in bf16
+                shifted.copy_(logits[start:end]).mul_(2.0 / cap).sigmoid_().mul_(2.0 * cap)
             else:
                 shifted.copy_(logits[start:end])
             torch._log_softmax(shifted, 1, False, out=logp[start:end])  # one fused kernel, written in place
