@@ -224,9 +224,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None
     offset = keys - queries
     if window is None and offset == 0:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-    if window is None and queries == 1:
-        return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
-    if window is not None and queries == 1:  # the slice above already is the window
+    if queries == 1:  # one new token sees every key left (the slice above already is the window)
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
     make_mask = band_mask if torch.compiler.is_compiling() else _cached_band_mask
     mask = make_mask(queries, keys, offset, window, q.device)
