@@ -98,8 +98,8 @@ class _SoftcapCrossEntropy(torch.autograd.Function):
       and the cap's derivative is rebuilt in their memory;
     - on CPU the rows go through in chunks of ~2 MiB, so the several passes over each chunk hit
       the cache, not memory (on GPU in chunks of 256 MiB, which only bounds the work buffer).
-    Together: as fast as F.cross_entropy without any cap (237 ms at N=4096, V=8192, one thread),
-    where F.cross_entropy(cap * tanh(z / cap)) takes about three times as long."""
+    Together, forward and backward at N=4096, V=8192 on one CPU thread: 211 ms, where
+    F.cross_entropy(cap * tanh(z / cap)) takes 731 ms and F.cross_entropy with no cap at all 229 ms."""
 
     @staticmethod
     def forward(ctx, logits, targets, cap):
