@@ -73,6 +73,19 @@ def test_every_group_gets_the_configured_lr():
     assert {g["name"]: g["lr"] for g in optimizer.groups} == pytest.approx({k: v * 0.25 for k, v in expected.items()})
 
 
+def test_rounding_noise_barely_moves_the_scalars():
+    """At init the scalars' true gradient is zero (identity blocks, then RMSNorm) and autograd
+    returns ~1e-11 of noise: Adam must not turn that into a step."""
+    model = tiny_model()
+    idx = torch.randint(0, VOCAB, (4, 17))
+    model(idx[:, :-1], idx[:, 1:]).backward()
+    assert model.x0_lambdas.grad.abs().max() < 1e-8  # noise, not signal
+    optimizer = build_optimizer(model, TrainSection(scalar_lr=0.5))
+    before = model.x0_lambdas.detach().clone()
+    optimizer.step()
+    assert (model.x0_lambdas.detach() - before).abs().max() < 0.01 * 0.5
+
+
 def test_every_parameter_is_in_exactly_one_group():
     model = tiny_model()
     optimizer = build_optimizer(model, TrainSection())

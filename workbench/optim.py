@@ -8,6 +8,12 @@ The recipe is nanochat's:
   fp32 matmul speed on this project's test machine), in fp32 on other CPUs, where bf16 is emulated.
   [train] weight_decay is decoupled decay on these matrices only.
 - AdamW (betas 0.8 / 0.95, eps 1e-10, no weight decay) on the embedding, the head and the scalars.
+  One departure: the scalars get eps 1e-8. At init every block is the identity and the final
+  RMSNorm cancels any common scale, so their true gradient is exactly zero and what autograd
+  returns is rounding noise (~1e-11); with eps 1e-10 Adam's first step turned that noise's sign
+  into up to a third of a full step, differently for every batch split (DDP vs accumulation).
+  With 1e-8 the noise moves them by ~0.1% of a step, and real gradients (>= 1e-6 after the first
+  step) are untouched: val loss on the tiny corpus was the same to seed noise.
 - Learning rates from [train]: matrix_lr (Muon), embedding_lr, unembedding_lr, scalar_lr. As in
   nanochat, the embedding and head rates are scaled by (width / 768) ** -0.5, since they were tuned
   at width 768 and Adam's step size does not shrink with width on its own. Scalars: the x0 mixing
@@ -33,6 +39,7 @@ MUON_MOMENTUM_START = 0.85
 MUON_MOMENTUM_WARMUP_STEPS = 300
 ADAM_BETAS = (0.8, 0.95)
 ADAM_EPS = 1e-10
+ADAM_EPS_SCALARS = 1e-8  # see the module docstring
 REFERENCE_WIDTH = 768  # nanochat tuned its AdamW rates at this width
 
 # group name -> (optimizer, the TrainSection field with its rate, factor, scaled by width?)
@@ -160,7 +167,7 @@ class Optimizers:
             t = count.item()
             exp_avg.lerp_(p.grad, 1 - beta1)
             exp_avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-            denom = (exp_avg_sq / (1 - beta2**t)).sqrt_().add_(ADAM_EPS)
+            denom = (exp_avg_sq / (1 - beta2**t)).sqrt_().add_(group["eps"])
             p.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1**t))
 
     def _state(self, p: nn.Parameter, key: str, shape=None) -> torch.Tensor:
@@ -221,8 +228,9 @@ def build_optimizer(model: nn.Module, train_cfg, lr_scale: float = 1.0) -> Optim
             if kind == "muon" and p.ndim != 2:
                 raise ValueError(f"Muon needs 2-D matrices; {param_names[p]} has shape {tuple(p.shape)}")
             seen.add(p)
+        eps = ADAM_EPS_SCALARS if lr_field == "scalar_lr" else ADAM_EPS
         groups.append({"name": name, "kind": kind, "params": list(params), "base_lr": base_lr,
-                       "lr": base_lr * lr_scale})
+                       "lr": base_lr * lr_scale, "eps": eps})
     missing = [name for p, name in param_names.items() if p not in seen]
     if missing:
         raise ValueError(f"parameters without an optimizer group: {', '.join(missing)}")
