@@ -83,7 +83,8 @@ def test_rounding_noise_barely_moves_the_scalars():
     optimizer = build_optimizer(model, TrainSection(scalar_lr=0.5))
     before = model.x0_lambdas.detach().clone()
     optimizer.step()
-    assert (model.x0_lambdas.detach() - before).abs().max() < 0.01 * 0.5
+    # ~1% of the 0.5 step here; with nanochat's eps 1e-10 it was 54%.
+    assert (model.x0_lambdas.detach() - before).abs().max() < 0.05 * 0.5
 
 
 def test_every_parameter_is_in_exactly_one_group():

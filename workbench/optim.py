@@ -10,9 +10,9 @@ The recipe is nanochat's:
 - AdamW (betas 0.8 / 0.95, eps 1e-10, no weight decay) on the embedding, the head and the scalars.
   One departure: the scalars get eps 1e-8. At init every block is the identity and the final
   RMSNorm cancels any common scale, so their true gradient is exactly zero and what autograd
-  returns is rounding noise (~1e-11); with eps 1e-10 Adam's first step turned that noise's sign
-  into up to a third of a full step, differently for every batch split (DDP vs accumulation).
-  With 1e-8 the noise moves them by ~0.1% of a step, and real gradients (>= 1e-6 after the first
+  returns is rounding noise (1e-11 to 1e-10); with eps 1e-10 Adam's first step turned that noise's
+  sign into up to half a full step, differently for every batch split (DDP vs accumulation).
+  With 1e-8 the noise moves them by ~1% of a step, and real gradients (>= 1e-6 after the first
   step) are untouched: val loss on the tiny corpus was the same to seed noise.
 - Learning rates from [train]: matrix_lr (Muon), embedding_lr, unembedding_lr, scalar_lr. As in
   nanochat, the embedding and head rates are scaled by (width / 768) ** -0.5, since they were tuned
