@@ -79,7 +79,7 @@ class Contender:
 def bench_config(name: str, dtype: str, args, device: str, peak_flops: float, clock) -> dict:
     cfg = config_module.load(REPO / "configs" / f"{name}.toml")
     model_cfg = cfg.model.resolved()
-    vocab, seq_len = cfg.tokenizer.vocab_size, model_cfg.seq_len
+    vocab, seq_len = args.vocab or cfg.tokenizer.vocab_size, model_cfg.seq_len
     rows = cfg.train.device_batch_size
     if device == "cpu":
         rows = max(1, min(rows, args.max_rows_tokens // seq_len))
@@ -101,7 +101,8 @@ def bench_config(name: str, dtype: str, args, device: str, peak_flops: float, cl
         for contender in contenders:
             contender.step(batch, record=step >= args.warmup)
 
-    result = {"config": name, "device": device, "dtype": dtype, "compile": args.compile, "clock": args.clock,
+    label = f"{name} vocab {vocab}" if args.vocab else name
+    result = {"config": label, "device": device, "dtype": dtype, "compile": args.compile, "clock": args.clock,
               "threads": torch.get_num_threads(), "rows": rows, "seq_len": seq_len, "vocab": vocab,
               "accumulation": accumulation, "peak_gflops": peak_flops / 1e9}
     for contender in contenders:
@@ -131,6 +132,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per model first")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--vocab", type=int, default=0, help="override the configs' vocab size (e.g. 32768)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="cpu: process CPU time instead of wall time (CPU only; use with --threads 1)")
