@@ -350,7 +350,19 @@ def layer_windows(cfg: ModelSection) -> list[int | None]:
     return [cfg.short_window if letter == "S" else None for letter in letters]
 
 
-class GPT(nn.Module):
+class LanguageModel(nn.Module):
+    """What every model kind shares: parameter counting, and no KV cache unless it says so."""
+
+    supports_kv_cache = False
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def make_kv_cache(self, *args, **kwargs) -> KVCache:
+        raise RuntimeError(f"{type(self).__name__} has no KV cache (supports_kv_cache is False)")
+
+
+class GPT(LanguageModel):
     supports_kv_cache = True
 
     def __init__(self, cfg: ModelSection, vocab_size: int):
@@ -420,9 +432,6 @@ class GPT(nn.Module):
             return softcap_logits(logits, self.config.logit_softcap)
         return cross_entropy(logits, targets, self.config.logit_softcap, loss_reduction)
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def flops_per_token(self) -> float:
         """Training FLOPs per token: 6 per weight of every matmul (all but the embedding and the
         scalars), plus attention's 12 * heads * head_dim per key seen (QK^T and AV, forward and
@@ -437,10 +446,8 @@ class GPT(nn.Module):
 # baselines: same interface, no KV cache (the engine re-feeds the last max_context tokens)
 
 
-class Bigram(nn.Module):
+class Bigram(LanguageModel):
     """Next token from the current token alone: one [V, V] table of logits."""
-
-    supports_kv_cache = False
 
     def __init__(self, cfg: ModelSection, vocab_size: int):
         super().__init__()
@@ -456,25 +463,17 @@ class Bigram(nn.Module):
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"embedding": [self.table.weight]}
 
-    def make_kv_cache(self, *args, **kwargs):
-        raise RuntimeError("the bigram model has no KV cache (supports_kv_cache is False)")
-
     def forward(self, idx, targets=None, kv_cache=None, loss_reduction: str = "mean"):
         logits = self.table(idx)
         return logits.float() if targets is None else cross_entropy(logits, targets, 0.0, loss_reduction)
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     def flops_per_token(self) -> float:
         return 0.0  # a table lookup: no matmul at all
 
 
-class MLP(nn.Module):
+class MLP(LanguageModel):
     """Bengio et al. (2003): the embeddings of the last `context` tokens, concatenated, through one
     ReLU^2 hidden layer (mlp_ratio * width) to the logits. Positions before the start see zeros."""
-
-    supports_kv_cache = False
 
     def __init__(self, cfg: ModelSection, vocab_size: int):
         super().__init__()
@@ -497,9 +496,6 @@ class MLP(nn.Module):
         return {"matrix": [self.hidden.weight], "embedding": [self.wte.weight],
                 "unembedding": [self.lm_head.weight]}
 
-    def make_kv_cache(self, *args, **kwargs):
-        raise RuntimeError("the MLP model has no KV cache (supports_kv_cache is False)")
-
     def forward(self, idx, targets=None, kv_cache=None, loss_reduction: str = "mean"):
         batch, time = idx.shape
         x = norm(self.wte(idx))
@@ -509,17 +505,14 @@ class MLP(nn.Module):
         logits = self.lm_head(relu_squared(self.hidden(x)))
         return logits.float() if targets is None else cross_entropy(logits, targets, 0.0, loss_reduction)
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def flops_per_token(self) -> float:
         return float(6 * (self.hidden.weight.numel() + self.lm_head.weight.numel()))
 
 
-MODELS: dict[str, type[nn.Module]] = {"gpt": GPT, "bigram": Bigram, "mlp": MLP}
+MODELS: dict[str, type[LanguageModel]] = {"gpt": GPT, "bigram": Bigram, "mlp": MLP}
 
 
-def build_model(model_cfg: ModelSection, vocab_size: int) -> nn.Module:
+def build_model(model_cfg: ModelSection, vocab_size: int) -> LanguageModel:
     """A freshly initialised model of [model] kind on the CPU, derived sizes resolved."""
     cfg = model_cfg.resolved()
     if cfg.kind not in MODELS:
