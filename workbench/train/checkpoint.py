@@ -124,7 +124,12 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, conf
     if keep_last > 0:
         for stale in list_checkpoints(run_dir)[:-keep_last]:
             if stale != final:
-                shutil.rmtree(stale, ignore_errors=True)
+                # rename first: a kill mid-delete then leaves a hidden temporary folder, never a
+                # half-deleted checkpoint that still looks complete
+                trash = folder / f"{TEMP_PREFIX}trash-{stale.name}"
+                shutil.rmtree(trash, ignore_errors=True)
+                os.replace(stale, trash)
+                shutil.rmtree(trash, ignore_errors=True)
     return final
 
 
