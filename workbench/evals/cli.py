@@ -46,15 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # finding things
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BadInput(f"{path}: missing from the checkpoint") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BadInput(f"{path}: unreadable ({error})") from None
-
-
 def resolve_data_dir(value: str | Path) -> Path:
     """An absolute path as is; a relative one from the working directory, else from the repo root."""
     from workbench.config import REPO_DIR
@@ -221,10 +212,10 @@ def run_task(task: str, items: list, checkpoint, device, args, report: Reporter)
 
 def run(args: argparse.Namespace) -> int:
     from workbench import config as config_module
-    from workbench.train.checkpoint import resolve_checkpoint
+    from workbench.train.checkpoint import read_json, resolve_checkpoint
 
     path = resolve_checkpoint(args.checkpoint)
-    raw_config = _read_json(path / "config.json")
+    raw_config = read_json(path / "config.json")
     if not isinstance(raw_config, dict):
         raise BadInput(f"{path / 'config.json'}: must be a JSON object")
     try:
