@@ -1,12 +1,15 @@
 """`picochat speedrun`: every stage in one command, then the report; a second run skips it all."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from workbench import runs
 from workbench.cli import main
 from workbench.speedrun import _training_status
+
+ASSET_EVALS = Path(__file__).resolve().parent.parent / "assets" / "evals"
 
 
 def test_training_status(tmp_path):
@@ -26,7 +29,8 @@ def test_speedrun_end_to_end_and_idempotent(make_tiny_config, capsys):
                            train={"steps": 20, "eval_every": 10, "save_every": 10},
                            sft={"steps": 10, "eval_every": 10, "save_every": 10},
                            grpo={"steps": 2, "save_every": 2},
-                           eval={"tasks": ["bpb", "gsm8k"], "limit": 2, "max_new_tokens": 16})
+                           eval={"tasks": ["bpb", "gsm8k"], "limit": 2, "max_new_tokens": 16,
+                                 "data_dir": str(ASSET_EVALS)})  # bundled: no ../shared/data needed
     config_path = str(cfg.base_dir / "config.toml")
     assert main(["speedrun", config_path]) == 0
     output = capsys.readouterr().out

@@ -4,7 +4,6 @@ checkpoint through the model worker process."""
 
 from __future__ import annotations
 
-import importlib.util
 import time
 
 import pytest
@@ -55,7 +54,6 @@ async def test_launch_pretraining_from_the_config_screen_and_watch_it(make_tiny_
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("workbench.engine.worker") is None, reason="model worker not built yet")
 async def test_chat_with_a_real_checkpoint(tiny_checkpoint):
     app = PicochatApp(tiny_checkpoint.parent.parent.parent)
     async with app.run_test(size=SIZE) as pilot:
