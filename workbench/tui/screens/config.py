@@ -37,7 +37,7 @@ STAGE_ABOUT = {
     "pretrain": "pretrain the model",
     "sft": "fine-tune it on chat data",
     "grpo": "reinforcement learning after SFT",
-    "eval": "evaluate the newest checkpoint ([eval] tasks)",
+    "eval": "evaluate the newest checkpoint (the config's eval tasks)",
 }
 
 
