@@ -211,17 +211,10 @@ def run_task(task: str, items: list, checkpoint, device, args, report: Reporter)
 
 
 def run(args: argparse.Namespace) -> int:
-    from workbench import config as config_module
-    from workbench.train.checkpoint import read_json, resolve_checkpoint
+    from workbench.train.checkpoint import read_checkpoint_config, resolve_checkpoint
 
     path = resolve_checkpoint(args.checkpoint)
-    raw_config = read_json(path / "config.json")
-    if not isinstance(raw_config, dict):
-        raise BadInput(f"{path / 'config.json'}: must be a JSON object")
-    try:
-        config = config_module.from_dict(raw_config)
-    except BadInput as error:
-        raise BadInput(f"{path / 'config.json'}: {error}") from None
+    config = read_checkpoint_config(path)
     tasks = common.parse_tasks(args.tasks if args.tasks is not None else config.eval.tasks)
     limit = args.limit if args.limit is not None else config.eval.limit
     if limit < 0:

@@ -223,6 +223,17 @@ def read_json(path: Path) -> Any:
         raise BadInput(f"{path}: unreadable ({error})") from None
 
 
+def read_checkpoint_config(path: Path) -> Config:
+    """The Config a checkpoint folder was trained with (its config.json); BadInput names the file."""
+    raw_config = read_json(path / "config.json")
+    if not isinstance(raw_config, dict):
+        raise BadInput(f"{path / 'config.json'}: must be a JSON object")
+    try:
+        return config_module.from_dict(raw_config)
+    except BadInput as error:
+        raise BadInput(f"{path / 'config.json'}: {error}") from None
+
+
 def check_shapes(path: Path, model: torch.nn.Module, tensors: dict[str, torch.Tensor],
                  vocab_size: int) -> None:
     """The file's tensors must be exactly the model's: same names, same shapes. A mismatch in the
@@ -263,13 +274,7 @@ def load_checkpoint(spec: str | Path, device: str | torch.device = "cpu",
     meta = read_json(path / "meta.json")
     if not isinstance(meta, dict):
         raise BadInput(f"{path / 'meta.json'}: must be a JSON object")
-    raw_config = read_json(path / "config.json")
-    if not isinstance(raw_config, dict):
-        raise BadInput(f"{path / 'config.json'}: must be a JSON object")
-    try:
-        config = config_module.from_dict(raw_config)
-    except BadInput as error:
-        raise BadInput(f"{path / 'config.json'}: {error}") from None
+    config = read_checkpoint_config(path)
     tokenizer = Tokenizer.from_file(path / "tokenizer.json")
     model = build_model(config.model, tokenizer.vocab_size)
 
