@@ -2,14 +2,16 @@
 memory-bandwidth bound of this machine (measured in the same run).
 
 For depth 4 and 8 (the model shapes of configs/d4.toml and d8.toml), batch 1 and batch 8:
-KV cache vs no cache (fp32), then fp32 vs bf16 vs INT8 with the cache. The bound for a dtype is
-bandwidth / bytes of weights read per token (every linear layer's weights, the head included;
-the embedding is a row lookup). One line each:
+no cache (fp32, the baseline every cache line is compared with), then fp32, bf16 and INT8 with
+the cache, each eager and compiled (the engine's --compile: torch.compile of the static-shape
+decode step; its compile time is printed once per line, not counted in the tokens/s). The bound
+for a dtype is bandwidth / bytes of weights read per token (every linear layer's weights, the
+head included; the embedding is a row lookup). One line each:
 
-    generate d4 b1 fp32 cache: prefill 9,870 tok/s | decode 410 tok/s | bound 480 tok/s (0.85x) | 20.1 MB/token
+    generate d8 b1 fp32 compiled: prefill 2,431 tok/s | decode 292.0 tok/s | bound 275 tok/s (1.06x) | 109.1 MB/token
 
     python bench/generate.py [--depths 4 8] [--prompt 64] [--tokens 64] [--threads N] [--repeats 3]
-                             [--clock wall|cpu]
+                             [--clock wall|cpu] [--no-compile]
 
 --clock cpu times with this process's CPU time (time.process_time) instead of the wall clock,
 bandwidth included, and runs on one thread: on a machine shared with other jobs, wall-clock
@@ -50,8 +52,8 @@ def weight_bytes_per_token(model) -> int:
     return total
 
 
-def variant(base, kind: str):
-    """The same weights as fp32, bf16, or INT8 (fp32 activations)."""
+def variant(base, kind: str, compiled: bool):
+    """The same weights as fp32, bf16, or INT8 (fp32 activations), laid out as the engine does."""
     import copy
 
     model = copy.deepcopy(base)
@@ -59,7 +61,8 @@ def variant(base, kind: str):
         model = model.to(torch.bfloat16)
     elif kind == "int8":
         model = quantize_model(model)
-    optimize_for_cpu_decode(model)  # as Engine.from_checkpoint does on CPU
+    if not compiled:
+        optimize_for_cpu_decode(model)  # as Engine.from_checkpoint does on CPU without --compile
     return model.eval()
 
 
@@ -68,6 +71,13 @@ def best_speed(model, repeats: int, **kwargs) -> dict[str, float]:
     runs = [measure_speed(model, **kwargs) for _ in range(repeats)]
     return {"prefill": max(r["prefill_tokens_per_second"] for r in runs),
             "decode": max(r["decode_tokens_per_second"] for r in runs)}
+
+
+def compile_seconds(model, batch: int, common: dict) -> float:
+    """Time of a first, short compiled generation: the compile of this batch size's graph."""
+    start = common["clock"]()
+    measure_speed(model, batch_size=batch, compiled=True, **dict(common, new_tokens=2))
+    return common["clock"]() - start
 
 
 def main(argv=None) -> int:
@@ -80,6 +90,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs per line")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: this process's CPU time, one thread (for a busy machine)")
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="eager lines only (compiling takes ~15-25 s per line)")
     args = parser.parse_args(argv)
     clock = time.perf_counter
     if args.clock == "cpu":
@@ -100,26 +112,31 @@ def main(argv=None) -> int:
                     parameter.normal_(std=0.02)
         tag = f"d{depth}"
         common = {"prompt_tokens": args.prompt, "new_tokens": args.tokens, "clock": clock}
-        fp32 = variant(base, "fp32")
-        for batch in args.batches:
-            speeds = best_speed(fp32, args.repeats, batch_size=batch, use_cache=False, **common)
-            print(f"generate {tag} b{batch} fp32 no-cache: prefill {speeds['prefill']:,.0f} tok/s | "
-                  f"decode {speeds['decode']:,.1f} tok/s", flush=True)
+        baseline = variant(base, "fp32", compiled=False)
+        speeds = best_speed(baseline, args.repeats, batch_size=1, use_cache=False, **common)
+        print(f"generate {tag} b1 fp32 no-cache: prefill {speeds['prefill']:,.0f} tok/s | "
+              f"decode {speeds['decode']:,.1f} tok/s", flush=True)
         for kind in ("fp32", "bf16", "int8"):
-            model = variant(base, kind)
-            megabytes = weight_bytes_per_token(model) / 1e6
-            bound = bandwidth / (megabytes * 1e6)
-            single = None
-            for batch in args.batches:
-                speeds = best_speed(model, args.repeats, batch_size=batch, **common)
-                line = (f"generate {tag} b{batch} {kind} cache: prefill {speeds['prefill']:,.0f} tok/s | "
-                        f"decode {speeds['decode']:,.1f} tok/s")
-                if batch == 1:
-                    single = speeds["decode"]
-                    line += f" | bound {bound:,.0f} tok/s ({speeds['decode'] / bound:.2f}x) | {megabytes:.1f} MB/token"
-                elif single:
-                    line += f" ({speeds['decode'] / single:.1f}x batch 1)"
-                print(line, flush=True)
+            for compiled in (False, True)[:1 + args.compile]:
+                model = variant(base, kind, compiled)
+                megabytes = weight_bytes_per_token(model) / 1e6
+                bound = bandwidth / (megabytes * 1e6)
+                mode = "compiled" if compiled else "eager"
+                single = None
+                for batch in args.batches:
+                    note = ""
+                    if compiled:
+                        note = f" | compile {compile_seconds(model, batch, common):.0f} s"
+                    speeds = best_speed(model, args.repeats, batch_size=batch, compiled=compiled, **common)
+                    line = (f"generate {tag} b{batch} {kind} {mode}: prefill {speeds['prefill']:,.0f} tok/s | "
+                            f"decode {speeds['decode']:,.1f} tok/s")
+                    if batch == 1:
+                        single = speeds["decode"]
+                        line += (f" | bound {bound:,.0f} tok/s ({speeds['decode'] / bound:.2f}x) | "
+                                 f"{megabytes:.1f} MB/token")
+                    elif single:
+                        line += f" ({speeds['decode'] / single:.1f}x batch 1)"
+                    print(line + note, flush=True)
     return 0
 
 

@@ -151,6 +151,36 @@ def test_kv_cache_expand_shares_a_prefill():
     assert wide.pos == 0
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_static_decode_step_equals_cached_forward(batch):
+    """GPT.decode_step (the shape-static step torch.compile gets) gives forward's logits, past the
+    short window, and its new keys/values appended make the same cache as forward's."""
+    model = randomize(small_gpt()).eval()
+    idx = torch.randint(0, VOCAB, (batch, 30))
+    with torch.no_grad():
+        reference = model.make_kv_cache(batch_size=batch, max_len=32)
+        expected = model(idx, kv_cache=reference)
+        cache = model.make_kv_cache(batch_size=batch, max_len=32)
+        model(idx[:, :10], kv_cache=cache)
+        for t in range(10, 30):
+            logits, keys, values = model.decode_step(idx[:, t:t + 1], cache.k, cache.v, torch.tensor(t))
+            cache.append(keys, values)
+            torch.testing.assert_close(logits, expected[:, t], rtol=1e-4, atol=1e-4)
+    assert cache.pos == 30
+    torch.testing.assert_close(cache.k, reference.k, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cache.v, reference.v, rtol=1e-5, atol=1e-5)
+
+
+def test_kv_cache_append_past_the_end_is_an_error():
+    model = small_gpt()
+    cache = model.make_kv_cache(batch_size=1, max_len=2)
+    keys = torch.zeros(cache.k.shape[:3] + cache.k.shape[4:])
+    cache.append(keys, keys)
+    cache.append(keys, keys)
+    with pytest.raises(ValueError, match="KV cache full"):
+        cache.append(keys, keys)
+
+
 def test_kv_cache_overflow_is_an_error():
     model = small_gpt()
     cache = model.make_kv_cache(batch_size=1, max_len=4)

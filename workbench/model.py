@@ -266,6 +266,15 @@ class KVCache:
     def advance(self, n: int) -> None:
         self.pos += n
 
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write one position of every layer, k, v [layers, B, KV, D] (GPT.decode_step's new keys
+        and values), at pos, and advance past it."""
+        if self.pos >= self.max_len:
+            raise ValueError(f"KV cache full: {self.pos + 1} tokens > max_len {self.max_len}")
+        self.k[:, :, :, self.pos] = k
+        self.v[:, :, :, self.pos] = v
+        self.pos += 1
+
     def reset(self) -> None:
         self.pos = 0
 
@@ -278,6 +287,35 @@ class KVCache:
         new.v = self.v.expand(-1, batch_size, -1, -1, -1).clone()
         new.pos = self.pos
         return new
+
+
+# ---------------------------------------------------------------------------------------------
+# the static-shape decode step (GPT.decode_step)
+
+
+def _attend_one(q, k, v, k_cache, v_cache, visible):
+    """One query per row q [B, H, D] over the cached keys/values [B, KV, max_len, D] where
+    `visible` [max_len], plus its own new k, v [B, KV, D]; float32 softmax. Returns [B, H, D]."""
+    batch, heads, dim = q.shape
+    kv_heads = k.size(1)
+    q = q.float().view(batch, kv_heads, heads // kv_heads, dim) * dim**-0.5  # query groups per kv head
+    # multiply-and-sum, not matmul: under torch.compile these fuse into the softmax's kernels
+    cached = (q[:, :, :, None, :] * k_cache.float()[:, :, None]).sum(-1).masked_fill(~visible, float("-inf"))
+    own = (q * k.float()[:, :, None, :]).sum(-1, keepdim=True)
+    weights = torch.softmax(torch.cat([cached, own], dim=-1), dim=-1)
+    y = (weights[..., :-1, None] * v_cache.float()[:, :, None]).sum(-2) + weights[..., -1:] * v.float()[:, :, None, :]
+    return y.view(batch, heads, dim).to(v.dtype)
+
+
+def _decode_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """layer(x), except for one float row on the CPU under torch.compile: written as a
+    multiply-and-sum, which inductor turns into one fused reduction that streams the weight at
+    ~25-27 GB/s (fp32) where MKL's batch-1 matmul gets 11-22 GB/s (bench/generate.py; measured on
+    this VM's 2-core EPYC). Anywhere else, and for int8 layers, the layer's own kernel."""
+    if (torch.compiler.is_compiling() and isinstance(layer, nn.Linear) and x.device.type == "cpu"
+            and x.numel() == x.size(-1)):
+        return (x.unsqueeze(-2).float() * layer.weight.float()).sum(-1).to(x.dtype)
+    return layer(x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,6 +469,45 @@ class GPT(LanguageModel):
         if targets is None:
             return softcap_logits(logits, self.config.logit_softcap)
         return cross_entropy(logits, targets, self.config.logit_softcap, loss_reduction)
+
+    def decode_step(self, idx: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One decode step with shapes that never change, for torch.compile (engine --compile).
+
+        idx [B, 1] sits at position `pos` (a 0-dim long tensor, so a new position is not a new
+        graph); k_cache/v_cache [layers, B, kv_heads, max_len, head_dim] hold positions < pos.
+        Returns (logits [B, V] float32, new_k, new_v [layers, B, kv_heads, head_dim]): the caller
+        writes the new keys and values at pos. The caches are only read, so the compiled graph
+        mutates none of its inputs (a mutated input costs a copy of the whole cache per step).
+
+        The same numbers as forward(idx, kv_cache=...): each layer attends over every cached slot
+        with a mask (key < pos, and inside its window) plus the new key, so the shapes depend on
+        max_len alone."""
+        batch = idx.size(0)
+        cos = self.rotary_cos.index_select(0, pos.view(1))
+        sin = self.rotary_sin.index_select(0, pos.view(1))
+        key_pos = torch.arange(k_cache.size(3), device=idx.device)
+        x = x0 = norm(self.wte(idx))
+        new_keys, new_values = [], []
+        for i, block in enumerate(self.blocks):
+            attn = block.attn
+            x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
+            h = norm(x)
+            q = _decode_linear(attn.c_q, h).view(batch, 1, attn.heads, attn.head_dim)
+            k = _decode_linear(attn.c_k, h).view(batch, 1, attn.kv_heads, attn.head_dim)
+            v = _decode_linear(attn.c_v, h).view(batch, attn.kv_heads, attn.head_dim)
+            q, k = norm(apply_rotary(q, cos, sin))[:, 0], norm(apply_rotary(k, cos, sin))[:, 0]
+            new_keys.append(k)
+            new_values.append(v)
+            visible = key_pos < pos
+            if attn.window is not None:
+                visible &= pos - key_pos < attn.window
+            y = _attend_one(q, k, v, k_cache[i], v_cache[i], visible)
+            x = x + _decode_linear(attn.c_proj, y.reshape(batch, 1, -1))
+            mlp = block.mlp
+            x = x + _decode_linear(mlp.c_proj, relu_squared(_decode_linear(mlp.c_fc, norm(x))))
+        logits = softcap_logits(_decode_linear(self.lm_head, norm(x)), self.config.logit_softcap)
+        return logits[:, 0], torch.stack(new_keys), torch.stack(new_values)
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token: 6 per weight of every matmul (all but the embedding and the

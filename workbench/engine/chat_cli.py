@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-tools", action="store_true", help="do not run the calculator")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
+    parser.add_argument("--compile", action="store_true",
+                        help="decode through torch.compile: ~2x faster tokens on CPU, ~20 s to compile first")
 
 
 def initial_params(config, args: argparse.Namespace):
@@ -195,7 +197,10 @@ def run(args: argparse.Namespace) -> int:
 
     from workbench.engine.engine import Engine
 
-    engine = Engine.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype)
+    engine = Engine.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype, compiled=args.compile)
+    if args.compile:
+        print("compiling the decode step ...", file=sys.stderr, flush=True)
+        print(f"compiled in {engine.warm_up():.0f} s", file=sys.stderr)
     try:
         params = initial_params(engine.checkpoint.config, args)
     except ValueError as error:

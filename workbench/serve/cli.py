@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-name", default=None, help="the model id clients use (default: the run's name)")
     parser.add_argument("--api-key", default=None,
                         help="require 'Authorization: Bearer KEY' on /v1 (default: $PICOCHAT_API_KEY, else none)")
+    parser.add_argument("--compile", action="store_true",
+                        help="decode through torch.compile: ~2x faster tokens on CPU, compiled before serving")
     parser.add_argument("--max-active", type=int, default=16, help="generations interleaved at once")
     parser.add_argument("--max-waiting", type=int, default=256, help="queued requests before answering 429")
     parser.add_argument("--max-tokens", type=int, default=4096, help="largest max_tokens a request may ask for")
@@ -42,7 +44,10 @@ def run(args: argparse.Namespace) -> int:
     from workbench.train.checkpoint import resolve_checkpoint
 
     folder = resolve_checkpoint(args.checkpoint)
-    engine = Engine.from_checkpoint(folder, device=args.device)
+    engine = Engine.from_checkpoint(folder, device=args.device, compiled=args.compile)
+    if args.compile:
+        print("picochat serve: compiling the decode step ...", file=sys.stderr, flush=True)
+        engine.warm_up()
     model = describe_model(engine, folder, args.model_name)
     api_key = args.api_key or os.environ.get("PICOCHAT_API_KEY") or None
     limits = Limits(max_body_bytes=args.max_body_bytes, max_messages=args.max_messages,
