@@ -23,6 +23,7 @@ BENCHMARKS = [
     ("matmul peak", ["bench/matmul_peak.py"]),
     ("memory bandwidth", ["bench/membw.py"]),
     ("tokenizer", ["bench/tokenizer.py"]),
+    ("data loader", ["bench/loader.py"]),
     ("training", ["bench/train.py"]),
     ("generation", ["bench/generate.py"]),
     ("serving", ["bench/serve.py"]),
@@ -75,7 +76,7 @@ def run_benchmark(arguments: list[str], timeout: float) -> tuple[list[str], floa
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="comma-separated benchmark names (default: all)")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per benchmark")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per benchmark")
     parser.add_argument("--out", default=str(REPO / "bench" / "results"), help="folder for latest.md/json")
     args = parser.parse_args()
     chosen = [(name, argv) for name, argv in BENCHMARKS if not args.only or name in args.only.split(",")]
