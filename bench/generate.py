@@ -8,7 +8,7 @@ decode step; its compile time is printed once per line, not counted in the token
 for a dtype is bandwidth / bytes of weights read per token (every linear layer's weights, the
 head included; the embedding is a row lookup). One line each:
 
-    generate d8 b1 fp32 compiled: prefill 2,431 tok/s | decode 292.0 tok/s | bound 275 tok/s (1.06x) | 109.1 MB/token
+    generate d8 b1 fp32 compiled: prefill 1,887 tok/s | decode 261.2 tok/s | bound 286 tok/s at 31.2 GB/s (0.91x) | 109.1 MB/token | compile 4 s
 
     python bench/generate.py [--depths 4 8] [--prompt 64] [--tokens 64] [--threads N] [--repeats 3]
                              [--clock wall|cpu] [--no-compile]
@@ -63,6 +63,7 @@ def variant(base, kind: str, compiled: bool):
         model = quantize_model(model)
     if not compiled:
         optimize_for_cpu_decode(model)  # as Engine.from_checkpoint does on CPU without --compile
+    torch._dynamo.reset()  # each variant compiles afresh, not as a recompile of the previous one
     return model.eval()
 
 
@@ -99,10 +100,9 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    bandwidth = read_bandwidth(clock=clock)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"membw cpu: read {bandwidth / 1e9:.1f} GB/s ({torch.get_num_threads()} threads, {args.clock} clock, "
-          f"{os.cpu_count()} cpus, load average {load:.1f}, torch {torch.__version__})", flush=True)
+    print(f"generate: {torch.get_num_threads()} threads, {args.clock} clock, {os.cpu_count()} cpus, "
+          f"load average {load:.1f}, torch {torch.__version__}", flush=True)
     for depth in args.depths:
         cfg = config_module.load(REPO / "configs" / f"d{depth}.toml")
         base = build_model(cfg.model, cfg.tokenizer.vocab_size).eval()
@@ -120,20 +120,23 @@ def main(argv=None) -> int:
             for compiled in (False, True)[:1 + args.compile]:
                 model = variant(base, kind, compiled)
                 megabytes = weight_bytes_per_token(model) / 1e6
-                bound = bandwidth / (megabytes * 1e6)
                 mode = "compiled" if compiled else "eager"
                 single = None
                 for batch in args.batches:
                     note = ""
                     if compiled:
                         note = f" | compile {compile_seconds(model, batch, common):.0f} s"
+                    # this VM's bandwidth moves with its neighbours (30-48 GB/s within minutes):
+                    # each bound is measured right before the line it bounds
+                    bandwidth = read_bandwidth(clock=clock) if batch == 1 else 0.0
                     speeds = best_speed(model, args.repeats, batch_size=batch, compiled=compiled, **common)
                     line = (f"generate {tag} b{batch} {kind} {mode}: prefill {speeds['prefill']:,.0f} tok/s | "
                             f"decode {speeds['decode']:,.1f} tok/s")
                     if batch == 1:
                         single = speeds["decode"]
-                        line += (f" | bound {bound:,.0f} tok/s ({speeds['decode'] / bound:.2f}x) | "
-                                 f"{megabytes:.1f} MB/token")
+                        bound = bandwidth / (megabytes * 1e6)
+                        line += (f" | bound {bound:,.0f} tok/s at {bandwidth / 1e9:.1f} GB/s "
+                                 f"({speeds['decode'] / bound:.2f}x) | {megabytes:.1f} MB/token")
                     elif single:
                         line += f" ({speeds['decode'] / single:.1f}x batch 1)"
                     print(line + note, flush=True)

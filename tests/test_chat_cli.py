@@ -31,6 +31,18 @@ def test_one_shot_prints_the_answer(tiny_checkpoint, engine, capsys):
     assert out == expected.text + "\n"
 
 
+@pytest.mark.slow
+def test_compiled_one_shot_gives_the_eager_answer(tiny_checkpoint, engine, capsys):
+    code = main(["chat", str(tiny_checkpoint), "-p", "Hello there", "--temperature", "0", "--max-tokens", "12",
+                 "--device", "cpu", "--compile"])
+    assert code == 0
+    captured = capsys.readouterr()
+    expected = engine.complete_chat([{"role": "user", "content": "Hello there"}],
+                                    SamplingParams(temperature=0.0, max_tokens=12))[0]
+    assert captured.out == expected.text + "\n"
+    assert "compiled in" in captured.err
+
+
 def test_one_shot_bad_input(tiny_checkpoint, tmp_path, capsys):
     assert main(["chat", str(tmp_path / "nothing"), "-p", "hi"]) == 2
     assert main(["chat", str(tiny_checkpoint), "-p", "hi", "--temperature", "-1"]) == 2

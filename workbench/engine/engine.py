@@ -197,6 +197,9 @@ def compiled_decode_step(model):
     caches on disk, so a later process takes a few seconds)."""
     compiled = getattr(model, "_compiled_decode_step", None)
     if compiled is None:
+        # one graph per batch size (a server's n up to --max-n, GRPO's group): torch's default of 8
+        # graphs per function would make the ninth batch size a hard error under fullgraph
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         compiled = torch.compile(model.decode_step, dynamic=False, fullgraph=True)
         model._compiled_decode_step = compiled
     return compiled

@@ -362,7 +362,7 @@ def grpo(cfg, resume: bool = False, verbose: bool = True, task: Task | None = No
     from workbench.runs import RunWriter, freeze_config
     from workbench.train.checkpoint import load_checkpoint, save_checkpoint, update_meta
     from workbench.train.common import capture_rng_states, resolve_device, restore_rng_states, seed_everything
-    from workbench.train.loop import _Signals, _wait_while_paused
+    from workbench.train.loop import StepBoundary
     from workbench.train.sft import check_inputs, single_process, stage_config
 
     settings = cfg.grpo
@@ -439,25 +439,11 @@ def grpo(cfg, resume: bool = False, verbose: bool = True, task: Task | None = No
     started = time.time()
     step, step_rewards = start_step, []
     try:
-        with _Signals() as signals:
+        with StepBoundary(writer, save, settings.steps) as boundary:
             if start_step == 0:
                 evaluate(0, "start")
             while step < settings.steps:
-                # step boundary: control files and signals, as in the shared training loop
-                stop = save_now = False
-                for command in writer.poll_control():
-                    stop |= command == "stop"
-                    save_now |= command == "save"
-                    if command == "pause" and not stop:
-                        stop |= _wait_while_paused(writer, signals, step, save)
-                stop |= signals.requested is not None
-                if save_now or stop:
-                    if stop:
-                        writer.write_status(state="stopping", message=f"stopping at step {step}")
-                    save(step)
-                if stop:
-                    writer.event(f"stopped at step {step} of {settings.steps} "
-                                 f"({signals.requested or 'stop command'}); continue with --resume")
+                if boundary.should_stop(step):  # control files and signals, as in the shared loop
                     break
 
                 # 1-3: prompts, samples, rewards

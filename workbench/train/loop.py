@@ -132,6 +132,47 @@ def _broadcast_flags(flags: list[int], dist: DistInfo, device: torch.device) -> 
     return tensor.tolist()
 
 
+class StepBoundary:
+    """What every training loop does between two steps (pretraining and SFT here, GRPO in
+    grpo.py): obey the run folder's control files (stop, save, pause until resume) and
+    SIGTERM / SIGINT, checkpointing before it stops. Use as a context manager around the loop (it
+    installs the signal handlers) and call `should_stop(step)` at the top of each step. Under DDP
+    rank 0 decides and every rank follows (dist, device)."""
+
+    def __init__(self, writer, checkpoint: Callable[[int], None], total_steps: int,
+                 dist: DistInfo | None = None, device: torch.device | None = None):
+        self.writer, self.checkpoint, self.total_steps = writer, checkpoint, total_steps
+        self.dist, self.device = dist, device
+        self._signals = _Signals()
+
+    def __enter__(self) -> StepBoundary:
+        self._signals.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._signals.__exit__(*exc)
+
+    def should_stop(self, step: int) -> bool:
+        """Handle the commands waiting at this step; True (after a checkpoint) when the run stops."""
+        stop = save = False
+        for command in self.writer.poll_control():
+            stop |= command == "stop"
+            save |= command == "save"
+            if command == "pause" and not stop:
+                stop |= _wait_while_paused(self.writer, self._signals, step, self.checkpoint)
+        stop |= self._signals.requested is not None
+        if self.dist is not None:
+            stop, save = _broadcast_flags([int(stop), int(save)], self.dist, self.device)
+        if save or stop:
+            if stop:
+                self.writer.write_status(state="stopping", message=f"stopping at step {step}")
+            self.checkpoint(step)
+        if stop:
+            reason = self._signals.requested or "stop command"
+            self.writer.event(f"stopped at step {step} of {self.total_steps} ({reason}); continue with --resume")
+        return bool(stop)
+
+
 @torch.no_grad()
 def sample_text(model: torch.nn.Module, tokenizer, prompt: str = "", max_tokens: int = 64,
                 temperature: float = 0.8, top_k: int = 20, seed: int = 0,
@@ -257,26 +298,12 @@ def train(*, stage: str, config, model: torch.nn.Module, optimizers, tokenizer,
         finally:
             model.train()
 
-    with _Signals() as signals:
+    with StepBoundary(writer, checkpoint, total_steps, dist, device) as boundary:
         if eval_at_start and start_step == 0:
             evaluate(0)
         while step < total_steps:
             # 1. step boundary: control files and signals (rank 0 decides, all ranks follow)
-            stop = save = 0
-            for command in writer.poll_control():
-                stop |= command == "stop"
-                save |= command == "save"
-                if command == "pause" and not stop:
-                    stop |= _wait_while_paused(writer, signals, step, checkpoint)
-            stop |= signals.requested is not None
-            stop, save = _broadcast_flags([int(stop), int(save)], dist, device)
-            if save or stop:
-                if stop:
-                    writer.write_status(state="stopping", message=f"stopping at step {step}")
-                checkpoint(step)
-            if stop:
-                reason = signals.requested or "stop command"
-                writer.event(f"stopped at step {step} of {total_steps} ({reason}); continue with --resume")
+            if boundary.should_stop(step):
                 break
 
             # 2. one optimizer step: gradient accumulation over grad_accum_steps micro-batches
