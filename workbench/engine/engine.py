@@ -428,7 +428,14 @@ class Engine:
         if not self.compiled:
             return 0.0
         start = time.perf_counter()
-        self.generate([self.tokenizer.bos_id], SamplingParams(temperature=0.0, max_tokens=2), use_tools=False)
+        try:
+            self.generate([self.tokenizer.bos_id], SamplingParams(temperature=0.0, max_tokens=2), use_tools=False)
+        except Exception as error:  # inductor needs a working C++ compiler (CPU) or Triton (GPU)
+            from workbench.errors import BadInput
+
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise BadInput(f"--compile: torch.compile could not build the decode step ({reason}); "
+                           "run without --compile") from None
         return time.perf_counter() - start
 
     # ---- chat level ----
