@@ -341,3 +341,20 @@ def test_bf16_autocast_loss_matches_fp32():
             bf16 = model(batch[:, :-1], batch[:, 1:])
     assert bf16.dtype == torch.float32
     assert abs(bf16.item() - fp32.item()) < 0.02 * fp32.item()
+
+
+def test_residual_dropout_only_in_training():
+    plain = randomize(small_gpt())
+    dropped = randomize(small_gpt(dropout=0.3))
+    idx = torch.randint(0, VOCAB, (2, 32), generator=torch.Generator().manual_seed(1))
+    dropped.eval()
+    plain.eval()
+    assert torch.equal(dropped(idx), plain(idx))  # eval: exactly the dropout-free model
+    assert torch.equal(dropped(idx), dropped(idx))  # and deterministic
+    dropped.train()
+    plain.train()
+    torch.manual_seed(0)
+    first = dropped(idx, idx)
+    second = dropped(idx, idx)
+    assert first.item() != second.item()  # each training forward drops other units
+    assert first.item() != plain(idx, idx).item()

@@ -430,3 +430,94 @@ def test_corrupt_shard_is_bad_input(tmp_path: Path):
     shard.write_bytes(shard.read_bytes()[:20])
     with pytest.raises(BadInput, match="shard_00000.parquet"):
         list(shards.iter_documents(cfg.data_dir, "train"))
+
+
+# ---- the tail split and val_sources: validation text that never occurs in training ----
+
+
+def test_tail_split_cuts_at_a_document_boundary(tmp_path: Path):
+    source = tmp_path / "a.txt"
+    docs = [f"paragraph {i} " * (3 + i % 4) for i in range(40)]
+    docs = [doc.strip() for doc in docs]
+    source.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    manifest, train, val = run_prepare(tmp_path, [source], val_fraction=0.2, val_split="tail")
+    assert train + val == docs  # in order: the val split is the text's end, whole documents
+    assert 0.15 < manifest["splits"]["val"]["bytes"] / manifest["bytes"] < 0.25
+    assert manifest["validation"] == {"method": "tail", "bytes": manifest["splits"]["val"]["bytes"], "sources": []}
+    _, hashed_train, hashed_val = run_prepare(tmp_path, [source], val_fraction=0.2)
+    assert hashed_train + hashed_val != docs  # the hash split interleaves them
+
+
+def test_tail_split_of_one_long_document_cuts_at_a_line(tmp_path: Path):
+    source = tmp_path / "verses.txt"
+    lines = [f"verse {i}: and it came to pass" for i in range(100)]
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _, train, val = run_prepare(tmp_path, [source], val_fraction=0.1, val_split="tail")
+    assert len(train) == 1 and len(val) == 1
+    assert train[0].split("\n") == lines[:90] and val[0].split("\n") == lines[90:]
+
+
+def test_tail_split_of_small_files(tmp_path: Path):
+    one_line = tmp_path / "one.txt"
+    one_line.write_text("just one line\n", encoding="utf-8")
+    _, train, val = run_prepare(tmp_path, [one_line], val_fraction=0.1, val_split="tail")
+    assert train == ["just one line"] and val == []  # nothing to cut: no line boundary
+    two_lines = tmp_path / "two.txt"
+    two_lines.write_text("first line\nsecond line", encoding="utf-8")
+    _, train, val = run_prepare(tmp_path, [two_lines], val_fraction=0.1, val_split="tail")
+    assert train == ["first line"] and val == ["second line"]
+
+
+def test_tail_split_takes_the_tail_of_each_source(tmp_path: Path):
+    for name in "ab":
+        (tmp_path / f"{name}.txt").write_text("\n\n".join(f"{name} document {i:02}" for i in range(10)),
+                                              encoding="utf-8")
+    _, train, val = run_prepare(tmp_path, [tmp_path / "a.txt", tmp_path / "b.txt"], val_fraction=0.2,
+                                val_split="tail")
+    assert val == ["a document 08", "a document 09", "b document 08", "b document 09"]
+    assert train == [f"{name} document {i:02}" for name in "ab" for i in range(8)]
+
+
+@pytest.mark.parametrize("dedup", [True, False])
+def test_tail_split_never_keeps_a_copy_on_both_sides(tmp_path: Path, dedup: bool):
+    source = tmp_path / "a.txt"
+    docs = [f"scene {i}, a speech of some length" for i in range(9)] + ["Exeunt."]
+    docs = docs + ["scene 1, a speech of some length", "Exeunt.", "the last words"]  # the tail repeats
+    source.write_text("\n\n".join(docs), encoding="utf-8")
+    manifest, train, val = run_prepare(tmp_path, [source], val_fraction=0.15, val_split="tail", dedup=dedup)
+    assert val == ["the last words"] and not set(train) & set(val)
+    assert manifest["duplicates"] == 2 and train == docs[:10]
+
+
+def test_val_sources_override_the_split(tmp_path: Path):
+    (tmp_path / "train.txt").write_text("alpha\n\nbeta\n\nheld out\n\ngamma", encoding="utf-8")
+    (tmp_path / "val.jsonl").write_text('{"text": "held out"}\n{"text": "delta"}\n', encoding="utf-8")
+    for split in ("hash", "tail"):
+        manifest, train, val = run_prepare(tmp_path, [tmp_path / "train.txt"], val_fraction=0.5, val_split=split,
+                                           val_sources=[str(tmp_path / "val.jsonl")])
+        assert val == ["held out", "delta"]
+        assert train == ["alpha", "beta", "gamma"]  # the copy of a val document left training
+        assert manifest["validation"]["method"] == "val_sources"
+        assert manifest["validation"]["bytes"] == len("held out") + len("delta")
+
+
+def test_val_sources_missing_is_bad_input(tmp_path: Path, capsys):
+    (tmp_path / "train.txt").write_text("alpha", encoding="utf-8")
+    err = cli_error(tmp_path, capsys, [tmp_path / "train.txt"], val_sources=[str(tmp_path / "nope.txt")])
+    assert "nope.txt: data source not found" in err
+
+
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
+
+
+@pytest.mark.skipif(not SHAKESPEARE.exists(), reason="needs ../shared/data/tinyshakespeare")
+def test_tail_split_of_tiny_shakespeare_does_not_leak(tmp_path: Path):
+    manifest, train, val = run_prepare(tmp_path, [SHAKESPEARE], val_fraction=0.1, val_split="tail")
+    text = SHAKESPEARE.read_text(encoding="utf-8")
+    assert 0.09 < manifest["validation"]["bytes"] / len(text.encode()) < 0.11
+    assert text.rstrip().endswith(val[-1])  # the val split is the end of the play text
+    width = 64
+    train_passages = {hash(doc[i:i + width]) for doc in train for i in range(len(doc) - width + 1)}
+    leaked = [doc[i:i + width] for doc in val for i in range(len(doc) - width + 1)
+              if hash(doc[i:i + width]) in train_passages]
+    assert leaked == []

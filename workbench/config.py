@@ -40,6 +40,10 @@ class DataSection:
     sources: list[str] = field(default_factory=lambda: ["assets/tiny_corpus.txt"])
     dir: str = ""  # where the parquet shards go; empty: <out_dir>/data
     val_fraction: float = 0.05
+    # hash: documents by the hash of their text (many independent documents: web pages, chats);
+    # tail: the last val_fraction of each source (one running text: a book, Tiny Shakespeare).
+    val_split: str = "hash"
+    val_sources: list[str] = field(default_factory=list)  # separate validation files: override both
     text_field: str = "text"  # .jsonl field / .parquet column / .csv column
     separator: str = ""  # .txt: documents split on this line; empty: on blank lines
     normalize: str = "none"  # none | nfc | ascii
@@ -47,7 +51,7 @@ class DataSection:
     shard_rows: int = 50_000  # documents per parquet shard
     row_group_rows: int = 1024  # rows per parquet row group (the streaming unit)
 
-    _choices = {"normalize": ("none", "nfc", "ascii")}
+    _choices = {"normalize": ("none", "nfc", "ascii"), "val_split": ("hash", "tail")}
     _ranges = {"val_fraction": (0.0, 0.5), "shard_rows": (1, None), "row_group_rows": (1, None)}
 
 
@@ -75,6 +79,7 @@ class ModelSection:
     logit_softcap: float = 15.0  # 0 turns soft-capping off
     rope_base: float = 10000.0
     context: int = 8  # kind = "mlp": tokens of context it sees
+    dropout: float = 0.0  # residual dropout on the attention and MLP outputs, training only
 
     _choices = {"kind": ("gpt", "bigram", "mlp")}
     _ranges = {
@@ -88,6 +93,7 @@ class ModelSection:
         "logit_softcap": (0.0, None),
         "rope_base": (1.0, None),
         "context": (1, 1024),
+        "dropout": (0.0, 0.9),
     }
 
     def resolved(self) -> ModelSection:
@@ -111,7 +117,8 @@ class TrainSection:
     embedding_lr: float = 0.2  # AdamW
     unembedding_lr: float = 0.004  # AdamW
     scalar_lr: float = 0.5  # AdamW, residual scalars and other 0-/1-D params
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # decoupled, on the Muon matrices (workbench/optim.py)
+    time_budget: str = ""  # e.g. "10m", "90s", "1h": steps chosen from the measured speed ("" : use steps)
     grad_clip: float = 1.0  # 0 turns clipping off
     eval_every: int = 50
     eval_tokens: int = 32768  # validation tokens per bpb evaluation
@@ -377,9 +384,29 @@ def validate(data: dict[str, Any], path: Path | str = "<config>", text: str = ""
     return config, errors
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """"90s", "10m", "1.5h" (a bare number is seconds) -> seconds > 0; ValueError otherwise."""
+    text = text.strip().lower()
+    unit = _DURATION_UNITS.get(text[-1:], None)
+    number = text[:-1] if unit else text
+    seconds = float(number) * (unit or 1)  # ValueError for garbage
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"not a positive duration: {text!r}")
+    return seconds
+
+
 def _cross_checks(config: Config, path: Path | str, text: str) -> list[str]:
     """Checks that involve more than one key."""
     errors = []
+    if config.train.time_budget:
+        try:
+            parse_duration(config.train.time_budget)
+        except ValueError:
+            errors.append(f"{_where(path, text, 'train', 'time_budget')}: [train] time_budget: use a duration "
+                          f"like \"90s\", \"10m\" or \"1h\", got {config.train.time_budget!r}")
     model = config.model.resolved()
     if model.kind == "gpt":
         if model.width % model.heads:

@@ -374,10 +374,16 @@ class Block(nn.Module):
         super().__init__()
         self.attn = Attention(cfg, layer, window)
         self.mlp = FeedForward(cfg)
+        self.dropout = cfg.dropout
+
+    def _drop(self, y: torch.Tensor) -> torch.Tensor:
+        """Residual dropout ([model] dropout), in training only. At 0 it draws no random numbers,
+        so runs without it keep their exact RNG stream (and bit-exact resumes)."""
+        return F.dropout(y, self.dropout, training=True) if self.dropout and self.training else y
 
     def forward(self, x, cos, sin, kv_cache):
-        x = x + self.attn(norm(x), cos, sin, kv_cache)
-        return x + self.mlp(norm(x))
+        x = x + self._drop(self.attn(norm(x), cos, sin, kv_cache))
+        return x + self._drop(self.mlp(norm(x)))
 
 
 def layer_windows(cfg: ModelSection) -> list[int | None]:

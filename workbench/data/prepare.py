@@ -1,13 +1,25 @@
 """`picochat prepare CONFIG`: raw text files -> deduplicated train/val parquet shards.
 
     sources (.txt .jsonl .json .csv .parquet, files or folders)
-      -> documents (sources.py) -> normalize -> drop exact duplicates -> split by hash
+      -> documents (sources.py) -> normalize -> drop exact duplicates -> split
       -> DATA_DIR/train/shard_00000.parquet ..., DATA_DIR/val/..., DATA_DIR/manifest.json
 
 Everything streams: a document goes from its reader to a row-group buffer and out to disk, so
 memory holds one row group per split plus a 20-byte digest per distinct document (for dedup).
-The split is a function of the document's text alone (its SHA-1), so the same document lands in
-the same split on every run and duplicates never leak across the split.
+
+The split ([data] val_split), chosen to fit the data:
+- "hash": a document's place comes from its text alone (its SHA-1), so the same document lands in
+  the same split on every run. Right for many independent documents (web pages, chats); wrong for
+  one running text, whose paragraphs would sit in val between their own scene's train paragraphs.
+- "tail": the last val_fraction of each source's bytes, cut at the document boundary nearest that
+  point; a source that is one long document (no blank lines) is cut at the nearest line instead.
+  Finding the point takes a first pass over each source that only counts bytes.
+- [data] val_sources: separate validation files (a FineWeb-style val shard); every document of
+  `sources` is then training data.
+No exact copy of a document is ever on both sides: with dedup, a copy is dropped wherever it comes
+again; without dedup, copies within a split are kept and a copy of a document already in the other
+split is dropped (counted as a duplicate). Val sources are read first, so their copies in the
+training sources are the ones dropped.
 
 Output is written to a hidden temporary folder next to DATA_DIR and renamed into place at the
 end: a failed or interrupted prepare leaves an earlier good dataset untouched.
@@ -22,7 +34,7 @@ import os
 import shutil
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +184,11 @@ def _prepare(config: Any, data: Any, data_dir: Path, writer: Any, progress: Prog
     if not sources:
         raise BadInput("[data] sources is empty: name at least one file or folder")
     files, ignored = expand_sources(sources)
+    val_files: list[Path] = []
+    if data.val_sources:
+        val_files, val_ignored = expand_sources([config.resolve_path(source) for source in data.val_sources])
+        ignored += val_ignored
+        files = val_files + [path for path in files if path not in val_files]
     _check_output_dir(data_dir)
     reports = [SourceReport(path=path, kind=_kind(path)) for path in files]
     total_bytes = sum(path.stat().st_size for path in files)
@@ -184,7 +201,7 @@ def _prepare(config: Any, data: Any, data_dir: Path, writer: Any, progress: Prog
         shutil.rmtree(temporary)
     temporary.mkdir(parents=True)
     splits = {split: ShardWriter(temporary / split, data.shard_rows, data.row_group_rows) for split in SPLITS}
-    seen: set[bytes] = set()
+    seen: dict[str, set[bytes]] = {split: set() for split in SPLITS}  # digests of the kept documents
     duplicates = 0
     skipped_invalid = 0
     done_before = 0
@@ -205,27 +222,26 @@ def _prepare(config: Any, data: Any, data_dir: Path, writer: Any, progress: Prog
 
     try:
         for report in reports:
-            for text, where in read_source(report.path, report, data.text_field, data.separator):
-                report.documents_read += 1
-                text = normalize(text, data.normalize)
-                if not text.strip():
-                    report.skip("empty after normalization", where)
-                    continue
-                try:
-                    encoded = text.encode("utf-8")
-                except UnicodeEncodeError:  # lone surrogates, e.g. from JSON "\ud800" escapes
-                    report.skip("invalid Unicode (lone surrogates)", where)
-                    continue
-                digest = hashlib.sha1(encoded).digest()
-                if data.dedup:
-                    if digest in seen:
+            if report.path in val_files:
+                assign = _all_to("val")
+            elif val_files:
+                assign = _all_to("train")
+            elif data.val_split == "tail":
+                assign = _TailSplit(_count_bytes(report.path, data), data.val_fraction)
+            else:
+                assign = _hash_split(data.val_fraction)
+            for text in _documents(report, data):
+                for split, piece in assign(text):
+                    digest = hashlib.sha1(piece.encode("utf-8")).digest()
+                    other = "train" if split == "val" else "val"
+                    # dedup drops every copy; without it a copy across the split still would leak
+                    if digest in seen[other] or (data.dedup and digest in seen[split]):
                         duplicates += 1
                         report.duplicates += 1
                         continue
-                    seen.add(digest)
-                split = "val" if val_score(digest) < data.val_fraction else "train"
-                splits[split].add(text)
-                report.documents += 1
+                    seen[split].add(digest)
+                    splits[split].add(piece)
+                    report.documents += 1
                 report_progress(report.bytes_read)
             done_before += report.size
             report_progress(0, force=True)
@@ -251,6 +267,78 @@ def _prepare(config: Any, data: Any, data_dir: Path, writer: Any, progress: Prog
         shutil.rmtree(temporary, ignore_errors=True)
         raise
     return manifest
+
+
+def _documents(report: SourceReport, data: Any) -> Iterator[str]:
+    """The source's documents, normalized; empty and unencodable ones skipped into the report."""
+    for text, where in read_source(report.path, report, data.text_field, data.separator):
+        report.documents_read += 1
+        text = normalize(text, data.normalize)
+        if not text.strip():
+            report.skip("empty after normalization", where)
+            continue
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates, e.g. from JSON "\ud800" escapes
+            report.skip("invalid Unicode (lone surrogates)", where)
+            continue
+        yield text
+
+
+Assign = Callable[[str], list[tuple[str, str]]]  # document -> [(split, text)], usually one
+
+
+def _all_to(split: str) -> Assign:
+    return lambda text: [(split, text)]
+
+
+def _hash_split(val_fraction: float) -> Assign:
+    def assign(text: str) -> list[tuple[str, str]]:
+        digest = hashlib.sha1(text.encode("utf-8")).digest()
+        return [("val" if val_score(digest) < val_fraction else "train", text)]
+    return assign
+
+
+def _count_bytes(path: Path, data: Any) -> int:
+    """The UTF-8 bytes of a source's usable documents (the tail split's first pass)."""
+    scratch = SourceReport(path=path, kind=_kind(path))
+    return sum(len(text.encode("utf-8")) for text in _documents(scratch, data))
+
+
+class _TailSplit:
+    """The "tail" split of one source, streamed: documents before the cut point go to train,
+    after it to val. The document that straddles the point goes whole to the side that holds more
+    of it, unless it is longer than the val part should be (one long document without blank
+    lines, or a few big ones): then it is cut at the line boundary nearest the point."""
+
+    def __init__(self, total_bytes: int, val_fraction: float):
+        self.total = total_bytes
+        self.cut = total_bytes - round(val_fraction * total_bytes)  # train bytes wanted
+        self.offset = 0
+
+    def __call__(self, text: str) -> list[tuple[str, str]]:
+        encoded = text.encode("utf-8")
+        start, end = self.offset, self.offset + len(encoded)
+        self.offset = end
+        if end <= self.cut or self.cut >= self.total:
+            return [("train", text)]
+        if start >= self.cut:
+            return [("val", text)]
+        if len(encoded) <= self.total - self.cut:
+            return [("val" if self.cut - start < end - self.cut else "train", text)]
+        line_end = _nearest_line_end(encoded, self.cut - start)
+        if line_end is None:
+            return [("train", text)]
+        # the newline itself goes with neither side, as blank lines go with no document
+        return [("train", encoded[:line_end - 1].decode("utf-8")), ("val", encoded[line_end:].decode("utf-8"))]
+
+
+def _nearest_line_end(encoded: bytes, position: int) -> int | None:
+    """The index just after the newline nearest `position` that leaves text on both sides."""
+    before = encoded.rfind(b"\n", 0, position)
+    after = encoded.find(b"\n", position)
+    candidates = [i + 1 for i in (before, after) if i >= 0 and 0 < i + 1 < len(encoded)]
+    return min(candidates, key=lambda i: abs(i - position)) if candidates else None
 
 
 def _kind(path: Path) -> str:
@@ -311,8 +399,15 @@ def _manifest(config: Any, data: Any, splits: dict[str, ShardWriter], reports: l
         "skipped_records": skipped_invalid,
         "skipped": skipped,
         "sources": [report.to_dict() for report in reports],
+        "validation": {
+            "method": "val_sources" if data.val_sources else data.val_split,
+            "bytes": split_summaries["val"]["bytes"],
+            "sources": list(data.val_sources),
+        },
         "settings": {
             "val_fraction": data.val_fraction,
+            "val_split": data.val_split,
+            "val_sources": list(data.val_sources),
             "text_field": data.text_field,
             "separator": data.separator,
             "normalize": data.normalize,
