@@ -264,3 +264,55 @@ def test_bfloat16_autocast_trains(make_tiny_config):
     assert result.step == 3 and math.isfinite(result.last_loss)
     assert runs.read_metrics(cfg.out_dir, kind="sys")[0]["dtype"] == "bfloat16"
     assert math.isfinite(runs.read_metrics(cfg.out_dir, kind="eval")[-1]["val_bpb"])
+
+
+def fake_clock(monkeypatch, seconds_per_call: float) -> None:
+    """The budget's clock, advancing a fixed amount per reading: the steps it picks are exact."""
+    from workbench.train import loop
+
+    now = [0.0]
+
+    def tick() -> float:
+        now[0] += seconds_per_call
+        return now[0]
+
+    monkeypatch.setattr(loop.TimeBudget, "clock", staticmethod(tick))
+
+
+def test_time_budget_fixes_the_steps_once_and_resume_keeps_them(make_tiny_config, monkeypatch):
+    from workbench.optim import lr_multiplier
+
+    overrides = {"train": {"time_budget": "40s", "steps": 5, "save_every": 10, "eval_every": 10, "keep_last": 0,
+                           "warmup_steps": 2}}
+    full_cfg = make_tiny_config(**overrides)
+    fake_clock(monkeypatch, 1.0)
+    result = pretrain(full_cfg, verbose=False)
+    total = result.step
+    assert 12 < total < 40 and total != 5  # chosen from the speed, not [train] steps
+    status = runs.read_status(full_cfg.out_dir)
+    assert status["total_steps"] == total and status["state"] == "done"
+    events = [r["message"] for r in runs.read_metrics(full_cfg.out_dir, kind="event")]
+    assert sum(message.startswith("time budget 40s") for message in events) == 1
+    train = runs.read_metrics(full_cfg.out_dir, kind="train")
+    # the whole schedule, warmdown included, is the one for `total` steps
+    assert [r["lr_multiplier"] for r in train] == [lr_multiplier(s, total, full_cfg.train) for s in range(total)]
+    meta = json.loads((result.last_checkpoint / "meta.json").read_text())
+    assert meta["total_steps"] == total and meta["time_budget"] == 40.0
+
+    cut_cfg = make_tiny_config(**overrides)
+    shutil.copytree(full_cfg.out_dir / "checkpoints" / "step_000010", cut_cfg.out_dir / "checkpoints" / "step_000010")
+    fake_clock(monkeypatch, 3.0)  # a slower machine now: measuring again would pick other steps
+    resumed = pretrain(cut_cfg, resume=True, verbose=False)
+    assert resumed.step == total
+    assert runs.read_status(cut_cfg.out_dir)["total_steps"] == total
+    meta = json.loads((resumed.last_checkpoint / "meta.json").read_text())
+    assert meta["total_steps"] == total and meta["time_budget"] == 40.0  # a second resume keeps them too
+    full, again = train_losses(full_cfg.out_dir), train_losses(cut_cfg.out_dir)
+    assert sorted(again) == list(range(11, total + 1))
+    assert all(again[step] == full[step] for step in again)
+
+
+def test_bad_budget_flag_is_one_line(tiny_config_path, capsys):
+    assert main(["pretrain", str(tiny_config_path), "--budget", "soon"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--budget" in err and "'soon'" in err

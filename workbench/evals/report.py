@@ -205,6 +205,7 @@ def stage_summary(stage: str, records: list[dict[str, Any]], folder: Path) -> di
             summary["params"] = summary["params"] or meta.get("params")
             summary["tokens"] = summary["tokens"] or meta.get("tokens")
             summary["steps"] = summary["steps"] or meta.get("step")
+            summary["time_budget"] = meta.get("time_budget")  # seconds; its steps were fixed from it
     if stage == "eval":
         tasks = [r.get("task") for r in mine if r.get("kind") == "eval" and r.get("task")]
         summary["tasks"] = " ".join(dict.fromkeys(tasks)) or None
@@ -338,6 +339,8 @@ def main_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     add("wall time", "", [runs.format_duration(stage_value(s, "wall_seconds")) if stage_value(s, "wall_seconds")
                           is not None else "-" for s in columns])
     add("steps", "", [_fmt_number(stage_value(s, "steps")) for s in columns])
+    add("time budget (steps fixed from it)", "", [runs.format_duration(stage_value(s, "time_budget"))
+                                                  if stage_value(s, "time_budget") else "-" for s in columns])
     add("tokens", "", [_fmt_count(stage_value(s, "tokens")) for s in columns])
     add("parameters", "", [_fmt_count(stage_value(s, "params")) for s in columns])
     add("tokens/s (last step)", "", [_fmt_count(stage_value(s, "tokens_per_second")) for s in columns])

@@ -56,6 +56,44 @@ from workbench.train.common import (
 )
 
 PAUSE_POLL_SECONDS = 0.25
+BUDGET_MEASURE_STEPS = 8  # steps timed (after the first, which pays for warm-up) to fix a budget's steps
+BUDGET_OPEN_STEPS = 10**9  # total_steps while a time budget is measured: no warmdown yet
+
+
+class TimeBudget:
+    """[train] time_budget: time the first steps, then fix total_steps once so the schedule's
+    warmup and warmdown fit the budget. The budget covers the training loop, evaluations
+    included (the evaluation at step 0 is timed too; every eval_every steps costs one more).
+    The chosen total_steps goes into status.json and every checkpoint's meta.json: a resumed run
+    reads it back instead of measuring again, so its schedule (and loss curve) is the same."""
+
+    clock = staticmethod(time.monotonic)
+
+    def __init__(self, seconds: float, eval_every: int):
+        self.seconds, self.eval_every = seconds, eval_every
+        self.started = self.clock()
+        self.eval_seconds = 0.0
+        self.timed_from: tuple[int, float] | None = None  # (step, time) where timing started
+
+    def evaluated_at_start(self) -> None:
+        self.eval_seconds = self.clock() - self.started
+
+    def left(self) -> float:
+        return max(0.0, self.seconds - (self.clock() - self.started))
+
+    def steps_if_ready(self, step: int) -> int | None:
+        """Call after each step; returns the total steps once enough steps have been timed."""
+        now = self.clock()
+        if self.timed_from is None:
+            self.timed_from = (step, now)
+            return None
+        first_step, first_time = self.timed_from
+        if step - first_step < BUDGET_MEASURE_STEPS and now - self.started < self.seconds:
+            return None
+        step_seconds = (now - first_time) / (step - first_step)
+        left = self.seconds - (now - self.started) - self.eval_seconds  # keep the final evaluation's time
+        more = int(left / (step_seconds + self.eval_seconds / self.eval_every)) if left > 0 else 0
+        return step + max(0, more)
 
 
 @dataclass
@@ -212,14 +250,16 @@ def sample_text(model: torch.nn.Module, tokenizer, prompt: str = "", max_tokens:
 
 def train(*, stage: str, config, model: torch.nn.Module, optimizers, tokenizer,
           train_batches: Iterator[tuple[torch.Tensor, torch.Tensor]], grad_accum_steps: int,
-          writer, run_dir: str | Path, total_steps: int, device: torch.device,
+          writer, run_dir: str | Path, total_steps: int | None, device: torch.device,
           start_step: int = 0, tokens_seen: int = 0, lr_scale: float = 1.0,
           val_fn: Callable[[torch.nn.Module], dict[str, float]] | None = None,
           eval_every: int | None = None, save_every: int | None = None, sample_every: int | None = None,
           sample_prompt: str = "", extra_meta_fn: Callable[[], dict[str, Any]] | None = None,
           best_val_bpb: float | None = None, eval_at_start: bool = True,
-          dist: DistInfo | None = None, verbose: bool = False) -> TrainResult:
-    """Train `model` from start_step to total_steps (see the module docstring)."""
+          dist: DistInfo | None = None, verbose: bool = False, time_budget: float | None = None) -> TrainResult:
+    """Train `model` from start_step to total_steps (see the module docstring). time_budget
+    (seconds) goes into status.json and the checkpoints; with total_steps None, TimeBudget
+    chooses total_steps from it after the first steps."""
     dist = dist or DistInfo()
     train_cfg = config.train
     eval_every = eval_every or train_cfg.eval_every
@@ -244,15 +284,19 @@ def train(*, stage: str, config, model: torch.nn.Module, optimizers, tokenizer,
     flops_per_token = model.flops_per_token() if hasattr(model, "flops_per_token") else None
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     peak = peak_flops(device.type, device_name)
-    writer.write_status(state="running", message="", total_steps=total_steps)
+    budget = TimeBudget(time_budget, eval_every) if time_budget and total_steps is None else None
+    if budget is not None:
+        total_steps = BUDGET_OPEN_STEPS
+    writer.write_status(state="running", message="", total_steps=None if budget else total_steps,
+                        time_budget=time_budget)
     writer.set_first_step(start_step)
     writer.log("sys", step=start_step, device=str(device), device_name=device_name,
                params=model.num_params() if hasattr(model, "num_params") else None,
                flops_per_token=flops_per_token, peak_flops=peak, torch=torch.__version__,
                python=platform.python_version(), threads=torch.get_num_threads(),
                dtype=dtype_name(device, train_cfg.dtype), compile=use_compile(train_cfg.compile, device),
-               world_size=dist.world_size, grad_accum_steps=grad_accum_steps, total_steps=total_steps,
-               start_step=start_step)
+               world_size=dist.world_size, grad_accum_steps=grad_accum_steps,
+               total_steps=None if budget else total_steps, start_step=start_step)
 
     step, last_loss = start_step, None
     last_checkpoint: Path | None = None
@@ -263,8 +307,11 @@ def train(*, stage: str, config, model: torch.nn.Module, optimizers, tokenizer,
         nonlocal last_checkpoint, saved_step
         if not dist.is_main or saved_step == at_step:
             return
-        meta = {"step": at_step, "tokens": tokens_seen, "stage": stage, "total_steps": total_steps,
+        meta = {"step": at_step, "tokens": tokens_seen, "stage": stage,
+                "total_steps": None if total_steps == BUDGET_OPEN_STEPS else total_steps,
                 "rng_states": capture_rng_states(), "best_val_bpb": best_val_bpb, "lr_scale": lr_scale}
+        if time_budget:
+            meta["time_budget"] = time_budget
         if extra_meta_fn is not None:
             meta.update(extra_meta_fn())
         last_checkpoint = save_checkpoint(run_dir, at_step, model, config.frozen(), tokenizer, optimizers,
@@ -301,6 +348,8 @@ def train(*, stage: str, config, model: torch.nn.Module, optimizers, tokenizer,
     with StepBoundary(writer, checkpoint, total_steps, dist, device) as boundary:
         if eval_at_start and start_step == 0:
             evaluate(0)
+            if budget is not None:
+                budget.evaluated_at_start()
         while step < total_steps:
             # 1. step boundary: control files and signals (rank 0 decides, all ranks follow)
             if boundary.should_stop(step):
@@ -348,6 +397,17 @@ def train(*, stage: str, config, model: torch.nn.Module, optimizers, tokenizer,
             writer.log("train", step=step, loss=last_loss, lr=matrix_lr, lr_multiplier=multiplier,
                        grad_norm=float(grad_norm), tokens=tokens_seen, tokens_per_second=tokens_per_second,
                        mfu=mfu, step_seconds=step_seconds)
+            if budget is not None and total_steps == BUDGET_OPEN_STEPS:
+                chosen = budget.steps_if_ready(step)
+                if chosen is None:
+                    writer.heartbeat(step, tokens=tokens_seen, eta_seconds=budget.left())
+                else:
+                    total_steps = boundary.total_steps = chosen
+                    writer.write_status(total_steps=total_steps)
+                    writer.event(f"time budget {time_budget:g}s: {total_steps} steps "
+                                 f"(speed measured over steps {budget.timed_from[0]}-{step})")
+                    if dist.enabled:  # every rank trains the steps rank 0 chose
+                        total_steps = boundary.total_steps = _broadcast_flags([total_steps], dist, device)[0]
             writer.heartbeat(step, tokens=tokens_seen)
             if verbose and (time.time() - last_print >= 2 or step in (start_step + 1, total_steps)):
                 last_print = time.time()

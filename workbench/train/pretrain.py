@@ -26,16 +26,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue from the newest checkpoint of the run folder")
     parser.add_argument("--detach", action="store_true",
                         help="run in the background (log in RUN/train.log) and return at once")
+    parser.add_argument("--budget", metavar="DURATION",
+                        help="train for this wall-clock time (e.g. 10m; overrides [train] time_budget and steps)")
+
+
+def check_budget(budget: str | None) -> str | None:
+    """--budget, checked like [train] time_budget (pretrain and sft share the flag)."""
+    from workbench.config import parse_duration
+
+    if budget is not None:
+        try:
+            parse_duration(budget)
+        except ValueError:
+            raise BadInput(f"--budget: use a duration like 90s, 10m or 1h, got {budget!r}") from None
+    return budget
+
+
+def planned_steps(steps: int, time_budget: str, meta: dict | None) -> tuple[int | None, float | None]:
+    """(total steps, time budget in seconds or None) for the loop: total steps None means the loop
+    picks them from the budget. A checkpoint whose run fixed its steps for a time budget keeps
+    them: a resumed run never measures again."""
+    from workbench.config import parse_duration
+
+    if not time_budget:
+        return steps, None
+    if meta and meta.get("time_budget") and meta.get("total_steps"):
+        return int(meta["total_steps"]), float(meta["time_budget"])
+    return None, parse_duration(time_budget)
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from workbench import config as config_module
     from workbench import runs
 
     cfg = config_module.load(args.config)
+    if check_budget(args.budget):
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, time_budget=args.budget))
     if args.detach:
         check_inputs(cfg, args.resume)  # fail here, in the terminal, not in a log file
         argv = [str(Path(args.config).resolve())] + (["--resume"] if args.resume else [])
+        argv += ["--budget", args.budget] if args.budget else []
         return runs.relaunch_detached("pretrain", argv, cfg.stage_dir("pretrain"))
     result = pretrain(cfg, resume=args.resume)
     if result.stopped:
@@ -97,6 +129,7 @@ def _pretrain(cfg, resume: bool, dist, verbose: bool):
 
     seed_everything(cfg.run.seed)
     start_step, tokens_seen, loader_state, best_val_bpb = 0, 0, None, None
+    total_steps, time_budget = planned_steps(train_cfg.steps, train_cfg.time_budget, None)
     if newest is not None:
         checkpoint = load_checkpoint(newest, device=device, with_optimizer=True)
         if checkpoint.config.model.resolved() != cfg.model.resolved():
@@ -112,9 +145,10 @@ def _pretrain(cfg, resume: bool, dist, verbose: bool):
         start_step, tokens_seen = int(meta["step"]), int(meta.get("tokens", 0))
         loader_state, best_val_bpb = meta.get("loader_state"), meta.get("best_val_bpb")
         restore_rng_states(meta.get("rng_states"))
-        if start_step >= train_cfg.steps:  # nothing to train: leave the finished run's status as it is
+        total_steps, time_budget = planned_steps(train_cfg.steps, train_cfg.time_budget, meta)
+        if total_steps is not None and start_step >= total_steps:  # nothing to train: leave the status alone
             if verbose and dist.is_main:
-                print(f"pretrain: {run_dir} already reached step {start_step} of {train_cfg.steps}; "
+                print(f"pretrain: {run_dir} already reached step {start_step} of {total_steps}; "
                       f"raise [train] steps to train further")
             return TrainResult(step=start_step, tokens=tokens_seen, stopped=False,
                                best_val_bpb=meta.get("best_val_bpb"), last_checkpoint=newest,
@@ -136,13 +170,14 @@ def _pretrain(cfg, resume: bool, dist, verbose: bool):
 
     writer = None
     if dist.is_main:
-        writer = RunWriter(run_dir, "pretrain", total_steps=train_cfg.steps)
+        writer = RunWriter(run_dir, "pretrain", total_steps=total_steps)
         freeze_config(run_dir, cfg.frozen().to_toml())
         if newest is not None:
             writer.log("event", step=start_step,
                        message=f"resuming from {newest.name} (step {start_step}, {tokens_seen:,} tokens)")
     if verbose and dist.is_main:
-        print(f"pretrain: {model.num_params():,} params on {device}, {train_cfg.steps} steps of "
+        steps = f"{total_steps} steps" if total_steps else f"steps for {train_cfg.time_budget}"
+        print(f"pretrain: {model.num_params():,} params on {device}, {steps} of "
               f"{train_cfg.total_batch_tokens:,} tokens ({grad_accum_steps} x {dist.world_size} x "
               f"{train_cfg.device_batch_size} rows of {seq_len}); run folder {run_dir}"
               + (f"; resuming at step {start_step}" if start_step else ""))
@@ -151,10 +186,10 @@ def _pretrain(cfg, resume: bool, dist, verbose: bool):
     try:
         result = train(stage="pretrain", config=cfg, model=model, optimizers=optimizers, tokenizer=tokenizer,
                        train_batches=iter(loader), grad_accum_steps=grad_accum_steps, writer=writer,
-                       run_dir=run_dir, total_steps=train_cfg.steps, device=device, start_step=start_step,
+                       run_dir=run_dir, total_steps=total_steps, device=device, start_step=start_step,
                        tokens_seen=tokens_seen, val_fn=val_fn, best_val_bpb=best_val_bpb,
                        extra_meta_fn=lambda: {"loader_state": loader.state_dict()}, dist=dist,
-                       verbose=verbose)
+                       verbose=verbose, time_budget=time_budget)
     except BaseException as error:
         if writer is not None:
             message = str(error) if isinstance(error, BadInput) else f"{type(error).__name__}: {error}"
@@ -164,7 +199,7 @@ def _pretrain(cfg, resume: bool, dist, verbose: bool):
         loader.close()
     if writer is not None:
         if result.stopped:
-            writer.finish("done", f"stopped at step {result.step} of {train_cfg.steps}; continue with --resume")
+            writer.finish("done", f"stopped at step {result.step}; continue with --resume")
         else:
             best = f", best val bpb {result.best_val_bpb:.4f}" if result.best_val_bpb is not None else ""
             writer.finish("done", f"{result.step} steps, {result.tokens:,} tokens{best}")

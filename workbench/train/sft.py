@@ -37,18 +37,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the newest SFT checkpoint")
     parser.add_argument("--detach", action="store_true",
                         help="run in the background (log in RUN-sft/train.log) and return at once")
+    parser.add_argument("--budget", metavar="DURATION",
+                        help="fine-tune for this wall-clock time (e.g. 5m; overrides [sft] steps)")
 
 
 def run(args: argparse.Namespace) -> int:
     from workbench import config as config_module
     from workbench import runs
+    from workbench.train.pretrain import check_budget
 
     cfg = config_module.load(args.config)
+    budget = check_budget(args.budget)
     if args.detach:
         check_inputs(cfg, "sft", cfg.sft.init_from, cfg.out_dir, "pretrain", args.resume)
         argv = [str(Path(args.config).resolve())] + (["--resume"] if args.resume else [])
+        argv += ["--budget", budget] if budget else []
         return runs.relaunch_detached("sft", argv, cfg.stage_dir("sft"))
-    result = sft(cfg, resume=args.resume)
+    result = sft(cfg, resume=args.resume, budget=budget or "")
     if result.stopped:
         print(f"sft stopped at step {result.step}; continue with: picochat sft {args.config} --resume")
     return 0
@@ -94,15 +99,16 @@ def stage_config(cfg, checkpoint):
     return dataclasses.replace(cfg, model=checkpoint.config.model)
 
 
-def sft(cfg, resume: bool = False, verbose: bool = True):
-    """Fine-tune per the config; returns loop.TrainResult. In-process entry point for tests,
-    speedrun and the CLI."""
+def sft(cfg, resume: bool = False, verbose: bool = True, budget: str = ""):
+    """Fine-tune per the config (for `budget`, e.g. "5m", instead of [sft] steps when given);
+    returns loop.TrainResult. In-process entry point for tests, speedrun and the CLI."""
     from workbench.data.chat import SftBatches, load_datasets, val_batches
     from workbench.optim import build_optimizer
     from workbench.runs import RunWriter, freeze_config
     from workbench.train.checkpoint import load_checkpoint
     from workbench.train.common import resolve_device, restore_rng_states, seed_everything
     from workbench.train.loop import train
+    from workbench.train.pretrain import planned_steps
 
     single_process("sft")
     init, newest = check_inputs(cfg, "sft", cfg.sft.init_from, cfg.out_dir, "pretrain", resume)
@@ -118,6 +124,7 @@ def sft(cfg, resume: bool = False, verbose: bool = True):
     optimizers = build_optimizer(model, cfg.train, lr_scale=cfg.sft.lr_scale)
     batches = SftBatches(data.train, tokenizer, seq_len, cfg.sft.device_batch_size, device=device)
     start_step, tokens_seen, best_val_bpb, source = 0, 0, None, str(init)
+    total_steps, time_budget = planned_steps(cfg.sft.steps, budget, None)
     if newest is not None:
         optimizers.load_state_tensors(checkpoint.optimizer_tensors)
         meta = checkpoint.meta
@@ -127,11 +134,12 @@ def sft(cfg, resume: bool = False, verbose: bool = True):
             raise BadInput(f"{newest / 'meta.json'}: no sft_state (not an SFT checkpoint?), so it cannot be resumed")
         batches.load_state_dict(meta["sft_state"])
         restore_rng_states(meta.get("rng_states"))
+        total_steps, time_budget = planned_steps(cfg.sft.steps, budget, meta)
     model.train()
     grad_accum_steps = max(1, cfg.train.total_batch_tokens // (cfg.sft.device_batch_size * seq_len))
 
     held_out, held_out_stats = val_batches(data.val, tokenizer, seq_len, VAL_BATCH_SIZE, device)
-    writer = RunWriter(run_dir, "sft", total_steps=cfg.sft.steps)
+    writer = RunWriter(run_dir, "sft", total_steps=total_steps)
     freeze_config(run_dir, cfg.frozen().to_toml())
     for report in data.reports:
         writer.event(report.summary())
@@ -148,17 +156,18 @@ def sft(cfg, resume: bool = False, verbose: bool = True):
         return results
 
     if verbose:
-        print(f"sft: {model.num_params():,} params on {device}, {cfg.sft.steps} steps of "
+        steps = f"{total_steps} steps" if total_steps else f"steps for {budget}"
+        print(f"sft: {model.num_params():,} params on {device}, {steps} of "
               f"{grad_accum_steps} x {cfg.sft.device_batch_size} conversations (up to {seq_len + 1} tokens), "
               f"from {source}; run folder {run_dir}" + (f"; resuming at step {start_step}" if start_step else ""))
     started = time.time()
     try:
         result = train(stage="sft", config=cfg, model=model, optimizers=optimizers, tokenizer=tokenizer,
                        train_batches=batches, grad_accum_steps=grad_accum_steps, writer=writer,
-                       run_dir=run_dir, total_steps=cfg.sft.steps, device=device, start_step=start_step,
+                       run_dir=run_dir, total_steps=total_steps, device=device, start_step=start_step,
                        tokens_seen=tokens_seen, lr_scale=cfg.sft.lr_scale, val_fn=val_fn,
                        eval_every=cfg.sft.eval_every, save_every=cfg.sft.save_every, sample_every=0,
-                       best_val_bpb=best_val_bpb, verbose=verbose,
+                       best_val_bpb=best_val_bpb, verbose=verbose, time_budget=time_budget,
                        extra_meta_fn=lambda: {"sft_state": batches.state_dict(), "init_from": source})
     except BaseException as error:
         message = str(error) if isinstance(error, BadInput) else f"{type(error).__name__}: {error}"
@@ -169,7 +178,7 @@ def sft(cfg, resume: bool = False, verbose: bool = True):
                f"{seq_len + 1} tokens" + (f", skipped {dict(stats.skipped)}" if stats.skipped else "") + ")")
     if held_out_stats.truncated:
         summary += f"; {held_out_stats.truncated} held-out conversations truncated"
-    writer.finish("done", f"stopped at step {result.step} of {cfg.sft.steps}; continue with --resume"
+    writer.finish("done", f"stopped at step {result.step}; continue with --resume"
                   if result.stopped else summary)
     if verbose:
         print(f"sft: {'stopped' if result.stopped else 'done'}: {summary} in {time.time() - started:.1f}s; "

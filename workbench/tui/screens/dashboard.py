@@ -153,7 +153,9 @@ class DashboardScreen(Screen):
         best = status.get("best_val_bpb") or (metrics.best_val_bpb if metrics else None)
         fields = [
             ("stage", status.get("stage") or "-"),
-            ("step", f"{step}/{total}" if total else str(step)),
+            ("step", (f"{step}/{total}" if total else str(step))
+             + (f" ({runs.format_duration(status['time_budget'])} budget)"
+                if isinstance(status.get("time_budget"), (int, float)) else "")),
             ("tokens", format_count(status.get("tokens") or (metrics.tokens if metrics else 0))),
             ("elapsed", runs.format_duration(elapsed)),
             ("ETA", eta),
