@@ -191,6 +191,7 @@ class EvalSection:
     limit: int = 0  # examples per task; 0: all
     data_dir: str = "../shared/data"
     max_new_tokens: int = 256
+    core_bundle: str = ""  # CORE bundle folder (core.yaml, eval_meta_data.csv, eval_data/); empty: ARC + HellaSwag
 
     _ranges = {"limit": (0, None), "max_new_tokens": (1, None)}
 
@@ -255,7 +256,9 @@ class Config:
         copy.data = dataclasses.replace(self.data, dir=str(self.data_dir),
                                         sources=[str(self.resolve_path(s)) for s in self.data.sources])
         copy.tokenizer = dataclasses.replace(self.tokenizer, path=str(self.tokenizer_path))
-        copy.eval = dataclasses.replace(self.eval, data_dir=str(self.resolve_path(self.eval.data_dir)))
+        copy.eval = dataclasses.replace(self.eval, data_dir=str(self.resolve_path(self.eval.data_dir)),
+                                        core_bundle=str(self.resolve_path(self.eval.core_bundle))
+                                        if self.eval.core_bundle else "")
         return copy
 
     @property

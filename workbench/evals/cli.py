@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokens generated per GSM8K/HumanEval answer (default: [eval] max_new_tokens)")
     parser.add_argument("--bpb-tokens", type=int, default=None,
                         help="validation tokens for bpb (default: the config's [train] eval_tokens)")
+    parser.add_argument("--core-bundle", default=None,
+                        help="CORE bundle folder (core.yaml, eval_meta_data.csv, eval_data/) for --tasks core "
+                             "(default: [eval] core_bundle; none: ARC and HellaSwag from the data dir)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,10 +66,13 @@ def task_path(data_dir: Path, task: str) -> Path:
     return data_dir / TASKS[task][0]
 
 
-def load_task_data(task: str, data_dir: Path, limit: int | None) -> list:
-    """The task's items (the first `limit`), read and validated from the data dir."""
-    from workbench.evals import gsm8k, humaneval, multiple_choice
+def load_task_data(task: str, data_dir: Path, limit: int | None, core_bundle: Path | None = None) -> list:
+    """The task's items (the first `limit`), read and validated from the data dir; for core, the
+    CORE tasks (all items: the few shots come from the whole file)."""
+    from workbench.evals import core, gsm8k, humaneval, multiple_choice
 
+    if task == "core":
+        return core.load(core_bundle, data_dir)
     path = task_path(data_dir, task)
     if task in common.MULTIPLE_CHOICE_TASKS:
         return multiple_choice.select(multiple_choice.load(task, path), limit)
@@ -106,10 +112,14 @@ def merge_results(checkpoint: Path, results: dict[str, dict[str, Any]]) -> dict[
 
 
 def headline(task: str, result: dict[str, Any]) -> str:
+    value = common.headline_score(task, result)
+    if value is None:
+        return "-"
     if task == "bpb":
-        return f"{result['bpb']:.4f} bpb" if result.get("bpb") is not None else "-"
-    accuracy = result.get("accuracy")
-    return f"{100 * accuracy:.1f}%" if accuracy is not None else "-"
+        return f"{value:.4f} bpb"
+    if task in ("core", "chatcore"):
+        return f"{value:.4f}"
+    return f"{100 * value:.1f}%"
 
 
 def extra_text(task: str, result: dict[str, Any]) -> str:
@@ -124,6 +134,9 @@ def extra_text(task: str, result: dict[str, Any]) -> str:
         parts.append(" ".join(f"{k} {v}" for k, v in sorted(result["outcomes"].items())))
     if task == "bpb" and result.get("tokens"):
         parts.append(f"{result['tokens']} tokens")
+    if task in ("core", "chatcore") and isinstance(result.get("tasks"), dict):
+        parts.append(result.get("label", "") + " centered: " + " ".join(
+            f"{name} {entry['centered']:+.3f}" for name, entry in result["tasks"].items()))
     return ", ".join(parts)
 
 
@@ -182,7 +195,7 @@ class Reporter:
 
 
 def run_task(task: str, items: list, checkpoint, device, args, report: Reporter) -> TaskResult:
-    from workbench.evals import gsm8k, humaneval, multiple_choice
+    from workbench.evals import core, gsm8k, humaneval, multiple_choice
 
     chat = common.chat_model(checkpoint.meta)
     max_len = checkpoint.config.model.seq_len
@@ -195,6 +208,9 @@ def run_task(task: str, items: list, checkpoint, device, args, report: Reporter)
         value = bpb_for_checkpoint(checkpoint, max_tokens=tokens, device=str(device))
         report(1, 1)
         return TaskResult(task="bpb", accuracy=None, n=tokens, chance=None, details={"bpb": value, "tokens": tokens})
+    if task == "core":
+        report.start(task, core.row_count(items, args.limit))
+        return core.evaluate(checkpoint.model, checkpoint.tokenizer, items, device, max_len, args.limit, report)
     if task in common.MULTIPLE_CHOICE_TASKS:
         total = sum(len(item.choices) for item in items) + (len(items) if chat else 0)
         report.start(task, total)
@@ -220,12 +236,16 @@ def run(args: argparse.Namespace) -> int:
     if limit < 0:
         raise BadInput(f"--limit must be >= 0, got {limit}")
     data_dir = resolve_data_dir(args.data_dir or config.eval.data_dir)
+    bundle = args.core_bundle if args.core_bundle is not None else config.eval.core_bundle
+    core_bundle = resolve_data_dir(bundle) if bundle else None
+    args.limit = limit
 
-    if not data_dir.is_dir() and any(task != "bpb" for task in tasks):
+    needs_data_dir = [task for task in tasks if task not in ("bpb", "chatcore") and not (task == "core" and core_bundle)]
+    if not data_dir.is_dir() and needs_data_dir:
         source = "--data-dir" if args.data_dir else f"[eval] data_dir of {path / 'config.json'}; pass --data-dir"
         raise BadInput(f"{data_dir}: eval data folder not found ({source})")
     # Every eval file (and the bpb validation data) is checked before the (slow) model load.
-    data = {task: load_task_data(task, data_dir, limit) for task in tasks}
+    data = {task: load_task_data(task, data_dir, limit, core_bundle) for task in tasks}
     if "bpb" in tasks:
         from workbench.data.shards import list_shards
 
@@ -268,16 +288,26 @@ def run(args: argparse.Namespace) -> int:
             report.bar = bar
             for number, task in enumerate(tasks, start=1):
                 started = time.time()
-                result = run_task(task, data[task], checkpoint, device, args, report)
+                if task == "chatcore":  # from its five tasks, which ran before it
+                    from workbench.evals.core import chatcore
+
+                    result = chatcore(results)
+                    if result is None:
+                        print("chatcore: skipped (one of its tasks has no result)", file=sys.stderr)
+                        continue
+                else:
+                    result = run_task(task, data[task], checkpoint, device, args, report)
                 entry = result.to_dict()
                 entry.update(step=step, limit=limit, seconds=round(time.time() - started, 2),
                              time=round(time.time(), 1), device=str(device))
-                if task != "bpb":
+                if TASKS[task][0]:
                     entry["data"] = str(task_path(data_dir, task))
+                elif task == "core":
+                    entry["data"] = str(core_bundle) if core_bundle else str(data_dir)
                 results[task] = entry
                 merge_results(path, {task: entry})
                 if writer:
-                    score = entry["bpb"] if task == "bpb" else entry["accuracy"]
+                    score = common.headline_score(task, entry)
                     fields = {key: value for key, value in entry.items()
                               if isinstance(value, (int, float, str)) and key != "step"}
                     fields.update({task: score, "task": task, "checkpoint": str(path)})

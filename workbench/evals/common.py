@@ -25,9 +25,14 @@ TASKS: dict[str, tuple[str, float | None, str]] = {
     "hellaswag": ("hellaswag/hellaswag_val.preprocessed.jsonl", 0.25, "HellaSwag val, 4 endings, likelihood"),
     "gsm8k": ("gsm8k/test.jsonl", 0.0, "GSM8K test, generation with the calculator, exact number"),
     "humaneval": ("humaneval/HumanEval.jsonl", 0.0, "HumanEval, generated code run against its tests, pass@1"),
+    "core": ("", None, "CORE (DCLM, few-shot, centered) over [eval] core_bundle, or ARC + HellaSwag mapped into it"),
+    "chatcore": ("", None, "ChatCORE: mean centered accuracy of ARC-Easy, ARC-Challenge, MMLU, GSM8K, HumanEval"),
 }
 MULTIPLE_CHOICE_TASKS = ("arc-easy", "arc-challenge", "mmlu", "hellaswag")
 GENERATIVE_TASKS = ("gsm8k", "humaneval")
+CHATCORE_TASKS = ("arc-easy", "arc-challenge", "mmlu", "gsm8k", "humaneval")
+# Tasks whose headline is a score of their own, not an accuracy: the key holding it in a result.
+SCORE_KEYS = {"bpb": "bpb", "core": "core", "chatcore": "chatcore"}
 
 # A progress callback: (done, total) after each unit of work.
 Progress = Callable[[int, int], None]
@@ -54,7 +59,16 @@ def parse_tasks(text: str | list[str]) -> list[str]:
         raise BadInput(f"--tasks: unknown task {', '.join(hints)}; known: {', '.join(TASKS)}")
     if not names:
         raise BadInput(f"--tasks: no task given; known: {', '.join(TASKS)}")
-    return list(dict.fromkeys(names))
+    # chatcore is computed from its five tasks: they run first (those not already asked for).
+    expanded = [part for name in names
+                for part in ([*CHATCORE_TASKS, name] if name == "chatcore" else [name])]
+    return list(dict.fromkeys(expanded))
+
+
+def headline_score(task: str, result: dict[str, Any]) -> float | None:
+    """A result's headline number: bpb, the CORE / ChatCORE figure, or the accuracy."""
+    value = result.get(SCORE_KEYS.get(task, "accuracy"))
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -237,16 +237,29 @@ def _autocast(device):
     return contextlib.nullcontext()
 
 
-def likelihood_predictions(model, tokenizer, items: list[Item], device, max_len: int,
-                           progress: Progress = no_progress) -> tuple[list[int], list[int]]:
-    """Each item's choice by mean and by summed log-likelihood of its continuation tokens."""
+@dataclass
+class ContinuationScore:
+    """How a model reads one row's continuation (ids[start:]) given what precedes it."""
+
+    logprob_sum: float
+    tokens: int
+    greedy: bool  # every continuation token is the model's argmax (CORE's language-modeling tasks)
+
+    @property
+    def logprob_mean(self) -> float:
+        return self.logprob_sum / max(1, self.tokens)
+
+
+def continuation_scores(model, rows: list[tuple[list[int], int]], vocab_size: int, device, max_len: int,
+                        progress: Progress = no_progress) -> list[ContinuationScore]:
+    """Score each (token ids, start) row: the log-likelihood of ids[start:] and whether greedy
+    decoding reproduces it. Rows are batched longest first within a token budget (the float32
+    logits dominate memory); rows are already cut to the model's context (see choice_rows)."""
     import torch
 
-    rows = choice_rows(tokenizer, items, max_len)
-    mean_scores: dict[tuple[int, int], float] = {}
-    sum_scores: dict[tuple[int, int], float] = {}
-    lengths = [len(ids) - 1 for _, _, ids, _ in rows]
-    budget = token_budget(tokenizer.vocab_size, max_len, device)
+    lengths = [len(ids) - 1 for ids, _ in rows]
+    budget = token_budget(vocab_size, max_len, device)
+    scores: list[ContinuationScore | None] = [None] * len(rows)
     done = 0
     with torch.inference_mode():
         for batch in _batches(lengths, budget):
@@ -254,25 +267,36 @@ def likelihood_predictions(model, tokenizer, items: list[Item], device, max_len:
             inputs = torch.zeros((len(batch), width), dtype=torch.long)
             targets = torch.full((len(batch), width), -1, dtype=torch.long)
             for r, k in enumerate(batch):
-                _, _, ids, start = rows[k]
+                ids, start = rows[k]
                 inputs[r, : len(ids) - 1] = torch.tensor(ids[:-1])
                 # target position t predicts ids[t + 1]; continuation tokens are ids[start:]
                 targets[r, start - 1 : len(ids) - 1] = torch.tensor(ids[start:])
             inputs, targets = inputs.to(device), targets.to(device)
             with _autocast(device):
-                losses = model(inputs, targets, loss_reduction="none")
-            losses = losses.float().view(len(batch), width)
-            mask = (targets != -1).float()
-            sums = -(losses * mask).sum(dim=1)
-            counts = mask.sum(dim=1).clamp(min=1)
+                logits = model(inputs)
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            mask = targets != -1
+            picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+            hits = (logits.argmax(dim=-1) == targets) | ~mask
+            sums, counts, greedy = picked.sum(dim=1), mask.sum(dim=1), hits.all(dim=1)
             for r, k in enumerate(batch):
-                i, j, _, _ = rows[k]
-                sum_scores[(i, j)] = float(sums[r])
-                mean_scores[(i, j)] = float(sums[r] / counts[r])
+                scores[k] = ContinuationScore(float(sums[r]), int(counts[r]), bool(greedy[r]))
             done += len(batch)
             progress(done, len(rows))
-    by_mean = [max(range(len(item.choices)), key=lambda j, i=i: mean_scores[(i, j)]) for i, item in enumerate(items)]
-    by_sum = [max(range(len(item.choices)), key=lambda j, i=i: sum_scores[(i, j)]) for i, item in enumerate(items)]
+    return scores  # type: ignore[return-value]
+
+
+def likelihood_predictions(model, tokenizer, items: list[Item], device, max_len: int,
+                           progress: Progress = no_progress) -> tuple[list[int], list[int]]:
+    """Each item's choice by mean and by summed log-likelihood of its continuation tokens."""
+    rows = choice_rows(tokenizer, items, max_len)
+    scores = continuation_scores(model, [(ids, start) for _, _, ids, start in rows], tokenizer.vocab_size,
+                                 device, max_len, progress)
+    by_row = {(i, j): score for (i, j, _, _), score in zip(rows, scores, strict=True)}
+    by_mean = [max(range(len(item.choices)), key=lambda j, i=i: by_row[(i, j)].logprob_mean)
+               for i, item in enumerate(items)]
+    by_sum = [max(range(len(item.choices)), key=lambda j, i=i: by_row[(i, j)].logprob_sum)
+              for i, item in enumerate(items)]
     return by_mean, by_sum
 
 
