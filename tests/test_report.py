@@ -93,3 +93,20 @@ def test_wall_time_leaves_out_long_gaps():
     records = [{"t": 0.0}, {"t": 10.0}, {"t": 20.0}, {"t": 5000.0}, {"t": 5030.0}]
     assert wall_seconds(records) == 50.0
     assert wall_seconds([]) is None
+
+
+def test_report_shows_core_and_chatcore_per_stage(evaluated_run):
+    sft_checkpoint = runs.list_checkpoints(evaluated_run.with_name("tiny-sft"))[-1]
+    results = json.loads((sft_checkpoint / "evals.json").read_text())
+    results["chatcore"] = {"chatcore": 0.1234, "accuracy": None, "n": 20, "chance": None,
+                           "tasks": {"arc-easy": {"accuracy": 0.5, "centered": 0.3333}}}
+    results["core"] = {"core": -0.05, "accuracy": None, "n": 8, "chance": None, "label": "CORE (available tasks: 4 of 22)",
+                       "tasks": {"arc_easy": {"accuracy": 0.2, "centered": -0.0667}}}
+    (sft_checkpoint / "evals.json").write_text(json.dumps(results))
+    write_report(evaluated_run)
+    table = json.loads((evaluated_run / "report.json").read_text())["table"]
+    rows = {row[0]: row for row in table["rows"]}
+    assert rows["ChatCORE (centered)"][1:] == ["0", "-", "0.1234"]
+    assert rows["CORE (available tasks: 4 of 22) (centered)"][1:] == ["0", "-", "-0.0500"]
+    text = (evaluated_run / "report.md").read_text()
+    assert "centered arc-easy 0.3333" in text and "base -> SFT -> RL" in text

@@ -7,7 +7,8 @@ import pytest
 
 from workbench import runs
 from workbench.cli import main
-from workbench.speedrun import _training_status
+from workbench.errors import BadInput
+from workbench.speedrun import _training_status, chat_checkpoint
 
 ASSET_EVALS = Path(__file__).resolve().parent.parent / "assets" / "evals"
 
@@ -22,6 +23,29 @@ def test_training_status(tmp_path):
     assert _training_status(tmp_path, 5) == "done"
 
 
+def _fake_checkpoint(run_dir: Path, step: int) -> Path:
+    folder = run_dir / "checkpoints" / f"step_{step:06d}"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"")
+    (folder / "meta.json").write_text(json.dumps({"step": step}))
+    return folder
+
+
+def test_make_chat_picks_the_most_post_trained_stage(make_tiny_config, capsys):
+    cfg = make_tiny_config()
+    config_path = str(cfg.base_dir / "config.toml")
+    with pytest.raises(BadInput, match="no checkpoint yet"):
+        chat_checkpoint(cfg)
+    _fake_checkpoint(cfg.out_dir, 10)
+    newest = _fake_checkpoint(cfg.out_dir, 20)
+    assert chat_checkpoint(cfg) == newest  # the newest of pretraining
+    sft = _fake_checkpoint(cfg.stage_dir("sft"), 5)
+    assert chat_checkpoint(cfg) == sft  # a chat model beats a newer base model
+    grpo = _fake_checkpoint(cfg.stage_dir("grpo"), 2)
+    assert main(["speedrun", config_path, "--chat-checkpoint"]) == 0
+    assert capsys.readouterr().out.strip() == str(grpo)
+
+
 @pytest.mark.slow
 def test_speedrun_end_to_end_and_idempotent(make_tiny_config, capsys):
     # data and tokenizer of its own (empty dir / path: under the run folder), so every stage runs
@@ -29,7 +53,7 @@ def test_speedrun_end_to_end_and_idempotent(make_tiny_config, capsys):
                            train={"steps": 20, "eval_every": 10, "save_every": 10},
                            sft={"steps": 10, "eval_every": 10, "save_every": 10},
                            grpo={"steps": 2, "save_every": 2},
-                           eval={"tasks": ["bpb", "gsm8k"], "limit": 2, "max_new_tokens": 16,
+                           eval={"tasks": ["bpb", "chatcore"], "limit": 2, "max_new_tokens": 16,
                                  "data_dir": str(ASSET_EVALS)})  # bundled: no ../shared/data needed
     config_path = str(cfg.base_dir / "config.toml")
     assert main(["speedrun", config_path]) == 0
@@ -37,20 +61,29 @@ def test_speedrun_end_to_end_and_idempotent(make_tiny_config, capsys):
     report = cfg.out_dir / "report.md"
     assert output.strip().splitlines()[-1] == f"report: {report}"
     assert report.exists() and (cfg.out_dir / "report.json").exists()
-    for stage in ("prepare", "tokenizer", "pretrain", "sft", "grpo", "eval"):
-        assert f"  {stage:<10} ran" in output, stage
+    stages = ("prepare", "tokenizer", "pretrain", "sft", "grpo", "eval/pretrain", "eval/sft", "eval/grpo")
+    for stage in stages:
+        assert f"  {stage:<13} ran" in output, stage
+    assert "pretrain -> sft -> grpo" in output
 
     assert runs.read_status(cfg.out_dir)["state"] == "done"
     sft_meta = json.loads((runs.list_checkpoints(cfg.stage_dir("sft"))[-1] / "meta.json").read_text())
     final = runs.list_checkpoints(cfg.stage_dir("grpo"))[-1]
     assert sft_meta["stage"] == "sft" and json.loads((final / "meta.json").read_text())["stage"] == "grpo"
-    evals = json.loads((final / "evals.json").read_text())
-    assert set(evals) == {"bpb", "gsm8k"}
-    assert "gsm8k" in report.read_text()
+    # base -> SFT -> RL: the same tasks on each stage's last checkpoint, side by side in the report
+    tasks = {"bpb", "arc-easy", "arc-challenge", "mmlu", "gsm8k", "humaneval", "chatcore"}
+    for stage in ("pretrain", "sft", "grpo"):
+        evals = json.loads((runs.list_checkpoints(cfg.stage_dir(stage))[-1] / "evals.json").read_text())
+        assert set(evals) == tasks and evals["gsm8k"]["limit"] == 2, stage
+    table = json.loads((cfg.out_dir / "report.json").read_text())["table"]
+    assert [column.split(" ")[0] for column in table["header"][2:]] == ["pretrain", "sft", "grpo"]
+    chatcore_row = next(row for row in table["rows"] if row[0] == "ChatCORE (centered)")
+    assert all(cell != "-" for cell in chatcore_row[2:]), chatcore_row
+    assert "ChatCORE (centered)" in report.read_text()
 
     # again: everything is complete, so every stage is skipped and only the report is rewritten
     assert main(["speedrun", config_path]) == 0
     again = capsys.readouterr().out
-    for stage in ("prepare", "tokenizer", "pretrain", "sft", "grpo", "eval"):
+    for stage in stages:
         assert f"speedrun: {stage}: skipped" in again, stage
     assert again.strip().splitlines()[-1] == f"report: {report}"

@@ -1,6 +1,10 @@
 """`picochat speedrun CONFIG [--skip-grpo]`: every stage in order, one report at the end.
 
-    prepare -> tokenizer -> pretrain -> sft -> grpo -> eval (final checkpoint) -> report
+    prepare -> tokenizer -> pretrain -> sft -> grpo -> eval (each stage's last checkpoint) -> report
+
+The eval stage runs the config's [eval] tasks at its limit on the last checkpoint of pretraining,
+SFT and GRPO alike, so the report shows base -> SFT -> RL side by side (nanochat's report card).
+`--until pretrain` (or sft) stops after that stage: `make train` is the speedrun up to pretraining.
 
 Each stage runs in this process through the same function its own verb calls, and writes its run
 folder exactly as `picochat <stage>` would (so the TUI shows a speedrun like any other run). A
@@ -27,6 +31,11 @@ from workbench.errors import BadInput
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="run config (TOML): every section is used")
     parser.add_argument("--skip-grpo", action="store_true", help="stop post-training after SFT")
+    parser.add_argument("--until", choices=("pretrain", "sft", "grpo"), default="grpo",
+                        help="the last training stage to run; its checkpoints (and earlier ones) are evaluated")
+    parser.add_argument("--chat-checkpoint", action="store_true",
+                        help="print the checkpoint `make chat` talks to (the newest of the run's most "
+                             "post-trained stage: grpo, then sft, then pretrain) and exit")
 
 
 @dataclass
@@ -42,8 +51,12 @@ def run(args: argparse.Namespace) -> int:
     from workbench import config as config_module
 
     cfg = config_module.load(args.config)
+    if args.chat_checkpoint:
+        print(chat_checkpoint(cfg))
+        return 0
+    until = "sft" if args.skip_grpo and args.until == "grpo" else args.until
     try:
-        report_path, results = speedrun(cfg, skip_grpo=args.skip_grpo)
+        report_path, results = speedrun(cfg, until=until)
     except StageStopped as stopped:
         print(f"picochat speedrun: {stopped}", file=sys.stderr)
         return 1
@@ -77,12 +90,26 @@ def _training_status(run_dir: Path, total_steps: int) -> str:
     return "done" if step >= total_steps else "partial"
 
 
+def chat_checkpoint(cfg) -> Path:
+    """The checkpoint to chat with for a config: the newest of its most post-trained stage (GRPO,
+    then SFT, then pretraining), since a chat model answers turns and a base model only continues text."""
+    from workbench import runs
+
+    for stage in ("grpo", "sft", "pretrain"):
+        found = runs.list_checkpoints(cfg.stage_dir(stage))
+        if found:
+            return found[-1]
+    raise BadInput(f"{cfg.out_dir}: no checkpoint yet (train first: `make train CONFIG=...` or "
+                   f"`picochat speedrun CONFIG`)")
+
+
 def _heading(text: str) -> None:
     print(f"\n=== speedrun: {text} ===", flush=True)
 
 
-def speedrun(cfg, skip_grpo: bool = False, verbose: bool = True) -> tuple[Path, list[StageResult]]:
-    """Run every stage per the config; returns (report.md path, per-stage results)."""
+def speedrun(cfg, until: str = "grpo", verbose: bool = True) -> tuple[Path, list[StageResult]]:
+    """Run every stage per the config up to the training stage `until` (pretrain, sft or grpo), then
+    evaluate each trained stage's last checkpoint; returns (report.md path, per-stage results)."""
     results: list[StageResult] = []
     started = time.time()
 
@@ -121,27 +148,28 @@ def speedrun(cfg, skip_grpo: bool = False, verbose: bool = True) -> tuple[Path, 
                                    lambda resume: _pretrain(cfg, resume, verbose)))
     _say(results[-1])
 
+    trained = ["pretrain"]
     # 4. sft
-    _heading("sft")
-    results.append(_training_stage("sft", cfg.stage_dir("sft"), cfg.sft.steps,
-                                   lambda resume: _sft(cfg, resume, verbose)))
-    _say(results[-1])
-    final_run = cfg.stage_dir("sft")
+    if until in ("sft", "grpo"):
+        _heading("sft")
+        results.append(_training_stage("sft", cfg.stage_dir("sft"), cfg.sft.steps,
+                                       lambda resume: _sft(cfg, resume, verbose)))
+        _say(results[-1])
+        trained.append("sft")
 
     # 5. grpo
-    if skip_grpo:
-        results.append(StageResult("grpo", "skipped", note="--skip-grpo"))
-    else:
+    if until == "grpo":
         _heading("grpo")
         results.append(_training_stage("grpo", cfg.stage_dir("grpo"), cfg.grpo.steps,
                                        lambda resume: _grpo(cfg, resume, verbose)))
-        final_run = cfg.stage_dir("grpo")
-    _say(results[-1])
+        _say(results[-1])
+        trained.append("grpo")
 
-    # 6. eval of the final checkpoint
-    _heading("eval")
-    results.append(_eval(cfg, final_run, verbose))
-    _say(results[-1])
+    # 6. eval: every trained stage's last checkpoint on the same tasks (base -> SFT -> RL)
+    for stage in trained:
+        _heading(f"eval of the {stage} checkpoint")
+        results.append(_eval(cfg, stage, verbose))
+        _say(results[-1])
 
     # 7. the report
     _heading("report")
@@ -204,13 +232,14 @@ def _grpo(cfg, resume: bool, verbose: bool) -> dict[str, Any]:
     return figures
 
 
-def _eval(cfg, run_dir: Path, verbose: bool) -> StageResult:
-    """`picochat eval` on the newest checkpoint of the final stage, with [eval] tasks and limit;
+def _eval(cfg, stage: str, verbose: bool) -> StageResult:
+    """`picochat eval` on the newest checkpoint of a training stage, with [eval] tasks and limit;
     skipped when that checkpoint's evals.json already has every task at this limit."""
     from workbench import cli, runs
     from workbench.evals.common import parse_tasks
 
-    checkpoint = runs.list_checkpoints(run_dir)[-1]
+    name = f"eval/{stage}"
+    checkpoint = runs.list_checkpoints(cfg.stage_dir(stage))[-1]
     tasks = parse_tasks(cfg.eval.tasks)
     evals_path = checkpoint / "evals.json"
     done = {}
@@ -220,11 +249,13 @@ def _eval(cfg, run_dir: Path, verbose: bool) -> StageResult:
         except (OSError, ValueError):
             done = {}
     if all(isinstance(done.get(task), dict) and done[task].get("limit") == cfg.eval.limit for task in tasks):
-        return StageResult("eval", "skipped", note=f"{checkpoint} already evaluated", figures=_scores(done, tasks))
+        return StageResult(name, "skipped", note=f"{checkpoint} already evaluated", figures=_scores(done, tasks))
     t = time.time()
     # the data folder of the config being run (a checkpoint's frozen copy may predate an edit)
     argv = ["eval", str(checkpoint), "--tasks", ",".join(tasks), "--limit", str(cfg.eval.limit),
             "--device", cfg.run.device, "--data-dir", str(cfg.resolve_path(cfg.eval.data_dir))]
+    if cfg.eval.core_bundle:
+        argv += ["--core-bundle", str(cfg.resolve_path(cfg.eval.core_bundle))]
     if verbose:
         code = cli.main(argv)
     else:
@@ -233,16 +264,13 @@ def _eval(cfg, run_dir: Path, verbose: bool) -> StageResult:
     if code != 0:
         raise BadInput(f"{checkpoint}: `picochat {' '.join(argv)}` failed (exit {code})")
     done = json.loads(evals_path.read_text(encoding="utf-8"))
-    return StageResult("eval", "ran", time.time() - t, str(checkpoint), _scores(done, tasks))
+    return StageResult(name, "ran", time.time() - t, str(checkpoint), _scores(done, tasks))
 
 
 def _scores(results: dict[str, Any], tasks: list[str]) -> dict[str, Any]:
-    scores = {}
-    for task in tasks:
-        entry = results.get(task) or {}
-        value = entry.get("bpb") if task == "bpb" else entry.get("accuracy")
-        scores[task] = _round(value)
-    return scores
+    from workbench.evals.common import headline_score
+
+    return {task: _round(headline_score(task, results.get(task) or {})) for task in tasks}
 
 
 def _round(value: Any, digits: int = 4) -> Any:
@@ -262,4 +290,9 @@ def print_summary(results: list[StageResult]) -> None:
         figures = ", ".join(f"{key} {value}" for key, value in result.figures.items() if value is not None)
         parts = [part for part in (result.status, format_duration(result.seconds) if result.seconds else "",
                                    figures, result.note if result.status == "skipped" else "") if part]
-        print(f"  {result.name:<10} " + " | ".join(parts))
+        print(f"  {result.name:<13} " + " | ".join(parts))
+    evals = [result for result in results if result.name.startswith("eval/")]
+    if len(evals) > 1:  # the same tasks on each stage's last checkpoint
+        print("\n" + " -> ".join(result.name.removeprefix("eval/") for result in evals))
+        for task in evals[0].figures:
+            print(f"  {task:<13} " + " -> ".join(str(result.figures.get(task, "-")) for result in evals))

@@ -24,7 +24,7 @@ from typing import Any
 
 from workbench import runs
 from workbench.errors import BadInput
-from workbench.evals.common import TASKS
+from workbench.evals.common import SCORE_KEYS, TASKS, headline_score
 
 STAGES = ("prepare", "tokenizer", "pretrain", "sft", "grpo", "eval")
 TRAIN_STAGES = ("pretrain", "sft", "grpo")
@@ -309,8 +309,9 @@ def _fmt_percent(value: Any) -> str:
 
 
 def score_cell(task: str, result: dict[str, Any]) -> str:
-    if task == "bpb":
-        return _fmt_number(result.get("bpb"))
+    if task in SCORE_KEYS:  # bpb, and CORE / ChatCORE: centered, 0 = chance, 1 = perfect
+        value = headline_score(task, result)
+        return "-" if value is None else f"{value:.4f}"
     cell = _fmt_percent(result.get("accuracy"))
     if result.get("n") is not None and cell != "-":
         cell += f" (n={result['n']})"
@@ -361,6 +362,11 @@ def main_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         chance = TASKS.get(task, ("", None, ""))[1]
         chance_text = "-" if chance is None else f"{100 * chance:.0f}%"
         label = "bpb (eval, lower is better)" if task == "bpb" else task
+        if task in ("core", "chatcore"):
+            chance_text = "0"
+            names = [newest_evals.get(s, {}).get(task, {}).get("label") for s in columns]
+            label = (next((name for name in names if isinstance(name, str)), "CORE") if task == "core"
+                     else "ChatCORE") + " (centered)"
         add(label, chance_text, [score_cell(task, newest_evals.get(s, {}).get(task, {})) for s in columns])
         if task in ("arc-easy", "arc-challenge", "mmlu", "hellaswag"):
             add(f"{task}, letter answer", chance_text,
@@ -387,8 +393,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     header, rows = main_table(report)
     if rows:
         lines += [_md_table(header, rows), ""]
-        lines += ["Eval scores are from each stage's newest checkpoint that was evaluated; n is the number of "
-                  "examples (a `--limit` run scores a sample). Chance is the score of guessing uniformly.", ""]
+        lines += ["Eval scores are from each stage's newest checkpoint that was evaluated (the speedrun evaluates "
+                  "the last checkpoint of pretraining, SFT and GRPO on the same tasks: base -> SFT -> RL); n is the "
+                  "number of examples (a `--limit` run scores a sample). Chance is the score of guessing uniformly. "
+                  "CORE and ChatCORE are means of centered accuracies, (accuracy - chance) / (1 - chance): 0 is "
+                  "chance, 1 perfect.", ""]
     else:
         lines += ["(no training or eval results yet)", ""]
     lines += ["## Stages", "", _md_table(["stage", "wall time", "details"], [
@@ -414,6 +423,10 @@ def render_markdown(report: dict[str, Any]) -> str:
                     extras.append(f"thought_tokens {result['thought_tokens']:.1f}")
                 if result.get("outcomes"):
                     extras.append("outcomes " + " ".join(f"{k} {v}" for k, v in sorted(result["outcomes"].items())))
+                if task in ("core", "chatcore") and isinstance(result.get("tasks"), dict):
+                    extras.append("centered " + ", ".join(
+                        f"{name} {_fmt_number(part.get('centered'))}" for name, part in result["tasks"].items()
+                        if isinstance(part, dict)))
                 eval_rows.append([entry["stage"], Path(entry["checkpoint"]).name, task, score_cell(task, result),
                                   "-" if chance is None else f"{100 * chance:.0f}%", ", ".join(extras)])
         lines += [_md_table(["stage", "checkpoint", "task", "score", "chance", "more"], eval_rows), ""]
