@@ -1,4 +1,5 @@
-"""A plain nanoGPT-style GPT: the baseline bench/train.py races picochat against.
+"""A plain nanoGPT-style GPT: the baseline bench/train.py (speed) and bench/learn.py (char-level,
+held-out bits per byte) race picochat against.
 
 Learned positions, LayerNorm with bias, one fused q/k/v projection, full multi-head causal attention
 through SDPA, GELU MLP (4x), head tied to the token embedding, AdamW (nanoGPT's defaults: betas
@@ -28,26 +29,27 @@ class CausalSelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, dropout: float = 0.0):
         super().__init__()
         self.ln_1 = nn.LayerNorm(width)
         self.attn = CausalSelfAttention(width, heads)
         self.ln_2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+        self.drop = nn.Dropout(dropout)  # nanoGPT's residual dropout (its attention dropout is left out)
 
     def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+        x = x + self.drop(self.attn(self.ln_1(x)))
+        return x + self.drop(self.mlp(self.ln_2(x)))
 
 
 class BaselineGPT(nn.Module):
-    def __init__(self, vocab_size: int, depth: int, width: int, heads: int, seq_len: int):
+    def __init__(self, vocab_size: int, depth: int, width: int, heads: int, seq_len: int, dropout: float = 0.0):
         super().__init__()
         self.vocab_size, self.depth, self.width, self.heads, self.seq_len = vocab_size, depth, width, heads, seq_len
         self.max_context = seq_len
         self.wte = nn.Embedding(vocab_size, width)
         self.wpe = nn.Embedding(seq_len, width)
-        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(width, heads, dropout) for _ in range(depth))
         self.ln_f = nn.LayerNorm(width)
         self.lm_head = nn.Linear(width, vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied, as in nanoGPT
@@ -84,8 +86,9 @@ class BaselineGPT(nn.Module):
         matmul_params = self.num_params() - self.wpe.weight.numel()
         return float(6 * matmul_params + 12 * self.depth * self.width * self.seq_len)
 
-    def make_optimizer(self, lr: float = 6e-4, weight_decay: float = 0.1) -> torch.optim.Optimizer:
+    def make_optimizer(self, lr: float = 6e-4, weight_decay: float = 0.1,
+                       betas: tuple[float, float] = (0.9, 0.95)) -> torch.optim.Optimizer:
         decay = [p for p in self.parameters() if p.dim() >= 2]
         no_decay = [p for p in self.parameters() if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+        return torch.optim.AdamW(groups, lr=lr, betas=betas)
