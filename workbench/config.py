@@ -354,9 +354,12 @@ def _check_value(section_cls: type, name: str, default: Any, value: Any) -> tupl
     return value, None
 
 
-def validate(data: dict[str, Any], path: Path | str = "<config>", text: str = "") -> tuple[Config, list[str]]:
+def validate(data: dict[str, Any], path: Path | str = "<config>", text: str = "",
+             cross_checks: bool = True) -> tuple[Config, list[str]]:
     """Build a Config from parsed TOML; returns (config, errors). Errors read
-    "FILE:LINE: [section] key: problem" so both the CLI and the TUI editor can show them."""
+    "FILE:LINE: [section] key: problem" so both the CLI and the TUI editor can show them.
+    cross_checks=False checks keys, types and ranges only (one `picochat sweep --set` value, whose
+    combination with the rest of the config is checked per point)."""
     config = Config()
     errors: list[str] = []
     for section_name, values in data.items():
@@ -382,7 +385,7 @@ def validate(data: dict[str, Any], path: Path | str = "<config>", text: str = ""
             else:
                 checked[key] = value
         setattr(config, section_name, dataclasses.replace(defaults, **checked))
-    if not errors:
+    if not errors and cross_checks:
         errors.extend(_cross_checks(config, path, text))
     return config, errors
 

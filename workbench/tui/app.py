@@ -55,6 +55,7 @@ class PicochatApp(App):
         self.runs_dir = Path(runs_dir)
         # What the screens share: the run being looked at, and what a screen was asked to open.
         self.current_run: Path | None = None
+        self.pending_overlay: list[Path] | None = None  # runs the dashboard overlays next (a sweep's)
         self.pending_config: Path | None = None
         self.current_config: Path | None = None  # the config last saved or launched
         self.chat_checkpoint: Path | None = None
@@ -95,8 +96,9 @@ class PicochatApp(App):
         if self.current_mode != mode:
             self.switch_mode(mode)
 
-    def open_run(self, run_dir: Path, mode: str = "dashboard") -> None:
+    def open_run(self, run_dir: Path, mode: str = "dashboard", overlay: list[Path] | None = None) -> None:
         self.current_run = Path(run_dir)
+        self.pending_overlay = [Path(path) for path in overlay] if overlay is not None else None
         self._go(mode)
 
     def open_config(self, config_path: Path) -> None:

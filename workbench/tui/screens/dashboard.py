@@ -100,6 +100,8 @@ class DashboardScreen(Screen):
             self.run_dir = run_dir
             self.overlay = []
             self.metrics = {}
+        if self.app.pending_overlay is not None:  # opened on a sweep: its other runs overlaid
+            self.overlay, self.app.pending_overlay = self.app.pending_overlay, None
         self.poll(force=True)
 
     def poll(self, force: bool = False) -> None:

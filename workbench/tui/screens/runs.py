@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from rich.markup import escape
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -16,7 +17,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from workbench import config as config_module
-from workbench import runs
+from workbench import runs, sweep
 from workbench.tui.actions import control_run, resume_training
 from workbench.tui.launch import LIVE_STATES
 from workbench.tui.widgets.dialogs import ConfirmDialog
@@ -30,7 +31,7 @@ COLUMNS = ("run", "state", "stage", "step", "loss", "tok/s", "ETA", "message")
 
 
 def format_count(value: float | None) -> str:
-    if value is None:
+    if not runs.is_number(value):  # None, or garbage from a run folder's JSON
         return "-"
     for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(value) >= size:
@@ -47,8 +48,41 @@ def run_row(info: runs.RunInfo) -> tuple:
     message = info.message or ""
     if info.state == "crashed":  # the worker died without a word: say what can be done
         message = "worker gone without finishing; r resumes from the newest checkpoint"
-    return (info.name, Text(info.state, style=STATE_STYLES.get(info.state, "")), info.stage or "-", step,
-            loss, format_count(info.tokens_per_second), eta, message[:70])
+    # DataTable reads str cells as Rich markup: a run folder's words are escaped to show as they are
+    return (escape(info.name), Text(info.state, style=STATE_STYLES.get(info.state, "")), escape(info.stage or "-"),
+            step, loss, format_count(info.tokens_per_second), eta, escape(message[:70]))
+
+
+SWEEP_KEY = "sweep:"  # row key prefix of a sweep's header row (the other rows' keys are run folders)
+
+
+def sweep_row(info: sweep.SweepInfo) -> tuple:
+    best = info.best
+    result = f"best val bpb {best['val_bpb']:.4f}: {best.get('label', best['name'])}" if best else "no point scored yet"
+    return (Text(info.name, style="bold"), Text(info.state, style=STATE_STYLES.get(info.state, "yellow")),
+            Text("sweep"), f"{info.done}/{len(info.points)}", "-", "-", "-", Text(f"{result}; o overlays its runs"))
+
+
+def grouped_rows(infos: list[runs.RunInfo], sweeps: list[sweep.SweepInfo]) -> list[tuple[str, tuple]]:
+    """(row key, row) in the runs' order (newest first), except that a sweep's runs come together,
+    indented under a header row for the sweep, where its newest run would be."""
+    by_name = {info.name: info for info in infos}
+    member_of = {name: found for found in sweeps for name in found.run_names}
+    entries = [(SWEEP_KEY + str(found.path), sweep_row(found)) for found in sweeps
+               if not any(name in by_name for name in found.run_names)]  # no run folder yet: on top
+    shown: set[Path] = set()
+    for info in infos:
+        found = member_of.get(info.name)
+        if found is None:
+            entries.append((str(info.path), run_row(info)))
+        elif found.path not in shown:
+            shown.add(found.path)
+            entries.append((SWEEP_KEY + str(found.path), sweep_row(found)))
+            for name in found.run_names:
+                if name in by_name:
+                    row = run_row(by_name[name])
+                    entries.append((str(by_name[name].path), (Text("  " + by_name[name].name), *row[1:])))
+    return entries
 
 
 class RunsScreen(Screen):
@@ -61,6 +95,7 @@ class RunsScreen(Screen):
         Binding("u", "control('resume')", "Unpause"),
         Binding("r", "resume_training", "Resume training"),
         Binding("d", "delete_run", "Delete"),
+        Binding("o", "overlay_sweep", "Overlay sweep", show=False),  # a sweep row says so
     ]
 
     def compose(self) -> ComposeResult:
@@ -85,12 +120,13 @@ class RunsScreen(Screen):
         if not self.is_current:
             return  # nobody is looking: skip the disk reads
         infos = runs.list_runs(self.app.runs_dir)
-        rows = [run_row(info) for info in infos]
+        entries = grouped_rows(infos, sweep.list_sweeps(self.app.runs_dir))
+        rows = [row for _, row in entries]
         table = self.query_one(DataTable)
         empty = self.query_one("#runs-empty", Static)
-        empty.display = not infos
-        table.display = bool(infos)
-        if not infos:
+        empty.display = not entries
+        table.display = bool(entries)
+        if not entries:
             where = self.app.runs_dir
             missing = "" if where.is_dir() else f"The runs folder {where} does not exist yet.\n"
             empty.update(f"No runs in {where}.\n{missing}\n"
@@ -99,29 +135,56 @@ class RunsScreen(Screen):
         if rows == self._rows:
             return
         self._rows = rows
-        selected = self.selected_run()
+        selected = self.selected_key()
         table.clear()
-        for info, row in zip(infos, rows, strict=True):
-            table.add_row(*row, key=str(info.path))
-        if selected is not None:
-            keys = [str(info.path) for info in infos]
-            if str(selected) in keys:
-                table.move_cursor(row=keys.index(str(selected)))
+        for key, row in entries:
+            table.add_row(*row, key=key)
+        keys = [key for key, _ in entries]
+        if selected in keys:
+            table.move_cursor(row=keys.index(selected))
 
-    def selected_run(self) -> Path | None:
+    def selected_key(self) -> str | None:
         table = self.query_one(DataTable)
         if not table.row_count:
             return None
         row_key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
-        return Path(row_key.value) if row_key.value else None
+        return row_key.value or None
+
+    def selected_run(self) -> Path | None:
+        key = self.selected_key()
+        return Path(key) if key and not key.startswith(SWEEP_KEY) else None
+
+    def selected_sweep(self) -> sweep.SweepInfo | None:
+        """The sweep of the selected row: its header row or one of its runs."""
+        key = self.selected_key()
+        if key and key.startswith(SWEEP_KEY):
+            return sweep.read_sweep(key[len(SWEEP_KEY):])
+        run_dir = self.selected_run()
+        if run_dir is None:
+            return None
+        return next((found for found in sweep.list_sweeps(self.app.runs_dir) if run_dir.name in found.run_names), None)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self.action_open_run()
 
     def action_open_run(self) -> None:
-        run_dir = self.selected_run()
-        if run_dir is not None:
+        key = self.selected_key()
+        if key and key.startswith(SWEEP_KEY):
+            self.action_overlay_sweep()
+        elif (run_dir := self.selected_run()) is not None:
             self.app.open_run(run_dir)
+
+    def action_overlay_sweep(self) -> None:
+        """The dashboard on the sweep's best run (or its first), every other run of it overlaid."""
+        found = self.selected_sweep()
+        if found is None:
+            self.notify("o overlays a sweep's runs: select a sweep or one of its runs", severity="warning")
+            return
+        folders = [found.path.parent / name for name in found.run_names if (found.path.parent / name).is_dir()]
+        if not folders:
+            self.notify(f"{found.name} has no run folders yet", severity="warning")
+            return
+        self.app.open_run(folders[0], overlay=folders[1:])
 
     def action_new_run(self) -> None:
         self.app.open_config(config_module.default_config_path())
