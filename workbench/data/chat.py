@@ -3,8 +3,10 @@
 A chat JSONL line is {"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}
 (other fields are ignored; a GSM8K line {"question", "answer"} is read as one exchange). A system
 message folds into the first user turn. Malformed lines (bad JSON, missing roles, unknown roles,
-wrong user/assistant alternation, empty content, no assistant reply) are counted by reason and
-skipped; `LoadReport.summary()` says what was skipped where. A file with no usable line is BadInput.
+wrong user/assistant alternation, empty content, no assistant reply, bytes that are not UTF-8,
+JSON nested too deeply) are counted by reason and skipped; `LoadReport.summary()` says what was
+skipped where. A UTF-8 byte order mark is allowed. A file with no usable line, a UTF-16 or binary
+file, and anything but a regular file (a FIFO would hang the reader) are BadInput.
 
 GSM8K answers carry calculator annotations "48/2 = <<48/2=24>>24 clips": each becomes a tool call
 in the assistant's content parts (text, {"type": "python", "text": "48/2"}, {"type":
@@ -24,6 +26,7 @@ row of the batch; targets are -1 wherever the loss mask is 0 (user text, tool ou
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from collections import Counter
@@ -33,7 +36,9 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
+from workbench.data.sources import BOM, SNIFF_BYTES, decode_line, sniff_head
 from workbench.errors import BadInput
+from workbench.input_files import NestedTooDeeply, open_regular, parse_json
 
 ROLES = ("system", "user", "assistant")
 PART_TYPES = ("text", "thinking", "python", "python_output")
@@ -160,27 +165,37 @@ class LoadReport:
 
 def load_chat_jsonl(path: str | Path) -> tuple[list[list[dict[str, Any]]], LoadReport]:
     """Every valid conversation of a chat JSONL file, and a report of what was skipped and why.
-    BadInput when the file is missing, unreadable, or holds no valid conversation."""
+    BadInput when the file is missing, unreadable, not a regular file, not UTF-8 text as a whole
+    (UTF-16, binary), or holds no valid conversation."""
     path = Path(path)
     report = LoadReport(str(path))
     conversations = []
-    try:
-        handle = open(path, encoding="utf-8")  # noqa: SIM115
-    except OSError as error:
-        raise BadInput(f"{path}: cannot read chat data: {error.strerror or error}") from None
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            report.lines += 1
-            try:
-                conversations.append(normalize_conversation(json.loads(line)))
-            except json.JSONDecodeError:
-                _skip(report, "malformed JSON", number)
-            except ChatFormatError as error:
-                _skip(report, error.reason, number)
-            except UnicodeDecodeError:
-                _skip(report, "not UTF-8", number)
+    with open_regular(path, "chat data") as handle:
+        try:
+            problem = sniff_head(handle.read(SNIFF_BYTES))
+            if problem and problem != "empty file":
+                raise BadInput(f"{path}: {problem}")
+            handle.seek(0)
+            for number, raw in enumerate(handle, start=1):
+                if number == 1:
+                    raw = raw.removeprefix(BOM)
+                if not raw.strip():
+                    continue
+                report.lines += 1
+                line = decode_line(raw)
+                if line is None:
+                    _skip(report, "not UTF-8", number)
+                    continue
+                try:
+                    conversations.append(normalize_conversation(parse_json(line)))
+                except NestedTooDeeply as error:
+                    _skip(report, error.msg, number)
+                except json.JSONDecodeError:
+                    _skip(report, "malformed JSON", number)
+                except ChatFormatError as error:
+                    _skip(report, error.reason, number)
+        except OSError as error:
+            raise BadInput(f"{path}: cannot read chat data ({error.strerror or error})") from None
     report.kept = len(conversations)
     if not conversations:
         problem = f" in {report.lines} lines: {report.reasons()}" if report.skipped else " (empty file)"
@@ -234,8 +249,8 @@ def parse_dataset_spec(spec: str) -> tuple[str, float]:
         return spec, 1.0
     if not source or source == "synthetic":  # "synthetic:arith" has no weight; "x.jsonl" neither
         return spec, 1.0
-    if not weight > 0:
-        raise BadInput(f"[sft] datasets: weight must be > 0 in {spec!r}")
+    if not (math.isfinite(weight) and weight > 0):  # inf would crowd out every other dataset, nan never draws
+        raise BadInput(f"[sft] datasets: weight must be a finite number > 0 in {spec!r}")
     return source, weight
 
 
@@ -323,11 +338,14 @@ class ChatMixture:
 
     def __init__(self, datasets: list, seed: int):
         self.datasets, self.seed = datasets, seed
-        total = sum(dataset.weight for dataset in datasets)
+        # relative to the largest weight: two weights of 1e308 sum to inf, their shares do not
+        largest = max(dataset.weight for dataset in datasets)
+        shares = [dataset.weight / largest for dataset in datasets]
+        total = sum(shares)
         self.cumulative = []
         running = 0.0
-        for dataset in datasets:
-            running += dataset.weight / total
+        for share in shares:
+            running += share / total
             self.cumulative.append(running)
         self.drawn = 0
         self.counts = {dataset.name: 0 for dataset in datasets}

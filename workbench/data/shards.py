@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import BadInput
+from workbench.input_files import parse_json
 
 SPLITS = ("train", "val")
 TEXT_COLUMN = "text"
@@ -40,7 +41,7 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
     """manifest.json of a prepared data folder ({} when absent); BadInput when unreadable."""
     path = Path(data_dir) / "manifest.json"
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = parse_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:

@@ -11,8 +11,10 @@
 goes into the skip report so the user can find the bad record. Problems in single records
 (undecodable bytes, bad JSON lines, missing fields) are counted in the SourceReport and skipped;
 problems that make a whole file unreadable as what it claims to be (corrupt parquet, invalid
-.json, a missing column) raise BadInput naming the file. Empty and binary files are skipped and
-reported.
+.json, a missing column, JSON nested too deeply) raise BadInput naming the file. Empty and binary
+files are skipped and reported. A source named directly must be a regular file (a FIFO or
+/dev/zero would hang the reader: BadInput); other folder entries are reported and left out. A file
+that cannot be read (permissions, I/O errors) is BadInput naming it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from workbench.errors import BadInput
+from workbench.input_files import NestedTooDeeply, not_regular_reason, parse_json
 
 KINDS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "jsonl", ".json": "json",
          ".csv": "csv", ".parquet": "parquet"}
@@ -77,8 +80,8 @@ class SourceReport:
 def expand_sources(sources: list[Path]) -> tuple[list[Path], list[dict[str, str]]]:
     """Files to read, in order: each file as given, each folder's supported files recursively
     (sorted, hidden ones left out). Returns (files, ignored) where ignored lists the folder
-    entries that were left out and why. Missing sources and unsupported files named directly
-    raise BadInput."""
+    entries that were left out and why. Missing sources, unsupported files and anything but a
+    regular file (a FIFO or /dev/zero would hang the reader) named directly raise BadInput."""
     files: list[Path] = []
     ignored: list[dict[str, str]] = []
     seen: set[Path] = set()
@@ -96,15 +99,20 @@ def expand_sources(sources: list[Path]) -> tuple[list[Path], list[dict[str, str]
             found = 0
             for path in sorted(source.rglob("*")):
                 relative = path.relative_to(source)
-                if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+                if any(part.startswith(".") for part in relative.parts) or path.is_dir():
                     continue
-                if path.suffix.lower() in KINDS:
+                unusable = not_regular_reason(path) if path.exists() else "broken symbolic link"
+                if unusable:
+                    ignored.append({"path": str(path), "reason": unusable})
+                elif path.suffix.lower() in KINDS:
                     add(path)
                     found += 1
                 else:
                     ignored.append({"path": str(path), "reason": "unsupported file type"})
             if not found:
                 ignored.append({"path": str(source), "reason": f"folder has no {SUPPORTED} files"})
+        elif unusable := not_regular_reason(source):
+            raise BadInput(f"{source}: {unusable}")
         elif source.suffix.lower() in KINDS:
             add(source)
         else:
@@ -120,10 +128,17 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _sniff(path: Path) -> str:
+SNIFF_BYTES = 8192
+
+
+def sniff(path: Path) -> str:
     """A reason to skip a would-be text file outright ('' when it looks like text)."""
     with open(path, "rb") as handle:
-        head = handle.read(8192)
+        return sniff_head(handle.read(SNIFF_BYTES))
+
+
+def sniff_head(head: bytes) -> str:
+    """sniff() on the first SNIFF_BYTES bytes of a file."""
     if not head:
         return "empty file"
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
@@ -150,7 +165,7 @@ class _Lines:
         self.report.sha256 = self.digest.hexdigest()
 
 
-def _decode(raw: bytes) -> str | None:
+def decode_line(raw: bytes) -> str | None:
     """A line as text without its line ending, or None when it is not valid UTF-8 (or has NULs)."""
     try:
         text = raw.decode("utf-8")
@@ -167,10 +182,18 @@ def _decode(raw: bytes) -> str | None:
 
 def read_source(path: Path, report: SourceReport, text_field: str = "text",
                 separator: str = "") -> Iterator[tuple[str, Any]]:
-    """Documents of one file as (text, where). Updates `report` as it reads."""
+    """Documents of one file as (text, where). Updates `report` as it reads. A file that cannot
+    be read (permissions, I/O error) is BadInput naming it."""
+    try:
+        yield from _read_source(path, report, text_field, separator)
+    except OSError as error:
+        raise BadInput(f"{path}: cannot read data source ({error.strerror or error})") from None
+
+
+def _read_source(path: Path, report: SourceReport, text_field: str, separator: str) -> Iterator[tuple[str, Any]]:
     report.size = path.stat().st_size
     if report.kind != "parquet":
-        reason = _sniff(path)
+        reason = sniff(path)
         if reason:
             report.skipped_file = reason
             report.sha256 = file_sha256(path)
@@ -208,7 +231,7 @@ def _read_text(path: Path, report: SourceReport, separator: str = "", **_: Any) 
 
     with open(path, "rb") as handle:
         for number, raw in _Lines(handle, report):
-            text = _decode(raw)
+            text = decode_line(raw)
             if text is None:
                 bad_line = bad_line or number
                 text = "\ufffd"  # a placeholder that keeps the document open
@@ -229,12 +252,15 @@ def _read_jsonl(path: Path, report: SourceReport, text_field: str = "text", **_:
         for number, raw in _Lines(handle, report):
             if not raw.strip():
                 continue
-            text = _decode(raw)
+            text = decode_line(raw)
             if text is None:
                 report.skip("invalid UTF-8", number)
                 continue
             try:
-                record = json.loads(text)
+                record = parse_json(text)
+            except NestedTooDeeply as error:
+                report.skip(error.msg, number)
+                continue
             except json.JSONDecodeError:
                 report.skip("invalid JSON", number)
                 continue
@@ -275,7 +301,9 @@ def _read_json(path: Path, report: SourceReport, text_field: str = "text", **_: 
         return
     del raw
     try:
-        data = json.loads(text)
+        data = parse_json(text)
+    except NestedTooDeeply as error:
+        raise BadInput(f"{path}:{error.lineno}: {error.msg}") from None
     except json.JSONDecodeError as error:
         if error.msg == "Extra data":  # JSON Lines saved as .json
             del text

@@ -8,13 +8,16 @@ work without a model, so a perfect answer sheet can be scored in milliseconds.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from workbench.errors import BadInput
+from workbench.input_files import NestedTooDeeply, open_regular, parse_json
 
 # task name -> (relative path under the eval data dir, chance level or None, one-line description)
 TASKS: dict[str, tuple[str, float | None, str]] = {
@@ -75,22 +78,26 @@ def headline_score(task: str, result: dict[str, Any]) -> float | None:
 # reading eval files: every problem is a BadInput naming the file and the line
 
 
+def _open_eval_file(path: Path, newline: str | None = None) -> io.TextIOWrapper:
+    """An eval file as UTF-8 text (a byte order mark allowed); BadInput when it is missing, not
+    a regular file (a FIFO would hang the reader) or unreadable."""
+    if not os.path.lexists(path):
+        raise BadInput(f"{path}: eval file not found (is --data-dir right?)")
+    return io.TextIOWrapper(open_regular(path, "eval file"), encoding="utf-8-sig", newline=newline)
+
+
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line; a line that is not a JSON object is BadInput."""
     path = Path(path)
-    try:
-        handle = open(path, encoding="utf-8")  # noqa: SIM115
-    except FileNotFoundError:
-        raise BadInput(f"{path}: eval file not found (is --data-dir right?)") from None
-    except OSError as error:
-        raise BadInput(f"{path}: cannot read eval file: {error}") from None
-    with handle:
+    with _open_eval_file(path) as handle:
         try:
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    record = parse_json(line)
+                except NestedTooDeeply as error:
+                    raise BadInput(f"{path}:{number}: {error.msg}") from None
                 except json.JSONDecodeError as error:
                     raise BadInput(f"{path}:{number}: not valid JSON ({error.msg})") from None
                 if not isinstance(record, dict):
@@ -98,16 +105,14 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 yield number, record
         except UnicodeDecodeError:
             raise BadInput(f"{path}: not UTF-8 text") from None
+        except OSError as error:
+            raise BadInput(f"{path}: cannot read eval file ({error.strerror or error})") from None
 
 
 def iter_csv(path: Path) -> Iterator[tuple[int, list[str]]]:
     """(line number, row) for each CSV record (line number of the record's first line)."""
     path = Path(path)
-    try:
-        handle = open(path, encoding="utf-8", newline="")  # noqa: SIM115
-    except FileNotFoundError:
-        raise BadInput(f"{path}: eval file not found (is --data-dir right?)") from None
-    with handle:
+    with _open_eval_file(path, newline="") as handle:
         reader = csv.reader(handle)
         line = 1
         try:
@@ -118,6 +123,8 @@ def iter_csv(path: Path) -> Iterator[tuple[int, list[str]]]:
             raise BadInput(f"{path}:{reader.line_num}: malformed CSV ({error})") from None
         except UnicodeDecodeError:
             raise BadInput(f"{path}: not UTF-8 text") from None
+        except OSError as error:
+            raise BadInput(f"{path}: cannot read eval file ({error.strerror or error})") from None
 
 
 def require(record: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
