@@ -196,6 +196,7 @@ def _prepare(config: Any, data: Any, data_dir: Path, writer: Any, progress: Prog
         writer.write_status(state="running")
         writer.event(f"preparing {len(files)} file(s), {total_bytes:,} bytes -> {data_dir}")
 
+    _clean_up_after_killed_prepares(data_dir)
     temporary = data_dir.with_name(f".{data_dir.name}.tmp-{os.getpid()}")
     if temporary.exists():
         shutil.rmtree(temporary)
@@ -345,6 +346,27 @@ def _kind(path: Path) -> str:
     from workbench.data.sources import KINDS
 
     return KINDS[path.suffix.lower()]
+
+
+def _clean_up_after_killed_prepares(data_dir: Path) -> None:
+    """Folders a killed prepare left next to DATA_DIR, named for its pid: its half-written output
+    (.DIR.tmp-PID) is removed, and the previous dataset, set aside while the new one was moved in
+    (.DIR.old-PID), comes back if DATA_DIR is missing (killed between _replace's two renames).
+    Folders of a live pid belong to a prepare still running and stay."""
+    from workbench.runs import pid_alive
+
+    prefix = f".{data_dir.name}."
+    if not data_dir.parent.is_dir():
+        return
+    leftovers = [path for path in data_dir.parent.iterdir() if path.name.startswith(prefix)]
+    for path in sorted(leftovers, key=lambda path: not path.name.startswith(f"{prefix}old-")):  # old first
+        kind, _, pid = path.name[len(prefix):].partition("-")
+        if kind not in ("tmp", "old") or not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
+            continue
+        if kind == "old" and not data_dir.exists():
+            os.replace(path, data_dir)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _replace(temporary: Path, data_dir: Path) -> None:
