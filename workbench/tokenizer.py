@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -36,6 +37,54 @@ SPECIAL_TOKENS = ["<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_star
 # runs, newlines, other whitespace.
 SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
                  r"""|\s*[\r\n]|\s+(?!\S)|\s+""")
+
+
+# tokenizers holds about 100 bytes per character of a string while it pre-tokenizes it (a 20 MB
+# one-line document peaked at 2 GB in training, 100 MB at 17.7 GB), so no string it sees, training
+# or encoding, may be long; and a batch, whose strings it works on in parallel, is bounded in
+# characters as well as in documents.
+MAX_PIECE_CHARS = 50_000
+MAX_BATCH_CHARS = 1_000_000
+BATCH_DOCUMENTS = 256  # typical documents: counting words a batch at a time is ~1.4x faster than one by one
+# Where a long text may be cut without changing its tokens: before a whitespace character that
+# follows a letter or digit, or before a space or tab (not a line break, which a punctuation run
+# takes in) that follows any non-whitespace. SPLIT_PATTERN starts a new piece there in any case.
+# Whitespace is Unicode's White_Space, as the pattern's \s means it (Python's \s also takes
+# \x1c-\x1f). Searched in a reversed window, so the pair reads (whitespace, what precedes it).
+_WHITESPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_WHITESPACE_NOT_CR_LF = "\t\v\f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_CUT_BEFORE = re.compile(f"[{_WHITESPACE}][^{_WHITESPACE}\\W_]|[{_WHITESPACE_NOT_CR_LF}][^{_WHITESPACE}]")
+
+
+def split_long_document(text: str, limit: int = MAX_PIECE_CHARS) -> Iterator[str]:
+    """`text` in consecutive pieces of at most `limit` characters that encode to the same tokens as
+    the whole (cut where SPLIT_PATTERN breaks anyway, as late as possible), or cut hard at `limit`
+    when a window offers no such place (one 50,000-character word). Short texts come back whole."""
+    start = 0
+    while len(text) - start > limit:
+        end = start + limit  # the latest cut allowed; text[end] exists
+        window = text[start:end + 1][::-1]  # window[i] is text[end - i]
+        found = _CUT_BEFORE.search(window)
+        cut = end - found.start() if found else end  # text[cut] is whitespace, text[cut - 1] is not
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
+def bounded_batches(texts: Iterable[str]) -> Iterator[list[str]]:
+    """Lists of at most BATCH_DOCUMENTS strings of at most MAX_PIECE_CHARS characters each and
+    MAX_BATCH_CHARS in all, in order: long documents are cut by split_long_document."""
+    batch: list[str] = []
+    batch_chars = 0
+    for text in texts:
+        for piece in split_long_document(text):
+            if batch and (len(batch) >= BATCH_DOCUMENTS or batch_chars + len(piece) > MAX_BATCH_CHARS):
+                yield batch
+                batch, batch_chars = [], 0
+            batch.append(piece)
+            batch_chars += len(piece)
+    if batch:
+        yield batch
 
 
 class ConversationError(ValueError):
@@ -121,15 +170,31 @@ class Tokenizer:
     # ---- encoding and decoding ----
 
     def encode(self, text: str, bos: bool = False) -> list[int]:
+        if len(text) > MAX_PIECE_CHARS:
+            return self.encode_batch([text], bos=bos)[0]
         ids = self._hf.encode(text, add_special_tokens=False).ids
         return [self.bos_id, *ids] if bos else ids
 
     def encode_batch(self, texts: list[str], bos: bool = False) -> list[list[int]]:
-        """Many texts at once, in parallel inside tokenizers (much faster than a loop of encode)."""
-        encodings = self._hf.encode_batch_fast(list(texts), add_special_tokens=False)
-        if bos:
-            return [[self.bos_id, *encoding.ids] for encoding in encodings]
-        return [encoding.ids for encoding in encodings]
+        """Many texts at once, in parallel inside tokenizers (much faster than a loop of encode).
+        Long texts go through in pieces (split_long_document: same tokens, bounded memory)."""
+        texts = list(texts)
+        if all(len(text) <= MAX_PIECE_CHARS for text in texts) and sum(map(len, texts)) <= MAX_BATCH_CHARS:
+            encodings = self._hf.encode_batch_fast(texts, add_special_tokens=False)
+            return [[self.bos_id, *encoding.ids] if bos else encoding.ids for encoding in encodings]
+        pieces: list[str] = []
+        owners: list[int] = []  # the text each piece belongs to
+        for index, text in enumerate(texts):
+            for piece in split_long_document(text):
+                pieces.append(piece)
+                owners.append(index)
+        out: list[list[int]] = [[self.bos_id] if bos else [] for _ in texts]
+        position = 0
+        for batch in bounded_batches(pieces):  # pieces are short already: one string each
+            for encoding in self._hf.encode_batch_fast(batch, add_special_tokens=False):
+                out[owners[position]].extend(encoding.ids)
+                position += 1
+        return out
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of the ids; special tokens decode to their own text. A sequence cut inside a UTF-8
@@ -343,21 +408,8 @@ def train_tokenizer(texts: Iterator[str] | Iterable[str], vocab_size: int, min_f
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         special_tokens=SPECIAL_TOKENS,
     )
-    hf.train_from_iterator(_batched(texts, 256), trainer=trainer)
+    hf.train_from_iterator(bounded_batches(texts), trainer=trainer)
     return Tokenizer(hf)
-
-
-def _batched(texts: Iterable[str], size: int) -> Iterator[list[str]]:
-    """Lists of documents: tokenizers counts words a batch at a time (about 1.4x faster than
-    one string at a time)."""
-    batch: list[str] = []
-    for text in texts:
-        batch.append(text)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _limited(texts: Iterable[str], max_chars: int, counter: dict[str, int]) -> Iterator[str]:
@@ -373,27 +425,14 @@ def _limited(texts: Iterable[str], max_chars: int, counter: dict[str, int]) -> I
         yield text
 
 
-def measure(tokenizer: Tokenizer, texts: Iterable[str], max_chars: int = 20_000_000,
-            batch_size: int = 512) -> dict[str, float]:
-    """Compression on some texts: chars per token and bytes per token."""
+def measure(tokenizer: Tokenizer, texts: Iterable[str], max_chars: int = 20_000_000) -> dict[str, float]:
+    """Compression on some texts (the first max_chars characters): chars per token and bytes per
+    token. Encoding holds memory per character like training does, so it goes in bounded batches."""
     chars = nbytes = tokens = 0
-    batch: list[str] = []
-
-    def flush() -> None:
-        nonlocal tokens
+    for batch in bounded_batches(_limited(texts, max_chars, {"chars": 0, "documents": 0})):
         tokens += sum(len(ids) for ids in tokenizer.encode_batch(batch))
-        batch.clear()
-
-    for text in texts:
-        batch.append(text)
-        chars += len(text)
-        nbytes += len(text.encode("utf-8"))
-        if len(batch) >= batch_size:
-            flush()
-        if chars >= max_chars:
-            break
-    if batch:
-        flush()
+        chars += sum(len(text) for text in batch)
+        nbytes += sum(len(text.encode("utf-8")) for text in batch)
     return {"chars": chars, "bytes": nbytes, "tokens": tokens,
             "chars_per_token": chars / tokens if tokens else 0.0,
             "bytes_per_token": nbytes / tokens if tokens else 0.0}
@@ -413,6 +452,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_module.load(args.config)
     result = train_from_config(cfg, RunWriter(cfg.out_dir, "tokenizer"), verbose=True)
+    if result.get("warning"):
+        print(f"warning: {result['warning']}", file=sys.stderr)
     print(f"tokenizer: vocab {result['vocab_size']}, {result['chars_per_token']:.2f} chars/token, "
           f"{result['bytes_per_token']:.2f} bytes/token (val), trained in {result['train_seconds']:.1f}s "
           f"-> {cfg.tokenizer_path}")
@@ -461,6 +502,7 @@ def train_from_config(cfg: Any, writer: Any = None, verbose: bool = False) -> di
         stats = measure(tokenizer, (text for text, _ in shards.iter_documents(data_dir, split)))
         record = {
             "vocab_size": tokenizer.vocab_size,
+            "vocab_size_requested": cfg.tokenizer.vocab_size,
             "chars_per_token": round(stats["chars_per_token"], 4),
             "bytes_per_token": round(stats["bytes_per_token"], 4),
             "measured_on": split,
@@ -469,6 +511,13 @@ def train_from_config(cfg: Any, writer: Any = None, verbose: bool = False) -> di
             "train_documents": counter["documents"],
             "path": str(cfg.tokenizer_path),
         }
+        if tokenizer.vocab_size < cfg.tokenizer.vocab_size:
+            # BPE stops when no pair is left that occurs min_frequency times: the corpus is too small
+            record["warning"] = (f"vocab reached only {tokenizer.vocab_size} of the {cfg.tokenizer.vocab_size} "
+                                 f"asked for: {counter['chars']:,} chars of training text hold no more pairs seen "
+                                 f"{cfg.tokenizer.min_frequency}+ times (add data or lower [tokenizer] vocab_size)")
+            if writer is not None:
+                writer.event(record["warning"])
         if writer is not None:
             writer.log("tokenizer", **record)
             writer.finish("done", f"vocab {tokenizer.vocab_size}, {record['chars_per_token']:.2f} chars/token")
