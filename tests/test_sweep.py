@@ -218,14 +218,24 @@ def test_a_second_driver_is_refused(base):
     assert sweep.read_sweep(plan.dir).state == "stopped"  # its driver is gone
 
 
-def test_sweep_readers_never_crash_on_garbage(tmp_path):
+def test_sweep_readers_never_crash_on_garbage(tmp_path, base):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "sweep.json").write_text("{not json")
     (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "sweep.json").write_text(json.dumps({"points": [1, {"name": 3}, {"name": "x", "val_bpb": "y"}]}))
+    (tmp_path / "b" / "sweep.json").write_text(json.dumps(
+        {"points": [1, {"name": 3}, {"name": "../../etc"}, {"name": "x", "val_bpb": "y"}], "driver": [7]}))
     found = sweep.list_sweeps(tmp_path)
     assert [info.path.name for info in found] == ["b"]
-    assert found[0].run_names == ["x"] and found[0].best is None
+    assert found[0].run_names == ["x"] and found[0].best is None and found[0].state == "unknown"
+
+    point = plan_of(base, "train.matrix_lr=0.01,0.02").points[0]
+    checkpoint = point.run_dir / "checkpoints" / "step_000004"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "meta.json").write_text("[4, 4]")
+    (point.run_dir / "status.json").write_text('"done"')
+    (point.run_dir / "metrics.jsonl").write_text('{"kind": "sys", "stage": "pretrain", "params": "many"}\n[]\n')
+    result = sweep.read_point(point)
+    assert result.state == "unfinished" and result.val_bpb is None and result.params is None
 
 
 # ---- a real sweep ----

@@ -58,7 +58,6 @@ TABLE_FILE = "sweep.md"
 LOG_FILE = "sweep.log"
 # Where each point's run, data and tokenizer go is the sweep's to decide.
 PLACED_KEYS = ("run.name", "run.out_dir", "data.dir", "tokenizer.path")
-POINT_STATES = ("pending", "running", "done", "unfinished", "failed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +288,7 @@ class PointResult:
     label: str
     settings: dict[str, Any]
     run_dir: str
-    state: str = "pending"  # one of POINT_STATES
+    state: str = "pending"  # pending | running | done | unfinished (has checkpoints: resumable) | failed
     val_bpb: float | None = None  # at the last step, on the val split: the score
     best_val_bpb: float | None = None
     params: int | None = None
@@ -301,8 +300,10 @@ class PointResult:
 
 
 def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(
-        value) else None
+    """A finite number from a run folder's JSON, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def read_point(point: Point) -> PointResult:
@@ -310,9 +311,11 @@ def read_point(point: Point) -> PointResult:
 
     run_dir = point.run_dir
     result = PointResult(point.name, point.label, point.settings, str(run_dir))
-    status = runs.read_status(run_dir) or {}
+    status = runs.read_status(run_dir)
+    status = status if isinstance(status, dict) else {}  # run folders can hold any JSON
     state = runs.effective_state(status or None)
     checkpoint, meta = _checkpoint_meta(run_dir)
+    meta = meta if isinstance(meta, dict) else {}
     step, total = meta.get("step"), meta.get("total_steps") or point.config.train.steps
     finished = checkpoint is not None and isinstance(step, int) and isinstance(total, int) and step >= total
     if state in LIVE_STATES and status.get("stage") == "pretrain":
@@ -324,7 +327,8 @@ def read_point(point: Point) -> PointResult:
         result.message = status.get("message") or "the worker ended without finishing"
     elif checkpoint is not None:
         result.state = "unfinished"
-        result.message = f"stopped at step {step}; running the sweep again resumes it"
+        at = f" at step {step}" if isinstance(step, int) else ""
+        result.message = f"stopped{at} before its last step; running the sweep again resumes it"
     records = runs.read_metrics(run_dir) if result.state != "pending" else []
     pretrain = [record for record in records if record.get("stage") == "pretrain"]
     system = [record for record in pretrain if record.get("kind") == "sys"]
@@ -570,8 +574,9 @@ def read_sweep(sweep_dir: str | Path) -> SweepInfo | None:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("points"), list):
         return None
-    points = [point for point in data["points"]
-              if isinstance(point, dict) and isinstance(point.get("name"), str) and point["name"]]
+    points = [point for point in data["points"]  # a point is a sibling folder: a plain name, nothing else
+              if isinstance(point, dict) and isinstance(point.get("name"), str)
+              and point["name"] not in ("", ".", "..") and Path(point["name"]).name == point["name"]]
     driver = data.get("driver") if isinstance(data.get("driver"), dict) else {}
     pid = driver.get("pid") if isinstance(driver.get("pid"), int) else None
     alive = driver.get("host", "") in ("", _host()) and runs.pid_alive(pid)
