@@ -14,16 +14,21 @@ This module never imports torch: the TUI and `picochat runs` start instantly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from workbench.errors import BadInput
 
 STATES = ("starting", "running", "paused", "stopping", "done", "failed")
 CONTROL_COMMANDS = ("stop", "pause", "resume", "save")
@@ -34,8 +39,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file and rename: readers see the old or the new file, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    except BaseException:  # a full disk, say: leave no half-written temporary behind
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _json_safe(value: Any) -> Any:
@@ -53,23 +62,141 @@ def _json_safe(value: Any) -> Any:
 # the worker's side
 
 
+def _hostname() -> str:
+    return os.uname().nodename if hasattr(os, "uname") else ""
+
+
+# One worker per run folder: two would interleave metrics, fight over status.json and overwrite
+# each other's checkpoints. The lock is an flock on RUN/.lock, so the OS drops it when the holder
+# dies, kill -9 included: a crash never leaves a stale lock behind.
+LOCK_NAME = ".lock"
+_held_locks: dict[Path, int] = {}  # run folder (resolved) -> descriptor holding its lock
+
+
+def lock_run_folder(run_dir: str | Path, hold: bool = True) -> None:
+    """Take the run folder's lock for this process until unlock_run_folder (or the process ends);
+    taking it again does nothing. hold=False only checks that no other process holds it (the
+    launcher of a detached worker). BadInput naming the holder's pid when another process has it.
+    Where fcntl is missing (Windows) or the file system has no locks, nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    run_dir = Path(run_dir)
+    if run_dir.resolve() in _held_locks:
+        return
+    path = run_dir / LOCK_NAME
+    try:
+        if hold:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except FileNotFoundError:  # hold=False and no run folder yet: nobody is there
+        return
+    except OSError as error:
+        raise BadInput(f"{path}: cannot open the run folder's lock ({error.strerror or error})") from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(descriptor, 16).decode("ascii", errors="replace").strip()
+        os.close(descriptor)
+        raise BadInput(f"{run_dir}: a worker is already running there (pid {holder if holder.isdigit() else '?'}); "
+                       f"stop it first with `picochat stop {run_dir}`") from None
+    except OSError:  # no locks on this file system (some network mounts)
+        os.close(descriptor)
+        return
+    if not hold:
+        os.close(descriptor)  # closing releases it
+        return
+    with contextlib.suppress(OSError):  # the pid is for the message above only
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"{os.getpid()}\n".encode())
+    _held_locks[run_dir.resolve()] = descriptor
+
+
+def unlock_run_folder(run_dir: str | Path) -> None:
+    """Release the lock lock_run_folder took (nothing when this process holds none)."""
+    descriptor = _held_locks.pop(Path(run_dir).resolve(), None)
+    if descriptor is not None:
+        os.close(descriptor)
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """When process pid started: field 22 of /proc/PID/stat (clock ticks since boot), or None
+    without /proc or without such a process. The kernel hands a dead worker's pid to the next
+    process; the pair (pid, start time) names one process for good."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as stat_file:
+            fields = stat_file.read().rsplit(b")", 1)[1].split()  # after the command name, which may hold spaces
+        return int(fields[19])  # fields[0] is field 3
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def is_run_worker(status: dict[str, Any] | None) -> bool:
+    """Is the process status.json names still the worker that wrote it: alive, on this host, and
+    started when the worker recorded (pid_start)? Without /proc there is no telling, so False:
+    a signal must never reach a process that merely inherited the pid."""
+    if not isinstance(status, dict) or status.get("host", "") not in ("", _hostname()):
+        return False
+    pid, started = status.get("pid"), status.get("pid_start")
+    if type(pid) is not int or pid <= 0 or type(started) is not int:
+        return False
+    return pid_alive(pid) and process_start_ticks(pid) == started
+
+
+def _remove_entry(path: Path) -> None:
+    """Remove whatever is at path: a file, a link (not its target), a folder with its contents."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _control_folder(run_dir: str | Path) -> tuple[Path, bool]:
+    """RUN/control as a real folder: a file or a link under that name is replaced by one.
+    Returns (the folder, whether something was replaced); OSError when it cannot be made."""
+    control = Path(run_dir) / "control"
+    replaced = control.is_symlink() or (control.exists() and not control.is_dir())
+    if replaced:
+        control.unlink()
+    control.mkdir(parents=True, exist_ok=True)
+    return control, replaced
+
+
+def _open_for_append(path: Path):
+    """metrics.jsonl for appending. A file that ends mid-line (its writer was killed mid-write)
+    first gets a newline: the torn line stays one bad line instead of swallowing the next record."""
+    handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by RunWriter.finish)
+    if handle.tell() > 0:
+        with open(path, "rb") as existing:
+            existing.seek(-1, os.SEEK_END)
+            torn = existing.read(1) != b"\n"
+        if torn:
+            handle.write("\n")
+            handle.flush()
+    return handle
+
+
 class RunWriter:
     """What a worker (prepare, tokenizer, pretrain, sft, grpo, eval) uses to publish its progress.
 
-    Only one process writes a run folder (rank 0 under torchrun); any number read it.
+    Only one process writes a run folder (rank 0 under torchrun): the writer holds the folder's
+    lock from its start to finish(), and a second worker is refused (BadInput) before it writes
+    anything. Any number of processes read it. A write that fails (a full disk) is a BadInput
+    naming the file: the worker ends with one line, its last checkpoint intact.
     """
 
     def __init__(self, run_dir: str | Path, stage: str, total_steps: int | None = None):
         self.dir = Path(run_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "control").mkdir(exist_ok=True)
+        lock_run_folder(self.dir)
         self.stage = stage
         self.started = time.time()
         self.status: dict[str, Any] = {
             "state": "starting",
             "stage": stage,
             "pid": os.getpid(),
-            "host": os.uname().nodename if hasattr(os, "uname") else "",
+            "pid_start": process_start_ticks(os.getpid()),  # lets `stop` tell this process from a pid reuser
+            "host": _hostname(),
             "started": self.started,
             "heartbeat": self.started,
             "step": 0,
@@ -78,14 +205,27 @@ class RunWriter:
             "eta_seconds": None,
             "message": "",
         }
-        self._metrics = open(self.dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self._reported: set[str] = set()  # control/ oddities already logged (one event each)
+        try:
+            self._metrics = _open_for_append(self.dir / "metrics.jsonl")
+            stale = self._clear_control()
+        except OSError as error:
+            raise BadInput(f"{self.dir}: cannot write the run folder ({error})") from None
         self.write_status()
+        if stale:  # commands meant for an earlier worker: a stale pause would pause this one forever
+            self.event(f"removed control files left by an earlier worker: {', '.join(stale)}")
+
+    def _failed_write(self, name: str, error: OSError) -> BadInput:
+        return BadInput(f"{self.dir / name}: cannot write ({error.strerror or error})")
 
     # status.json: rewritten whole, atomically, at every update
     def write_status(self, **fields: Any) -> None:
         self.status.update(fields)
         self.status["heartbeat"] = time.time()
-        atomic_write_text(self.dir / "status.json", json.dumps(_json_safe(self.status), indent=1))
+        try:
+            atomic_write_text(self.dir / "status.json", json.dumps(_json_safe(self.status), indent=1))
+        except OSError as error:
+            raise self._failed_write("status.json", error) from None
 
     def heartbeat(self, step: int | None = None, **fields: Any) -> None:
         """Update step/tokens/eta and the heartbeat; call once per step (it is cheap)."""
@@ -112,8 +252,11 @@ class RunWriter:
     def log(self, kind: str, step: int | None = None, **fields: Any) -> None:
         record = {"t": round(time.time(), 3), "step": step if step is not None else self.status["step"],
                   "kind": kind, "stage": self.stage, **fields}
-        self._metrics.write(json.dumps(_json_safe(record)) + "\n")
-        self._metrics.flush()
+        try:
+            self._metrics.write(json.dumps(_json_safe(record)) + "\n")
+            self._metrics.flush()
+        except OSError as error:
+            raise self._failed_write("metrics.jsonl", error) from None
 
     def event(self, message: str, **fields: Any) -> None:
         self.log("event", message=message, **fields)
@@ -124,24 +267,63 @@ class RunWriter:
         self.write_status(progress=done, progress_total=total, progress_unit=unit)
 
     # control/: files a reader drops, applied by the worker at step boundaries
+    def _clear_control(self) -> list[str]:
+        """Empty control/ of commands when a worker starts; returns what it removed."""
+        control, replaced = _control_folder(self.dir)
+        stale = sorted(entry.name for entry in control.iterdir() if entry.name in CONTROL_COMMANDS)
+        for name in stale:
+            _remove_entry(control / name)
+        return (["control (not a folder)"] if replaced else []) + stale
+
+    def _report_once(self, key: str, message: str) -> None:
+        if key not in self._reported:
+            self._reported.add(key)
+            self.event(message)
+
     def poll_control(self) -> list[str]:
-        """Commands waiting in control/, oldest first; each is consumed (deleted) once read."""
-        commands = []
-        control = self.dir / "control"
+        """Commands waiting in control/, oldest first; each is consumed (deleted) once read.
+        Whatever else turns up never stops the worker: a folder or link under a command's name
+        is removed, a `control` that is a file is replaced by a folder (one event each)."""
         try:
-            entries = sorted(control.iterdir(), key=lambda p: p.stat().st_mtime)
-        except FileNotFoundError:
+            control, replaced = _control_folder(self.dir)
+            names = [entry.name for entry in control.iterdir() if entry.name in CONTROL_COMMANDS]
+        except OSError as error:
+            self._report_once("control", f"cannot read {self.dir / 'control'}: {error}")
             return []
-        for entry in entries:
-            if entry.name in CONTROL_COMMANDS:
-                commands.append(entry.name)
-                entry.unlink(missing_ok=True)
+        if replaced:
+            self._report_once("control-replaced", f"{control} was not a folder: replaced by an empty one")
+        found = []
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                found.append((os.lstat(control / name), control / name))
+        commands = []
+        for info, entry in sorted(found, key=lambda item: item[0].st_mtime):
+            try:
+                if stat.S_ISREG(info.st_mode):
+                    entry.unlink()
+                    commands.append(entry.name)
+                else:
+                    _remove_entry(entry)
+                    self._report_once(str(entry), f"removed {entry}: a control command must be a file")
+            except FileNotFoundError:
+                continue
+            except OSError as error:  # left in place: acting on it again at every step would be worse
+                self._report_once(str(entry), f"cannot consume {entry}: {error}")
         return commands
 
     def finish(self, state: str = "done", message: str = "") -> None:
-        self.write_status(state=state, message=message, eta_seconds=0 if state == "done" else None)
-        self.event(f"{self.stage} {state}" + (f": {message}" if message else ""))
-        self._metrics.close()
+        """The final status and event; releases the run folder. For a failing worker they are
+        best effort: the error it is ending with matters more than a write that fails too."""
+        try:
+            self.write_status(state=state, message=message, eta_seconds=0 if state == "done" else None)
+            self.event(f"{self.stage} {state}" + (f": {message}" if message else ""))
+        except BadInput:
+            if state != "failed":
+                raise
+        finally:
+            with contextlib.suppress(OSError):
+                self._metrics.close()
+            unlock_run_folder(self.dir)
 
 
 def freeze_config(run_dir: str | Path, config_toml: str) -> None:
@@ -155,12 +337,88 @@ def freeze_config(run_dir: str | Path, config_toml: str) -> None:
 # the reader's side
 
 
-def read_status(run_dir: str | Path) -> dict[str, Any] | None:
-    """status.json as a dict, or None when there is none (or it cannot be parsed)."""
+# Readers never trust a run folder: a broken or hostile writer can leave any JSON there. Every
+# record is checked once, here, so no caller ever sees a field of the wrong type.
+
+MAX_JSON_FILE_BYTES = 1 << 20  # status, meta, config, evals .json are a few kB: bigger is not ours
+
+# status.json fields by type (null allowed for numbers); one of the wrong type is dropped (a reader
+# sees it missing)
+STATUS_TEXT_FIELDS = ("state", "stage", "host", "message", "progress_unit")
+STATUS_COUNT_FIELDS = ("step", "tokens", "total_steps")  # integers >= 0
+STATUS_NUMBER_FIELDS = ("started", "heartbeat", "eta_seconds", "progress", "progress_total", "best_val_bpb")
+MAX_PID = 2**31 - 1  # 0 and negative pids address process groups (os.kill(-1, ...): every process we own)
+
+# metrics.jsonl fields the readers (TUI, CLI, report, speedrun) treat as numbers, and as text
+METRIC_NUMBER_FIELDS = frozenset((
+    "t", "step", "loss", "lr", "lr_multiplier", "grad_norm", "tokens", "tokens_per_second", "mfu",
+    "step_seconds", "val_bpb", "val_loss", "best_val_bpb", "done", "total", "params", "flops_per_token",
+    "peak_flops", "threads", "vocab_size", "chars_per_token", "bytes_per_token", "train_seconds",
+    "accuracy", "end_rate", "reward_mean", "zero_variance_fraction", "completion_length", "documents",
+))
+METRIC_TEXT_FIELDS = frozenset(("kind", "stage"))
+
+
+def _open_regular(path: Path):
+    """Open a regular file for reading; OSError for anything else (a FIFO would block forever)."""
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
-        return json.loads((Path(run_dir) / "status.json").read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, OSError):
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise IsADirectoryError(f"{path}: not a regular file")
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float that a float can hold (True and False are not numbers here)."""
+    if type(value) is int:  # JSON allows 4,000-digit integers: float() of one overflows
+        return abs(value) <= sys.float_info.max
+    return type(value) is float and math.isfinite(value)
+
+
+def _typed_status(status: dict[str, Any] | None) -> dict[str, Any] | None:
+    """status.json's object with every known field of the right type (wrong ones dropped).
+    Fields it does not know pass through untouched."""
+    if status is None:
         return None
+    for key in STATUS_TEXT_FIELDS:
+        if key in status and not isinstance(status[key], str):
+            del status[key]
+    if "state" in status and status["state"] not in STATES:  # readers show it, and branch on it
+        del status["state"]
+    for key in STATUS_COUNT_FIELDS:
+        value = status.get(key)
+        if type(value) is float and value.is_integer():  # 300.0 from a writer that divided
+            value = status[key] = int(value)
+        if value is not None and not (type(value) is int and is_number(value) and value >= 0):
+            del status[key]
+    for key in STATUS_NUMBER_FIELDS:
+        if status.get(key) is not None and not is_number(status[key]):
+            del status[key]
+    if "pid" in status and not (type(status["pid"]) is int and 0 < status["pid"] <= MAX_PID):
+        del status["pid"]
+    return status
+
+
+def read_json_object(path: str | Path) -> dict[str, Any] | None:
+    """A run folder's small JSON file (status, meta, config, evals) as a dict, or None when it is
+    missing, unreadable, not a regular file, too big, not JSON, nested too deeply or not an object."""
+    try:
+        with _open_regular(Path(path)) as handle:
+            data = handle.read(MAX_JSON_FILE_BYTES + 1)
+        if len(data) > MAX_JSON_FILE_BYTES:
+            return None
+        parsed = json.loads(data.decode("utf-8"))
+    except (OSError, ValueError, RecursionError):  # ValueError: bad JSON, bad UTF-8, a 5,000-digit number
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def read_status(run_dir: str | Path) -> dict[str, Any] | None:
+    """status.json as a dict with typed fields, or None when there is no usable one."""
+    return _typed_status(read_json_object(Path(run_dir) / "status.json"))
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -207,21 +465,43 @@ def parse_metrics_lines(lines: list[str]) -> tuple[list[dict[str, Any]], int]:
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, nested too deeply, a 5,000-digit number
             bad += 1
             continue
         if isinstance(record, dict):
-            records.append(record)
+            records.append(_typed_record(record))
         else:
             bad += 1
     return records, bad
 
 
+def _typed_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The record without the fields a reader would trip on: non-finite numbers anywhere, known
+    numeric fields (and any *_reward) that are neither numbers nor null, kind or stage that are
+    not text.
+    One pass over the values; what a worker writes comes through unchanged."""
+    wrong = []
+    for key, value in record.items():
+        value_type = type(value)
+        if value_type is float or value_type is int:
+            if key in METRIC_TEXT_FIELDS or not is_number(value):
+                wrong.append(key)
+        elif value is None:  # a writer's NaN or "not measured": readers expect it
+            continue
+        elif (key in METRIC_NUMBER_FIELDS or key.endswith("_reward")
+              or (key in METRIC_TEXT_FIELDS and value_type is not str)):
+            wrong.append(key)
+    for key in wrong:
+        del record[key]
+    return record
+
+
 def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
     """Every record of metrics.jsonl (optionally of one kind). Corrupt lines are skipped."""
     try:
-        text = (Path(run_dir) / "metrics.jsonl").read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
+        with _open_regular(Path(run_dir) / "metrics.jsonl") as handle:
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:  # missing, a folder, unreadable
         return []
     records, _ = parse_metrics_lines(text.splitlines())
     return [r for r in records if kind is None or r.get("kind") == kind]
@@ -231,28 +511,44 @@ def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict[str,
 class MetricsTail:
     """Follows a metrics.jsonl as it grows: each read() returns only the new complete records.
     A partial last line (a writer mid-flush) waits for the next read; a truncated or replaced
-    file starts over."""
+    file starts over. Memory stays bounded whatever the file holds: at most MAX_READ_BYTES per
+    read, and a line longer than MAX_LINE_BYTES is skipped (counted as bad) without being kept."""
+
+    MAX_READ_BYTES = 64 << 20
+    MAX_LINE_BYTES = 1 << 20  # a record is well under 1 kB; a sample's text a few kB
 
     path: Path
     offset: int = 0
     bad_lines: int = 0
     _partial: bytes = field(default=b"", repr=False)
+    _skipping: bool = field(default=False, repr=False)  # inside an over-long line: drop up to its end
 
     def read(self) -> list[dict[str, Any]]:
         try:
             size = self.path.stat().st_size
-        except FileNotFoundError:
+        except OSError:
             return []
         if size < self.offset:  # truncated or replaced
-            self.offset, self._partial = 0, b""
+            self.offset, self._partial, self._skipping = 0, b"", False
         if size == self.offset:
             return []
-        with open(self.path, "rb") as handle:
-            handle.seek(self.offset)
-            chunk = handle.read(size - self.offset)
+        try:
+            with _open_regular(self.path) as handle:
+                handle.seek(self.offset)
+                chunk = handle.read(min(size - self.offset, self.MAX_READ_BYTES))
+        except OSError:  # a folder, unreadable
+            return []
         self.offset += len(chunk)
+        if self._skipping:
+            _, newline, chunk = chunk.partition(b"\n")
+            if not newline:
+                return []
+            self._skipping = False
         data = self._partial + chunk
         complete, _, self._partial = data.rpartition(b"\n")
+        if len(self._partial) > self.MAX_LINE_BYTES:
+            self._partial, self._skipping = b"", True
+            self.bad_lines += 1
         if not complete:
             return []
         records, bad = parse_metrics_lines(complete.decode("utf-8", errors="replace").split("\n"))
@@ -283,11 +579,11 @@ def _last_train_record(run_dir: Path, max_bytes: int = 65536) -> dict[str, Any] 
     """The newest train record, reading only the end of metrics.jsonl (runs can be huge)."""
     path = run_dir / "metrics.jsonl"
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as handle:
+        with _open_regular(path) as handle:
+            size = os.fstat(handle.fileno()).st_size
             handle.seek(max(0, size - max_bytes))
-            tail = handle.read().decode("utf-8", errors="replace").splitlines()
-    except FileNotFoundError:
+            tail = handle.read(max_bytes).decode("utf-8", errors="replace").splitlines()
+    except OSError:  # missing, a folder, unreadable
         return None
     records, _ = parse_metrics_lines(tail[1:] if size > max_bytes else tail)
     for record in reversed(records):
@@ -342,21 +638,29 @@ def send_control(run_dir: str | Path, command: str) -> None:
     """Ask a running worker to stop, pause, resume or save; it acts at its next step boundary."""
     if command not in CONTROL_COMMANDS:
         raise ValueError(f"unknown control command {command!r}")
-    control = Path(run_dir) / "control"
-    control.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(control / command, str(time.time()))
+    try:
+        control, _ = _control_folder(run_dir)
+        target = control / command
+        if target.is_symlink() or (target.exists() and not target.is_file()):
+            _remove_entry(target)  # a folder named after the command would refuse the rename
+        atomic_write_text(target, str(time.time()))
+    except OSError as error:
+        raise BadInput(f"{Path(run_dir) / 'control'}: cannot write the {command} command ({error})") from None
 
 
 def stop_run(run_dir: str | Path, grace_seconds: float = 0.0) -> None:
-    """Stop file first (clean: finishes the step, checkpoints); SIGTERM does the same for a worker
-    that is busy outside its step loop."""
+    """Stop file first (clean: finishes the step, checkpoints); after grace_seconds, SIGTERM does
+    the same for a worker busy outside its step loop, but only when status.json's pid is still
+    that worker (is_run_worker): never a process that inherited the pid."""
     send_control(run_dir, "stop")
     status = read_status(run_dir)
-    if grace_seconds and status and pid_alive(status.get("pid")):
-        deadline = time.time() + grace_seconds
-        while time.time() < deadline and pid_alive(status.get("pid")):
-            time.sleep(0.1)
-        if pid_alive(status.get("pid")):
+    if not grace_seconds or not is_run_worker(status):
+        return
+    deadline = time.time() + grace_seconds
+    while time.time() < deadline and is_run_worker(status):
+        time.sleep(0.1)
+    if is_run_worker(status):
+        with contextlib.suppress(ProcessLookupError):  # it finished just now
             os.kill(status["pid"], signal.SIGTERM)
 
 

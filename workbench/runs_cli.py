@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from workbench import runs
 from workbench.errors import BadInput
@@ -56,23 +58,24 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"no runs in {args.runs_dir or runs_root()}")
             return 0
         table = Table("run", "state", "stage", "step", "loss", "tok/s", "eta", box=None)
-        for info in infos:
+        for info in infos:  # Text cells: a run folder's words are shown as they are, never as markup
             step = f"{info.step}/{info.total_steps}" if info.total_steps else str(info.step)
-            table.add_row(info.name, info.state, info.stage, step, _fmt(info.loss, ".4f"),
+            table.add_row(Text(info.name), info.state, Text(info.stage), step, _fmt(info.loss, ".4f"),
                           _fmt(info.tokens_per_second, ",.0f"), runs.format_duration(info.eta_seconds))
         console.print(table)
         return 0
     run_dir = resolve_run(args.run)
     if args.verb == "status":
         info = runs.run_info(run_dir)
-        console.print(f"[bold]{info.name}[/] {info.path}")
+        console.print(f"[bold]{escape(info.name)}[/] {escape(str(info.path))}")
         console.print(f"state {info.state}  stage {info.stage}  step {info.step}/{info.total_steps or '?'}  "
                       f"tokens {info.tokens:,}  loss {_fmt(info.loss, '.4f')}  "
-                      f"tok/s {_fmt(info.tokens_per_second, ',.0f')}  eta {runs.format_duration(info.eta_seconds)}")
+                      f"tok/s {_fmt(info.tokens_per_second, ',.0f')}  eta {runs.format_duration(info.eta_seconds)}",
+                      markup=False)
         if info.message:
-            console.print(f"message: {info.message}")
+            console.print(f"message: {info.message}", markup=False)
         for checkpoint in runs.list_checkpoints(run_dir):
-            console.print(f"checkpoint {checkpoint}")
+            console.print(f"checkpoint {checkpoint}", markup=False)
         return 0
     if args.verb in ("stop", "pause", "resume-run"):
         command = {"stop": "stop", "pause": "pause", "resume-run": "resume"}[args.verb]
@@ -83,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             runs.stop_run(run_dir, grace_seconds=getattr(args, "wait", 0.0))
         else:
             runs.send_control(run_dir, command)
-        console.print(f"{command} sent to {run_dir}")
+        console.print(f"{command} sent to {run_dir}", markup=False)
         return 0
     if args.verb == "attach":
         return attach(run_dir, console)
@@ -94,14 +97,11 @@ def attach(run_dir: Path, console: Console) -> int:
     """Follow a run: print each new metrics record as a line until it finishes (ctrl+c detaches)."""
     tail = runs.MetricsTail(run_dir / "metrics.jsonl")
     tail.read()  # skip history: show what happens from now on
-    console.print(f"attached to {run_dir} (ctrl+c detaches; the run goes on)")
+    console.print(f"attached to {run_dir} (ctrl+c detaches; the run goes on)", markup=False)
     try:
         while True:
             for record in tail.read():
-                kind = record.get("kind")
-                fields = {k: v for k, v in record.items() if k not in ("t", "kind", "stage")}
-                text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
-                console.print(f"[dim]{kind:8}[/] {text}", markup=True, highlight=False)
+                console.print(format_record(record), highlight=False)
             state = runs.effective_state(runs.read_status(run_dir))
             if state in ("done", "failed", "crashed", "missing"):
                 console.print(f"run is {state}")
@@ -110,3 +110,12 @@ def attach(run_dir: Path, console: Console) -> int:
     except KeyboardInterrupt:
         console.print("detached")
         return 0
+
+
+def format_record(record: dict) -> Text:
+    """One metrics record as an `attach` line: its kind, then key=value for the rest."""
+    fields = {k: v for k, v in record.items() if k not in ("t", "kind", "stage")}
+    text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
+    line = Text(f"{record.get('kind', '?'):8}", style="dim")
+    line.append(f" {text}")
+    return line

@@ -123,7 +123,8 @@ def resume_plan(checkpoint: Path) -> tuple[str, Path, int, int]:
     stage = _checkpoint_stage(newest)
     cfg = config_module.load(config_path)
     total = {"pretrain": cfg.train.steps, "sft": cfg.sft.steps, "grpo": cfg.grpo.steps}[stage]
-    step = int(_read_json(newest / "meta.json").get("step", 0))
+    step = _read_json(newest / "meta.json").get("step")
+    step = step if type(step) is int else 0  # a garbage meta.json: the worker's resume reports it
     if step >= total:
         raise BadInput(f"{run_dir.name} has done all {total} steps: raise the {stage} steps in "
                        f"{display_path(config_path)} to train further")
@@ -247,11 +248,7 @@ def _replace_literal(text: str, section: str, key: str, value: str, replacement:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return runs.read_json_object(path) or {}
 
 
 def _checkpoint_stage(checkpoint: Path) -> str:

@@ -8,7 +8,6 @@ per column before it reaches the plotting library (min and max of each bucket, s
 from __future__ import annotations
 
 import bisect
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,10 +139,7 @@ def ema(values: list[float], smoothing: float) -> list[float]:
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+    return float(value) if runs.is_number(value) else None
 
 
 @dataclass

@@ -5,12 +5,11 @@ or delete it."""
 from __future__ import annotations
 
 import difflib
-import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import tomli_w
+from rich.markup import escape
 from rich.syntax import Syntax
 from rich.text import Text
 from textual.app import ComposeResult
@@ -27,14 +26,6 @@ from workbench.tui.screens.runs import format_count
 from workbench.tui.widgets.dialogs import ConfirmDialog, PromptDialog
 
 COLUMNS = ("", "run", "checkpoint", "stage", "step", "tokens", "val bpb", "size", "evals")
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def folder_size(path: Path) -> int:
@@ -66,12 +57,12 @@ def checkpoint_name(path: Path) -> str:
 
 
 def config_as_toml(checkpoint: Path) -> str:
-    data = read_json(checkpoint / "config.json")
+    data = runs.read_json_object(checkpoint / "config.json")
     if data is None:
         return f"# {checkpoint / 'config.json'}: missing or unreadable\n"
     try:
         return tomli_w.dumps(data)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, RecursionError) as error:
         return f"# config.json cannot be shown as TOML: {error}\n"
 
 
@@ -149,14 +140,15 @@ class CheckpointsScreen(Screen):
         selected = self.selected()
         table.clear()
         for path in checkpoints:
-            meta = read_json(path / "meta.json") or {}
-            evals = read_json(path / "evals.json") or {}
+            meta = runs.read_json_object(path / "meta.json") or {}
+            evals = runs.read_json_object(path / "evals.json") or {}
             bpb = meta.get("val_bpb")
-            table.add_row("●" if path in self.marked else "", path.parent.parent.name, checkpoint_name(path),
-                          str(meta.get("stage", "-")), str(meta.get("step", "-")),
+            # DataTable reads str cells as Rich markup: what the JSON files say is escaped to show as it is
+            table.add_row("●" if path in self.marked else "", escape(path.parent.parent.name), checkpoint_name(path),
+                          escape(str(meta.get("stage", "-"))), escape(str(meta.get("step", "-"))),
                           format_count(meta.get("tokens")),
-                          f"{bpb:.4f}" if isinstance(bpb, (int, float)) else "-",
-                          format_size(folder_size(path)), ", ".join(sorted(evals)) or "-", key=str(path))
+                          f"{bpb:.4f}" if runs.is_number(bpb) else "-",
+                          format_size(folder_size(path)), escape(", ".join(sorted(evals)) or "-"), key=str(path))
         empty = self.query_one("#ckpt-empty", Static)
         empty.display = not checkpoints
         empty.update(f"No checkpoints in {self.app.runs_dir} yet: a training run saves them every "

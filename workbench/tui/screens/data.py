@@ -186,7 +186,7 @@ class DataScreen(Screen):
                 text += f"  {format_count(done)}/{format_count(total)} {unit}"
             if status.get("message"):
                 text += f"  {status['message']}"
-            label.update(text)
+            label.update(Text(text))  # the status's words are text, not Rich markup
             bar.display = isinstance(done, (int, float))
             if bar.display:
                 bar.update(total=total or None, progress=done)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.markup import escape
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -27,7 +28,7 @@ from textual.widgets import (
 from workbench import runs
 from workbench.errors import BadInput
 from workbench.tui.launch import EVAL_TASKS, launch_eval
-from workbench.tui.screens.checkpoints import all_checkpoints, checkpoint_name, read_json
+from workbench.tui.screens.checkpoints import all_checkpoints, checkpoint_name
 
 
 def score_text(result) -> str:
@@ -95,8 +96,10 @@ class EvalsScreen(Screen):
         self.checkpoint = checkpoint
         self.app.eval_checkpoint = checkpoint
         # Start from what the run's config asks for ([eval] tasks and limit).
-        section = (read_json(checkpoint / "config.json") or {}).get("eval") or {}
-        wanted = [task for task in section.get("tasks") or [] if task in EVAL_TASKS]
+        section = (runs.read_json_object(checkpoint / "config.json") or {}).get("eval")
+        section = section if isinstance(section, dict) else {}
+        tasks = section.get("tasks")
+        wanted = [task for task in tasks if task in EVAL_TASKS] if isinstance(tasks, list) else []
         if wanted:
             tasks = self.query_one("#eval-tasks", SelectionList)
             tasks.deselect_all()
@@ -129,10 +132,10 @@ class EvalsScreen(Screen):
         if self.last_progress:
             done, total = self.last_progress.get("done") or 0, self.last_progress.get("total")
             progress.update(total=total or None, progress=done)
-            status.update(f"eval of {self.checkpoint.parent.parent.name}: {done}/{total or '?'} "
-                          f"{self.last_progress.get('unit', '')} {self.last_progress.get('task', '')}")
+            status.update(Text(f"eval of {self.checkpoint.parent.parent.name}: {done}/{total or '?'} "
+                               f"{self.last_progress.get('unit', '')} {self.last_progress.get('task', '')}"))
         else:
-            status.update(f"{self.checkpoint.parent.parent.name}/{self.checkpoint.name}: pick tasks, ctrl+r runs")
+            status.update(Text(f"{self.checkpoint.parent.parent.name}/{self.checkpoint.name}: pick tasks, ctrl+r runs"))
         if arrived:
             self.show_results()
 
@@ -142,10 +145,11 @@ class EvalsScreen(Screen):
         table.clear(columns=True)
         if self.checkpoint is None:
             return
-        results = {path: read_json(path / "evals.json") for path in runs.list_checkpoints(self.checkpoint.parent.parent)}
+        results = {path: runs.read_json_object(path / "evals.json")
+                   for path in runs.list_checkpoints(self.checkpoint.parent.parent)}
         results = {path: data for path, data in results.items() if data}
         tasks = sorted({task for data in results.values() for task in data})
-        table.add_columns("checkpoint", *tasks)
+        table.add_columns("checkpoint", *[escape(task) for task in tasks])  # str labels are markup
         for path, data in results.items():
             name = Text(path.name, style="bold" if path == self.checkpoint else "")
             table.add_row(name, *[score_text(data.get(task)) for task in tasks])
