@@ -214,6 +214,15 @@ def test_chat_data_and_eval_files_refuse_a_fifo(tmp_path: Path):
             list(common.iter_csv(fifo))
 
 
+def test_tokenizer_file_that_is_a_fifo_is_bad_input(tmp_path: Path):
+    from workbench.tokenizer import Tokenizer
+
+    fifo = tmp_path / "tokenizer.json"
+    os.mkfifo(fifo)
+    with deadline(20), pytest.raises(BadInput, match="not a regular file"):
+        Tokenizer.from_file(fifo)
+
+
 # ---- item 8: over-long documents reach the tokenizer trainer in bounded pieces ----
 
 

@@ -27,6 +27,7 @@ from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 from workbench.errors import BadInput
+from workbench.input_files import open_regular
 
 SPECIAL_TOKENS = ["<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>",
                   "<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>",
@@ -115,9 +116,8 @@ class Tokenizer:
     def from_file(cls, path: str | Path) -> Tokenizer:
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise BadInput(f"{path}: tokenizer file not found") from None
+            with open_regular(path, "tokenizer file") as handle:
+                text = handle.read().decode("utf-8")
         except (OSError, UnicodeDecodeError) as error:
             raise BadInput(f"{path}: cannot read tokenizer: {error}") from None
         try:
