@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import BadInput
+from workbench.input_files import open_regular, parse_json
 
 STATES = ("starting", "running", "paused", "stopping", "done", "failed")
 CONTROL_COMMANDS = ("stop", "pause", "resume", "save")
@@ -359,18 +360,6 @@ METRIC_NUMBER_FIELDS = frozenset((
 METRIC_TEXT_FIELDS = frozenset(("kind", "stage"))
 
 
-def _open_regular(path: Path):
-    """Open a regular file for reading; OSError for anything else (a FIFO would block forever)."""
-    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    try:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            raise IsADirectoryError(f"{path}: not a regular file")
-        return os.fdopen(descriptor, "rb")
-    except BaseException:
-        os.close(descriptor)
-        raise
-
-
 def is_number(value: Any) -> bool:
     """A finite int or float that a float can hold (True and False are not numbers here)."""
     if type(value) is int:  # JSON allows 4,000-digit integers: float() of one overflows
@@ -406,12 +395,12 @@ def read_json_object(path: str | Path) -> dict[str, Any] | None:
     """A run folder's small JSON file (status, meta, config, evals) as a dict, or None when it is
     missing, unreadable, not a regular file, too big, not JSON, nested too deeply or not an object."""
     try:
-        with _open_regular(Path(path)) as handle:
+        with open_regular(path) as handle:  # a FIFO would block forever: refused
             data = handle.read(MAX_JSON_FILE_BYTES + 1)
         if len(data) > MAX_JSON_FILE_BYTES:
             return None
-        parsed = json.loads(data.decode("utf-8"))
-    except (OSError, ValueError, RecursionError):  # ValueError: bad JSON, bad UTF-8, a 5,000-digit number
+        parsed = parse_json(data.decode("utf-8"))
+    except (BadInput, OSError, ValueError):  # ValueError: bad JSON (too deep, too long a number too), bad UTF-8
         return None
     return parsed if isinstance(parsed, dict) else None
 
@@ -464,8 +453,8 @@ def parse_metrics_lines(lines: list[str]) -> tuple[list[dict[str, Any]], int]:
         if not line:
             continue
         try:
-            record = json.loads(line)
-        except (ValueError, RecursionError):  # not JSON, nested too deeply, a 5,000-digit number
+            record = parse_json(line)
+        except json.JSONDecodeError:  # not JSON, nested too deeply, a 5,000-digit number
             bad += 1
             continue
         if isinstance(record, dict):
@@ -499,9 +488,9 @@ def _typed_record(record: dict[str, Any]) -> dict[str, Any]:
 def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
     """Every record of metrics.jsonl (optionally of one kind). Corrupt lines are skipped."""
     try:
-        with _open_regular(Path(run_dir) / "metrics.jsonl") as handle:
+        with open_regular(Path(run_dir) / "metrics.jsonl") as handle:
             text = handle.read().decode("utf-8", errors="replace")
-    except OSError:  # missing, a folder, unreadable
+    except (BadInput, OSError):  # missing, not a regular file, unreadable
         return []
     records, _ = parse_metrics_lines(text.splitlines())
     return [r for r in records if kind is None or r.get("kind") == kind]
@@ -533,10 +522,10 @@ class MetricsTail:
         if size == self.offset:
             return []
         try:
-            with _open_regular(self.path) as handle:
+            with open_regular(self.path) as handle:
                 handle.seek(self.offset)
                 chunk = handle.read(min(size - self.offset, self.MAX_READ_BYTES))
-        except OSError:  # a folder, unreadable
+        except (BadInput, OSError):  # not a regular file, unreadable
             return []
         self.offset += len(chunk)
         if self._skipping:
@@ -579,11 +568,11 @@ def _last_train_record(run_dir: Path, max_bytes: int = 65536) -> dict[str, Any] 
     """The newest train record, reading only the end of metrics.jsonl (runs can be huge)."""
     path = run_dir / "metrics.jsonl"
     try:
-        with _open_regular(path) as handle:
+        with open_regular(path) as handle:
             size = os.fstat(handle.fileno()).st_size
             handle.seek(max(0, size - max_bytes))
             tail = handle.read(max_bytes).decode("utf-8", errors="replace").splitlines()
-    except OSError:  # missing, a folder, unreadable
+    except (BadInput, OSError):  # missing, not a regular file, unreadable
         return None
     records, _ = parse_metrics_lines(tail[1:] if size > max_bytes else tail)
     for record in reversed(records):
