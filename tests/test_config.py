@@ -1,5 +1,7 @@
 """Config loading and validation: every problem names the file, the line and the key."""
 
+import dataclasses
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +114,79 @@ def test_cli_bad_config_exits_2_with_one_line(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "workbench.cli", "config", "check", str(tmp_path / "nope.toml")],
                              capture_output=True, text=True, cwd=REPO)
     assert missing.returncode == 2 and "config file not found" in missing.stderr
+
+
+# ---- hostile values: deep nesting, NaN and inf, absurd sizes (issue 16, items 5 and 13) ----
+
+
+def test_deeply_nested_toml_is_one_line_not_a_traceback(tmp_path):
+    path = write(tmp_path, "[run]\nname = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(BadInput, match=r"run.toml: nested too deeply"):
+        config_module.load(path)
+    config, errors = config_module.parse(path.read_text(), path)  # the TUI editor's path: never raises
+    assert len(errors) == 1 and "nested too deeply" in errors[0]
+    result = subprocess.run([sys.executable, "-m", "workbench.cli", "config", "check", str(path)],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
+
+
+def test_a_nested_value_is_shown_briefly(tmp_path):
+    path = write(tmp_path, "[data]\nsources = " + "[" * 400 + "]" * 400 + "\n")
+    with pytest.raises(BadInput, match=r"run.toml:2: \[data\] sources: must be a list of strings") as caught:
+        config_module.load(path)
+    assert len(str(caught.value)) < 300
+
+
+def fields_of_type(kind: type) -> list[tuple[str, str]]:
+    return [(section, f.name) for section, cls in config_module.SECTIONS.items()
+            for f in dataclasses.fields(cls) if type(getattr(cls(), f.name)) is kind]
+
+
+@pytest.mark.parametrize("section, key", fields_of_type(float))
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_every_float_must_be_finite(section, key, value):
+    _, errors = config_module.parse(f"[{section}]\n{key} = {value}\n", "run.toml")
+    assert errors and errors[0].startswith(f"run.toml:2: [{section}] {key}: must be a finite number"), errors
+
+
+@pytest.mark.parametrize("section, key", fields_of_type(int))
+def test_every_integer_has_a_sane_upper_bound(section, key):
+    _, errors = config_module.parse(f"[{section}]\n{key} = {2**62}\n", "run.toml")
+    assert errors and errors[0].startswith(f"run.toml:2: [{section}] {key}: must be <= "), errors
+
+
+def test_the_reported_cases_name_file_line_and_key(tmp_path):
+    cases = [("data", "val_fraction", "nan", "must be a finite number"),
+             ("train", "matrix_lr", "inf", "must be a finite number"),
+             ("model", "logit_softcap", "nan", "must be a finite number"),
+             ("grpo", "temperature", "inf", "must be a finite number"),
+             ("model", "seq_len", str(2**34), "must be <= 65536")]
+    for section, key, value, problem in cases:
+        path = write(tmp_path, f"# comment\n[{section}]\n{key} = {value}\n")
+        with pytest.raises(BadInput, match=rf"run.toml:3: \[{section}\] {key}: {problem}"):
+            config_module.load(path)
+
+
+def test_a_nan_learning_rate_never_reaches_training(tmp_path, capsys):
+    path = write(tmp_path, "[train]\nmatrix_lr = nan\n")
+    assert cli_main(["pretrain", str(path)]) == 2
+    assert "[train] matrix_lr: must be a finite number" in capsys.readouterr().err
+    with pytest.raises(BadInput, match="matrix_lr: must be a finite number"):  # a checkpoint's config.json
+        config_module.from_dict({"train": {"matrix_lr": float("nan")}})
+
+
+def test_sample_settings_mean_the_same_to_config_and_engine():
+    from workbench.engine.sampling import SamplingParams
+
+    grid = {"temperature": [-1.0, 0.0, 0.7, 50.0, math.nan, math.inf], "top_k": [-1, 0, 40],
+            "top_p": [-0.1, 0.0, 0.5, 1.0, 1.1, math.nan], "repetition_penalty": [-1.0, 0.0, 0.5, 1.3, math.inf],
+            "max_tokens": [0, 1, 4096]}
+    for key, values in grid.items():
+        for value in values:
+            _, errors = config_module.validate({"sample": {key: value}})
+            try:
+                SamplingParams(**{key: value})
+                engine_accepts = True
+            except ValueError:
+                engine_accepts = False
+            assert (not errors) == engine_accepts, (key, value, errors)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -22,6 +23,13 @@ from workbench.errors import BadInput
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
 
+# Upper bounds shared by many keys: far beyond any run this workbench makes, low enough that a
+# typo (seq_len = 2**34) is an error line rather than a 64 GB allocation or a run of 10^18 steps.
+MAX_STEPS = 1_000_000_000
+MAX_SEQ_LEN = 65_536  # tokens of context (nanochat trains at 2,048)
+MAX_BATCH_ROWS = 8192  # rows per forward pass
+MAX_SEED = 2**32 - 1
+
 
 @dataclass
 class RunSection:
@@ -31,6 +39,7 @@ class RunSection:
     device: str = "auto"  # auto | cpu | cuda | mps
 
     _choices = {"device": ("auto", "cpu", "cuda", "mps")}
+    _ranges = {"seed": (0, MAX_SEED)}
 
 
 @dataclass
@@ -52,7 +61,7 @@ class DataSection:
     row_group_rows: int = 1024  # rows per parquet row group (the streaming unit)
 
     _choices = {"normalize": ("none", "nfc", "ascii"), "val_split": ("hash", "tail")}
-    _ranges = {"val_fraction": (0.0, 0.5), "shard_rows": (1, None), "row_group_rows": (1, None)}
+    _ranges = {"val_fraction": (0.0, 0.5), "shard_rows": (1, 10_000_000), "row_group_rows": (1, 1_000_000)}
 
 
 @dataclass
@@ -62,7 +71,8 @@ class TokenizerSection:
     min_frequency: int = 2
     max_train_chars: int = 2_000_000_000  # stop feeding the trainer after this many characters
 
-    _ranges = {"vocab_size": (300, 1_000_000), "min_frequency": (1, None), "max_train_chars": (1, None)}
+    _ranges = {"vocab_size": (300, 1_000_000), "min_frequency": (1, 1_000_000_000),
+               "max_train_chars": (1, 10**13)}
 
 
 @dataclass
@@ -84,11 +94,11 @@ class ModelSection:
     _choices = {"kind": ("gpt", "bigram", "mlp")}
     _ranges = {
         "depth": (1, 256),
-        "width": (0, None),
-        "heads": (0, None),
-        "kv_heads": (0, None),
-        "seq_len": (8, None),
-        "short_window": (0, None),
+        "width": (0, 32_768),
+        "heads": (0, 1024),
+        "kv_heads": (0, 1024),
+        "seq_len": (8, MAX_SEQ_LEN),
+        "short_window": (0, MAX_SEQ_LEN),
         "mlp_ratio": (1, 64),
         "logit_softcap": (0.0, None),
         "rope_base": (1.0, None),
@@ -130,10 +140,10 @@ class TrainSection:
 
     _choices = {"dtype": ("auto", "float32", "bfloat16"), "compile": ("auto", "on", "off")}
     _ranges = {
-        "total_batch_tokens": (1, None),
-        "device_batch_size": (1, None),
-        "steps": (1, None),
-        "warmup_steps": (0, None),
+        "total_batch_tokens": (1, MAX_BATCH_ROWS * MAX_SEQ_LEN),
+        "device_batch_size": (1, MAX_BATCH_ROWS),
+        "steps": (1, MAX_STEPS),
+        "warmup_steps": (0, MAX_STEPS),
         "warmdown_fraction": (0.0, 1.0),
         "final_lr_fraction": (0.0, 1.0),
         "matrix_lr": (0.0, None),
@@ -142,11 +152,11 @@ class TrainSection:
         "scalar_lr": (0.0, None),
         "weight_decay": (0.0, None),
         "grad_clip": (0.0, None),
-        "eval_every": (1, None),
-        "eval_tokens": (1, None),
-        "sample_every": (0, None),
-        "save_every": (1, None),
-        "keep_last": (0, None),
+        "eval_every": (1, MAX_STEPS),
+        "eval_tokens": (1, 10**10),
+        "sample_every": (0, MAX_STEPS),
+        "save_every": (1, MAX_STEPS),
+        "keep_last": (0, 1_000_000),
     }
 
 
@@ -160,8 +170,8 @@ class SftSection:
     eval_every: int = 50
     save_every: int = 100
 
-    _ranges = {"steps": (1, None), "device_batch_size": (1, None), "lr_scale": (0.0, None),
-               "eval_every": (1, None), "save_every": (1, None)}
+    _ranges = {"steps": (1, MAX_STEPS), "device_batch_size": (1, MAX_BATCH_ROWS), "lr_scale": (0.0, None),
+               "eval_every": (1, MAX_STEPS), "save_every": (1, MAX_STEPS)}
 
 
 @dataclass
@@ -180,9 +190,9 @@ class GrpoSection:
     save_every: int = 25
 
     _choices = {"task": ("arith", "gsm8k", "arc", "tool")}
-    _ranges = {"group_size": (2, None), "prompts_per_step": (1, None), "steps": (1, None),
-               "max_new_tokens": (1, None), "temperature": (0.0, None), "lr_scale": (0.0, None),
-               "clip_epsilon": (0.0, None), "kl_coef": (0.0, None), "save_every": (1, None)}
+    _ranges = {"group_size": (2, 1024), "prompts_per_step": (1, MAX_BATCH_ROWS), "steps": (1, MAX_STEPS),
+               "max_new_tokens": (1, MAX_SEQ_LEN), "temperature": (0.0, None), "lr_scale": (0.0, None),
+               "clip_epsilon": (0.0, None), "kl_coef": (0.0, None), "save_every": (1, MAX_STEPS)}
 
 
 @dataclass
@@ -193,20 +203,21 @@ class EvalSection:
     max_new_tokens: int = 256
     core_bundle: str = ""  # CORE bundle folder (core.yaml, eval_meta_data.csv, eval_data/); empty: ARC + HellaSwag
 
-    _ranges = {"limit": (0, None), "max_new_tokens": (1, None)}
+    _ranges = {"limit": (0, MAX_STEPS), "max_new_tokens": (1, MAX_SEQ_LEN)}
 
 
 @dataclass
 class SampleSection:
     temperature: float = 0.8
     top_k: int = 50  # 0: off
-    top_p: float = 1.0  # 1: off
+    top_p: float = 1.0  # 1: off; 0: the most likely token only (as in workbench/engine/sampling.py)
     repetition_penalty: float = 1.0  # 1: off
     max_tokens: int = 256
     seed: int = -1  # -1: random
 
-    _ranges = {"temperature": (0.0, None), "top_k": (0, None), "top_p": (0.0, 1.0),
-               "repetition_penalty": (0.0, None), "max_tokens": (1, None)}
+    _ranges = {"temperature": (0.0, None), "top_k": (0, 1_000_000), "top_p": (0.0, 1.0),
+               "repetition_penalty": (0.0, None), "max_tokens": (1, MAX_SEQ_LEN), "seed": (-1, MAX_SEED)}
+    _above = {"repetition_penalty": 0.0}  # strictly: logits are divided by it
 
 
 SECTIONS: dict[str, type] = {
@@ -320,37 +331,56 @@ def _suggest(word: str, options: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def _brief(value: Any) -> str:
+    """A bad value as an error line shows it: repr, cut short (a value can be a 900-deep list)."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        return f"a deeply nested {type(value).__name__}"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _check_value(section_cls: type, name: str, default: Any, value: Any) -> tuple[Any, str | None]:
     """Coerce and check one value; returns (value, error message or None)."""
     expected = type(default)
     if expected is bool:
         if not isinstance(value, bool):
-            return value, f"must be true or false, got {value!r}"
+            return value, f"must be true or false, got {_brief(value)}"
     elif expected is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            return value, f"must be an integer, got {value!r}"
+            return value, f"must be an integer, got {_brief(value)}"
     elif expected is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return value, f"must be a number, got {value!r}"
-        value = float(value)
+            return value, f"must be a number, got {_brief(value)}"
+        try:
+            number = float(value)
+        except OverflowError:  # a 400-digit integer from a JSON config
+            number = math.inf
+        # NaN passes every range check (all comparisons are false) and inf passes open ones
+        if not math.isfinite(number):
+            return value, f"must be a finite number, got {_brief(value)}"
+        value = number
     elif expected is str:
         if not isinstance(value, str):
-            return value, f"must be a string, got {value!r}"
+            return value, f"must be a string, got {_brief(value)}"
     elif expected is list:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-            return value, f"must be a list of strings, got {value!r}"
+            return value, f"must be a list of strings, got {_brief(value)}"
     choices = getattr(section_cls, "_choices", {}).get(name)
     if choices and value not in choices:
-        return value, f"must be one of {', '.join(choices)}, got {value!r}"
+        return value, f"must be one of {', '.join(choices)}, got {_brief(value)}"
     bounds = getattr(section_cls, "_ranges", {}).get(name)
     if bounds:
         low, high = bounds
         if low is not None and value < low:
-            return value, f"must be >= {low}, got {value!r}"
+            return value, f"must be >= {low}, got {_brief(value)}"
         if high is not None and value > high:
-            return value, f"must be <= {high}, got {value!r}"
+            return value, f"must be <= {high}, got {_brief(value)}"
+    above = getattr(section_cls, "_above", {}).get(name)
+    if above is not None and not value > above:
+        return value, f"must be > {above}, got {_brief(value)}"
     return value, None
 
 
@@ -440,6 +470,8 @@ def parse(text: str, path: Path | str = "<config>") -> tuple[Config, list[str]]:
     """Parse TOML text; returns (config, errors) and never raises for bad input."""
     try:
         data = tomllib.loads(text)
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        return Config(), [f"{path}: nested too deeply"]
     except tomllib.TOMLDecodeError as error:
         # tomllib's message ends in "(at line L, column C)": lift the line to the front.
         message = str(error)
