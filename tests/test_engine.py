@@ -224,13 +224,19 @@ def test_repetition_penalty_top_p_and_temperature():
     assert {0, 1, 2} <= draws
     top2 = SamplingParams(temperature=5.0, top_k=2)
     assert {sample_next(logits, top2, generator).item() for _ in range(100)} == {0, 1}
+    # top_p = 0 keeps the most likely token only (OpenAI accepts it too), with or without top_k
+    for top_k in (0, 3):
+        only_best = SamplingParams(temperature=5.0, top_k=top_k, top_p=0.0)
+        assert {sample_next(logits, only_best, generator).item() for _ in range(50)} == {0}
 
 
 def test_sampling_params_validation():
     with pytest.raises(ValueError):
         SamplingParams(temperature=-1)
-    with pytest.raises(ValueError):
-        SamplingParams(top_p=0)
+    for bad in ({"top_p": -0.1}, {"top_p": 1.5}, {"temperature": float("nan")}, {"temperature": float("inf")},
+                {"top_p": float("nan")}, {"repetition_penalty": float("nan")}):
+        with pytest.raises(ValueError):
+            SamplingParams(**bad)
     with pytest.raises(ValueError):
         SamplingParams.from_dict({"temprature": 1.0})
     assert SamplingParams.from_dict({"seed": -1, "stop": "END"}).seed is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -12,7 +13,7 @@ import torch
 class SamplingParams:
     temperature: float = 0.8  # 0: greedy
     top_k: int = 50  # 0: off
-    top_p: float = 1.0  # 1: off
+    top_p: float = 1.0  # 1: off; 0: the most likely token only (nucleus sampling always keeps one)
     repetition_penalty: float = 1.0  # 1: off; > 1 discourages tokens already generated in this answer
     max_tokens: int = 256  # generated tokens, forced tool output included
     seed: int | None = None  # None: a fresh random seed per call
@@ -20,12 +21,16 @@ class SamplingParams:
 
     def __post_init__(self):
         problems = []
+        # NaN fails every comparison below the wrong way (nan < 0 is false): finite first
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            if not math.isfinite(getattr(self, name)):
+                problems.append(f"{name} must be a finite number")
         if self.temperature < 0:
             problems.append("temperature must be >= 0")
         if self.top_k < 0:
             problems.append("top_k must be >= 0")
-        if not 0.0 < self.top_p <= 1.0:
-            problems.append("top_p must be in (0, 1]")
+        if not 0.0 <= self.top_p <= 1.0:
+            problems.append("top_p must be in [0, 1]")
         if self.repetition_penalty <= 0:
             problems.append("repetition_penalty must be > 0")
         if self.max_tokens < 1:
@@ -92,7 +97,9 @@ def sample_next(
     if params.top_p < 1.0:
         probs = torch.softmax(candidates_logits, dim=-1)
         before = torch.cumsum(probs, dim=-1) - probs  # mass of the better candidates
-        candidates_logits = candidates_logits.masked_fill(before >= params.top_p, float("-inf"))
+        beyond = before >= params.top_p
+        beyond[..., 0] = False  # the best candidate always stays: top_p = 0 samples it alone
+        candidates_logits = candidates_logits.masked_fill(beyond, float("-inf"))
     probs = torch.softmax(candidates_logits, dim=-1)
     choice = torch.multinomial(probs, 1, generator=generator)
     return candidates.gather(-1, choice).squeeze(-1)

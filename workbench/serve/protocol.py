@@ -84,7 +84,7 @@ class ChatRequest(_Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_p: float | None = Field(None, ge=0.0, le=1.0)  # 0: the most likely token only
     top_k: int | None = Field(None, ge=0)  # extension (as vLLM): 0 = off
     repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)  # extension
     max_tokens: int | None = Field(None, ge=1)
