@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import ast
+import random
 import threading
 import time
+import tracemalloc
+import warnings
+from pathlib import Path
 
 import pytest
 
+from workbench import tools
 from workbench.tools import CalculatorError, calculate
 
 
@@ -144,3 +150,95 @@ def test_hostile_input_is_fast_and_works_off_the_main_thread():
     assert not thread.is_alive()
     assert len(results) == len(hostile)
     assert time.perf_counter() - start < 2.0
+
+
+# ---- fuzzing: whatever a model writes, the calculator answers or says why not (issue 16, item 14) ----
+
+# Atoms chosen to reach every limit: huge and negative repeat counts, floats at the edges,
+# strings that grow when upper-cased, ints at the size cap.
+ATOMS = ["0", "1", "-1", "2", "3", "7", "10", "255", "0.5", "-0.0", "1e308", "1e-308", "1e999", "2**63", "2**64",
+         "-2**63", "2**1023", "10**300", "9**9", "''", "'a'", "'abc'", "'ﬃ'", "'ß'", "'İ'", "'x' * 10000",
+         "len('abc')", "'\\d'"]
+OPERATORS = ["+", "-", "*", "/", "//", "%", "**"]
+METHODS = {"count": 1, "lower": 0, "upper": 0, "strip": 0, "replace": 2}
+SOUP = list("0123456789+-*/%().'\"ejx_ \\abN{}[]:,") + ["**", "//", "len(", ".count(", ".replace(", ".upper()",
+                                                       "1e308", "2**63", "'ﬃ'", "lambda", "import"]
+
+
+def random_expression(rng: random.Random, depth: int = 0) -> str:
+    roll = rng.random()
+    if depth > 4 or roll < 0.3:
+        return rng.choice(ATOMS)
+    if roll < 0.75:
+        return f"({random_expression(rng, depth + 1)}){rng.choice(OPERATORS)}({random_expression(rng, depth + 1)})"
+    if roll < 0.82:
+        return f"-({random_expression(rng, depth + 1)})"
+    if roll < 0.88:
+        return f"len({random_expression(rng, depth + 1)})"
+    method = rng.choice(list(METHODS))
+    args = ", ".join(random_expression(rng, depth + 1) for _ in range(METHODS[method]))
+    return f"({random_expression(rng, depth + 1)}).{method}({args})"
+
+
+def random_soup(rng: random.Random) -> str:
+    return "".join(rng.choice(SOUP) for _ in range(rng.randint(1, 60)))
+
+
+def check_bounded(expression: str) -> None:
+    """Answers with a bounded string or raises CalculatorError, never anything else; peak memory
+    stays far below what a huge power or repetition would take; no warning leaks out."""
+    tracemalloc.start()
+    try:
+        with warnings.catch_warnings(record=True) as leaked:
+            warnings.simplefilter("always")
+            try:
+                result = calculate(expression)
+            except CalculatorError:
+                result = ""
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert isinstance(result, str) and len(result) <= tools.MAX_STRING_CHARS, expression
+    assert peak < 2_000_000, (expression, peak)
+    assert not leaked, (expression, [str(w.message) for w in leaked])
+
+
+@pytest.mark.parametrize("expression", [
+    "''*2**63", "'' * 2**64", "2**63 * ''", "'a' * -2**63", "-2**63 * 'a'", "'' * 10**300",
+    "('ﬃ' * 10000).upper()", "('İ' * 10000).lower()", "'\\d'", "'\\N{nope}'",
+])
+def test_reported_and_found_failures_are_errors_or_answers(expression):
+    check_bounded(expression)
+
+
+def test_fuzzed_expressions_never_escape_and_stay_bounded():
+    rng = random.Random(16)
+    for _ in range(1500):
+        check_bounded(random_expression(rng))
+    for _ in range(1500):
+        check_bounded(random_soup(rng))
+
+
+def test_hypothesis_expressions_never_escape():
+    hypothesis = pytest.importorskip("hypothesis")
+    strategies = hypothesis.strategies
+    atom = strategies.sampled_from(ATOMS) | strategies.integers(-2**70, 2**70).map(str) | strategies.floats().map(repr)
+    expression = strategies.recursive(
+        atom, lambda inner: strategies.tuples(inner, strategies.sampled_from(OPERATORS), inner).map(
+            lambda parts: f"({parts[0]}){parts[1]}({parts[2]})") | inner.map(lambda e: f"len({e})")
+        | inner.map(lambda e: f"({e}).upper()"), max_leaves=12)
+
+    @hypothesis.settings(max_examples=200, deadline=None, derandomize=True, database=None)
+    @hypothesis.given(strategies.one_of(expression, strategies.text(max_size=80)))
+    def never_escapes(text):
+        check_bounded(text)
+
+    never_escapes()
+
+
+def test_the_calculator_never_evals_or_execs_model_output():
+    source = Path(tools.__file__).read_text(encoding="utf-8")
+    called = {node.func.id for node in ast.walk(ast.parse(source))
+              if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+    assert not called & {"eval", "exec", "compile", "__import__"}
+    assert "ast.parse" in source and 'mode="eval"' in source  # parsed to a tree, walked by _Evaluator
