@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dis
 import json
+import os
 import socket
+import tempfile
+import types
 from pathlib import Path
 
 import pytest
 
-from workbench.evals import humaneval
+from workbench.evals import humaneval, sandbox_boot
 from workbench.evals.sandbox import run_program
 
 FIXTURES = Path(__file__).parent / "fixtures" / "evals"
@@ -83,3 +87,32 @@ def test_no_processes_no_writes_outside_its_folder(tmp_path):
 def test_huge_output_is_bounded():
     result = run_program("while True:\n    print('x' * 10000)\n", timeout=10)
     assert not result.passed and len(result.stdout) <= 8192
+
+
+def test_its_folder_is_gone_afterwards_and_the_machine_is_untouched():
+    result = run_program("import os\nprint(os.getcwd())\nopen('kept.txt', 'w').write('x')\n")
+    assert result.passed, result.stderr
+    folder = Path(result.stdout.strip())
+    assert folder.name == "work" and not folder.parent.exists()
+    with open(Path(tempfile.gettempdir()) / f"picochat-probe-{os.getpid()}", "w") as probe:
+        probe.write("the machine's own mounts stay writable")  # the read-only remounts stayed inside
+    os.unlink(probe.name)
+
+
+def test_humaneval_scores_say_which_sandbox_layers_held():
+    problem = humaneval.load(FIXTURES / "humaneval" / "HumanEval.jsonl")[0]
+    scored = humaneval.score([problem], [problem.canonical_solution], timeout=20)
+    layers = scored.details["sandbox_layers"]
+    assert {"process", "rlimits", "audit-hook"} <= set(layers)
+    assert layers == list(run_program("pass\n").layers)
+
+
+def test_the_audit_hook_looks_up_no_global_or_builtin_name():
+    """Everything the hook uses was captured in its closure when it was installed, so rebinding a
+    global or a builtin (isinstance, PermissionError, os.path...) later cannot change its decisions."""
+    nested = [const for const in sandbox_boot.install_audit_hook.__code__.co_consts
+              if isinstance(const, types.CodeType)]
+    assert {code.co_name for code in nested} >= {"hook", "resolve", "writable", "hidden"}
+    for code in nested:
+        lookups = [i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")]
+        assert not lookups, (code.co_name, lookups)

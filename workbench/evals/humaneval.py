@@ -97,7 +97,10 @@ def score(problems: list[Problem], completions: list[str], timeout: float = DEFA
     details = {"passed": sum(passed), "outcomes": dict(Counter(r.status for r in results)),
                "failures": [{"task_id": problem.task_id, "status": r.status,
                              "error": (r.stderr.strip().splitlines() or [""])[-1][:200]}
-                            for problem, r in zip(problems, results, strict=True) if not r.passed][:5]}
+                            for problem, r in zip(problems, results, strict=True) if not r.passed][:5],
+               # the sandbox layers active in every run (a machine without namespaces has fewer)
+               "sandbox_layers": [layer for layer in results[0].layers if all(layer in r.layers for r in results)]
+               if results else []}
     details.update(reasoning_metrics(parsed, passed, count_tokens))
     return TaskResult(task="humaneval", accuracy=mean([float(p) for p in passed]), n=len(problems), chance=0.0,
                       details=details)
