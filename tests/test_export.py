@@ -205,6 +205,17 @@ def test_bad_input_exits_2_with_one_line(case, checkpoint_path, tmp_path, capsys
     assert not any(path.name.startswith(".tmp-") for path in tmp_path.iterdir())
 
 
+def test_a_baseline_model_is_refused_with_one_line(make_tiny_config, tmp_path, capsys):
+    from workbench.train.pretrain import pretrain
+
+    config = make_tiny_config(model={"kind": "bigram"}, train={"steps": 2, "eval_every": 2, "save_every": 2})
+    bigram = pretrain(config, verbose=False).last_checkpoint
+    assert main(["export", str(bigram), "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "kind 'bigram' does not export; only the gpt model does" in error
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # transformers, in a process that never imports picochat
 

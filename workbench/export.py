@@ -270,10 +270,27 @@ def _check_destination(out: Path, source: Path, force: bool) -> None:
         raise BadInput(f"{out}: holds the checkpoint being exported; choose another --out")
 
 
+def _write_folder(checkpoint, folder: Path, fmt: str, out_name: str) -> None:
+    from workbench.train.checkpoint import save_tensors, write_json
+
+    tensors = {hf_name(name): tensor for name, tensor in float_state_dict(checkpoint.model).items()}
+    save_tensors(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    write_json(folder / "config.json", hf_config(checkpoint, with_remote_code=fmt == "hf"))
+    if fmt == "hf":
+        (folder / "tokenizer.json").write_text(hf_tokenizer_json(checkpoint.tokenizer), encoding="utf-8")
+        write_json(folder / "tokenizer_config.json", tokenizer_config(checkpoint))
+        write_json(folder / "generation_config.json", generation_config(checkpoint))
+        for name in REMOTE_CODE_FILES:
+            shutil.copyfile(TEMPLATE_DIR / name, folder / name)
+        (folder / "README.md").write_text(model_card(checkpoint, out_name), encoding="utf-8")
+    else:
+        (folder / "tokenizer.json").write_text(checkpoint.tokenizer.to_str(), encoding="utf-8")
+
+
 def export_checkpoint(spec: str | Path, out: str | Path, fmt: str = "hf", force: bool = False) -> Path:
     """Write CHECKPOINT (a checkpoint folder, or a run folder: its newest) as a `fmt` folder at
     `out`; returns `out`. An existing non-empty `out` is replaced only with force."""
-    from workbench.train.checkpoint import load_checkpoint, resolve_checkpoint, save_tensors, write_json
+    from workbench.train.checkpoint import load_checkpoint, resolve_checkpoint
 
     if fmt not in FORMATS:
         raise BadInput(f"--format: unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -289,18 +306,11 @@ def export_checkpoint(spec: str | Path, out: str | Path, fmt: str = "hf", force:
     if temporary.exists():
         shutil.rmtree(temporary)
     temporary.mkdir(parents=True)
-    tensors = {hf_name(name): tensor for name, tensor in float_state_dict(checkpoint.model).items()}
-    save_tensors(tensors, temporary / "model.safetensors", metadata={"format": "pt"})
-    write_json(temporary / "config.json", hf_config(checkpoint, with_remote_code=fmt == "hf"))
-    if fmt == "hf":
-        (temporary / "tokenizer.json").write_text(hf_tokenizer_json(checkpoint.tokenizer), encoding="utf-8")
-        write_json(temporary / "tokenizer_config.json", tokenizer_config(checkpoint))
-        write_json(temporary / "generation_config.json", generation_config(checkpoint))
-        for name in REMOTE_CODE_FILES:
-            shutil.copyfile(TEMPLATE_DIR / name, temporary / name)
-        (temporary / "README.md").write_text(model_card(checkpoint, out.name), encoding="utf-8")
-    else:
-        (temporary / "tokenizer.json").write_text(checkpoint.tokenizer.to_str(), encoding="utf-8")
+    try:
+        _write_folder(checkpoint, temporary, fmt, out.name)
+    except BaseException:  # a full disk, ^C: no half-written folder left behind
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
 
     if out.exists():  # empty, or replaced with force: moved aside first, so a crash leaves one of the two
         old = out.with_name(f".tmp-old-{out.name}")
