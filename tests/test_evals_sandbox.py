@@ -5,6 +5,7 @@ from __future__ import annotations
 import dis
 import json
 import os
+import re
 import socket
 import tempfile
 import types
@@ -116,3 +117,24 @@ def test_the_audit_hook_looks_up_no_global_or_builtin_name():
     for code in nested:
         lookups = [i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")]
         assert not lookups, (code.co_name, lookups)
+
+
+HEADERS = {"x86_64": Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h"),
+           "aarch64": Path("/usr/include/asm-generic/unistd.h")}
+
+
+@pytest.mark.parametrize("machine", list(HEADERS))
+def test_the_seccomp_filter_names_the_right_system_calls(machine):
+    """A wrong number would let the call through (and refuse another): check the table against the
+    kernel's headers where this machine has them (fchmodat2 and memfd_secret are newer than some)."""
+    table = sandbox_boot.SYSCALL_NUMBERS[machine]
+    missing = set(sandbox_boot.DENIED_SYSCALLS) - set(table)
+    assert missing <= ({"fork", "vfork", "mknod", "link", "symlink", "chmod", "chown", "lchown"}
+                       if machine == "aarch64" else set())  # aarch64 has only the *at forms
+    if not HEADERS[machine].exists():
+        pytest.skip(f"{HEADERS[machine]} is not on this machine")
+    defined = dict(re.findall(r"#define __NR(?:3264)?_(\w+)\s+(\d+)", HEADERS[machine].read_text()))
+    assert "socket" in defined and "clone3" in defined
+    wrong = {name: number for name, number in table.items() if name in defined and int(defined[name]) != number}
+    assert not wrong
+    assert len(sandbox_boot.seccomp_filter(machine)) % 8 == 0

@@ -409,6 +409,13 @@ def test_memory_bomb_is_stopped(mode):
     assert result.status == "memory", result
 
 
+def test_memory_outside_the_address_space_is_refused(mode):
+    result = run_attacks({"memfd": "fd = os.memfd_create('bomb')\nos.write(fd, b'x' * (8 << 20))",
+                          "/dev/shm": "open('/dev/shm/bomb', 'wb').write(b'x' * (8 << 20))"},
+                         mode, prelude="import os\n")
+    assert "SUCCEEDED" not in result.stdout, result.stdout
+
+
 def test_time_bomb_inside_one_c_call_is_stopped(mode):
     result = run_program("sum(range(10 ** 13))\n", timeout=1.5, **mode)
     assert result.status == "timeout", result

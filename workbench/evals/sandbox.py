@@ -29,7 +29,7 @@ The child side is sandbox_boot.py. Layers, outermost first, and what each stops:
   with ABI 4+ no TCP bind/connect, with ABI 6+ no signals or abstract unix sockets beyond itself.
 - seccomp (x86_64, aarch64): a BPF filter refuses with EPERM the system calls for sockets, process and
   thread creation, exec, signals to others, ptrace, mounts and namespaces, chdir, links, fifos and
-  device nodes, chmod/chown, bpf, io_uring, keyrings and modules; another architecture's calls are
+  device nodes, chmod/chown, memfd, bpf, io_uring, keyrings and modules; another architecture's calls are
   killed. It holds whatever the route to the call: ctypes, `_imp.create_builtin`, a fresh module.
   Written here as 30 lines of BPF rather than a dependency: no maintained binding exists on PyPI
   (pyseccomp was last released in 2021 and needs the system's libseccomp anyway).
@@ -217,7 +217,8 @@ def _read_report(fd: int) -> dict:
 
 def _status(ending: str, code: int | None, stderr: str, layers: tuple[str, ...], seconds: float,
             timeout: float) -> str:
-    if ending == "timeout" or code == -signal.SIGXCPU or (code == -signal.SIGKILL and seconds >= timeout * 0.9):
+    killed_late = code == -signal.SIGKILL and seconds >= timeout * 0.9  # the CPU limit's hard kill
+    if ending == "timeout" or code == -signal.SIGXCPU or killed_late:
         return "timeout"
     if ending == "disk" or code == -signal.SIGXFSZ:
         return "disk"

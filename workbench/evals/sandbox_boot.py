@@ -53,7 +53,8 @@ FS_REMOVE_DIR, FS_REMOVE_FILE, FS_MAKE_DIR, FS_MAKE_REG = 1 << 4, 1 << 5, 1 << 7
 FS_REFER, FS_TRUNCATE, FS_IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
 FS_FILE_RIGHTS = FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | FS_TRUNCATE | FS_IOCTL_DEV
 READ = FS_READ_FILE | FS_READ_DIR
-WORK = READ | FS_WRITE_FILE | FS_REMOVE_DIR | FS_REMOVE_FILE | FS_MAKE_DIR | FS_MAKE_REG | FS_REFER | FS_TRUNCATE
+WORK = (READ | FS_WRITE_FILE | FS_REMOVE_DIR | FS_REMOVE_FILE | FS_MAKE_DIR | FS_MAKE_REG | FS_REFER
+        | FS_TRUNCATE)
 SYSTEM_LIBRARIES = ("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib", "/etc/ld.so.cache",
                     "/etc/localtime", "/usr/share/zoneinfo")  # what extension modules load at import time
 DEVICES = {"/dev/null": FS_READ_FILE | FS_WRITE_FILE | FS_TRUNCATE, "/dev/zero": FS_READ_FILE,
@@ -72,13 +73,14 @@ DENIED_SYSCALLS = (
     "bpf", "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register",
     "keyctl", "add_key", "request_key", "init_module", "finit_module", "delete_module", "kexec_load",
     "kexec_file_load", "reboot", "swapon", "swapoff", "acct", "quotactl", "syslog",
+    "memfd_create", "memfd_secret",  # memory outside the address-space limit
 )
 SYSCALL_NUMBERS = {  # from asm/unistd_64.h and asm-generic/unistd.h
     "x86_64": dict(
-        socket=41, socketpair=53, connect=42, accept=43, accept4=288, bind=49, listen=50, clone=56, clone3=435,
-        fork=57, vfork=58, execve=59, execveat=322, kill=62, tkill=200, tgkill=234, rt_sigqueueinfo=129,
-        rt_tgsigqueueinfo=297, pidfd_send_signal=424, pidfd_open=434, pidfd_getfd=438, ptrace=101,
-        process_vm_readv=310, process_vm_writev=311, kcmp=312, setsid=112, setpgid=109, mount=165,
+        socket=41, socketpair=53, connect=42, accept=43, accept4=288, bind=49, listen=50, clone=56,
+        clone3=435, fork=57, vfork=58, execve=59, execveat=322, kill=62, tkill=200, tgkill=234,
+        rt_sigqueueinfo=129, rt_tgsigqueueinfo=297, pidfd_send_signal=424, pidfd_open=434, pidfd_getfd=438,
+        ptrace=101, process_vm_readv=310, process_vm_writev=311, kcmp=312, setsid=112, setpgid=109, mount=165,
         umount2=166, pivot_root=155, chroot=161, unshare=272, setns=308, open_tree=428, move_mount=429,
         fsopen=430, fsconfig=431, fsmount=432, fspick=433, mount_setattr=442, chdir=80, fchdir=81, mknod=133,
         mknodat=259, link=86, linkat=265, symlink=88, symlinkat=266, chmod=90, fchmod=91, fchmodat=268,
@@ -86,7 +88,7 @@ SYSCALL_NUMBERS = {  # from asm/unistd_64.h and asm-generic/unistd.h
         open_by_handle_at=304, bpf=321, perf_event_open=298, userfaultfd=323, io_uring_setup=425,
         io_uring_enter=426, io_uring_register=427, keyctl=250, add_key=248, request_key=249, init_module=175,
         finit_module=313, delete_module=176, kexec_load=246, kexec_file_load=320, reboot=169, swapon=167,
-        swapoff=168, acct=163, quotactl=179, syslog=103, capset=126),
+        swapoff=168, acct=163, quotactl=179, syslog=103, memfd_create=319, memfd_secret=447, capset=126),
     "aarch64": dict(
         socket=198, socketpair=199, connect=203, accept=202, accept4=242, bind=200, listen=201, clone=220,
         clone3=435, execve=221, execveat=281, kill=129, tkill=130, tgkill=131, rt_sigqueueinfo=138,
@@ -98,7 +100,7 @@ SYSCALL_NUMBERS = {  # from asm/unistd_64.h and asm-generic/unistd.h
         open_by_handle_at=265, bpf=280, perf_event_open=241, userfaultfd=282, io_uring_setup=425,
         io_uring_enter=426, io_uring_register=427, keyctl=219, add_key=217, request_key=218, init_module=105,
         finit_module=273, delete_module=106, kexec_load=104, kexec_file_load=294, reboot=142, swapon=224,
-        swapoff=225, acct=89, quotactl=60, syslog=116, capset=91),
+        swapoff=225, acct=89, quotactl=60, syslog=116, memfd_create=279, memfd_secret=447, capset=91),
 }
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 X32_SYSCALL_BIT = 0x40000000
@@ -129,13 +131,14 @@ PATH_EVENTS = (  # event, where its paths are, where its dir_fd arguments are (-
 )
 FRAME_ATTRIBUTES = ("tb_frame", "gi_frame", "cr_frame", "ag_frame")
 HIDDEN_TREES = ("/proc", "/sys")
+POSIX_WITHOUT_AUDIT_EVENT = ("mkfifo", "mknod", "_exit", "setsid", "setpgid", "setpgrp", "pidfd_open",
+                             "chroot", "fchdir", "fchmod", "fchown", "lchown", "forkpty", "openpty",
+                             "login_tty", "sched_setaffinity", "memfd_create")
 NO_AUDIT_EVENT = (  # functions that reach the kernel without an audit event: replaced by the guard
     (_thread, ("start_new_thread", "start_new", "start_joinable_thread")),
     (_signal, ("signal", "set_wakeup_fd", "siginterrupt", "setitimer", "pthread_kill", "pidfd_send_signal")),
-    (posix, ("mkfifo", "mknod", "_exit", "setsid", "setpgid", "setpgrp", "pidfd_open", "chroot", "fchdir",
-             "fchmod", "fchown", "lchown", "forkpty", "openpty", "login_tty", "sched_setaffinity")),
-    (os, ("mkfifo", "mknod", "_exit", "setsid", "setpgid", "setpgrp", "pidfd_open", "chroot", "fchdir",
-          "fchmod", "fchown", "lchown", "forkpty", "openpty", "login_tty", "sched_setaffinity")),
+    (posix, POSIX_WITHOUT_AUDIT_EVENT),
+    (os, POSIX_WITHOUT_AUDIT_EVENT),  # os copied them from posix when it was imported
 )
 
 
@@ -315,7 +318,12 @@ def drop_capabilities() -> bool:
     header = ctypes.create_string_buffer(struct.pack("Ii", 0x20080522, 0))  # _LINUX_CAPABILITY_VERSION_3
     data = ctypes.create_string_buffer(24)  # effective, permitted, inheritable: all empty
     LIBC.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
-    return LIBC.syscall(ctypes.c_long(number), header, data) == 0
+    return syscall(number, header, data) == 0
+
+
+def syscall(number: int, *args: int | ctypes.Array | None) -> int:
+    """libc's syscall(2). It is variadic: integers must go as C longs; buffers and None as pointers."""
+    return LIBC.syscall(ctypes.c_long(number), *(ctypes.c_long(a) if isinstance(a, int) else a for a in args))
 
 
 def set_limits(config: dict) -> None:
@@ -331,15 +339,14 @@ def restrict_with_landlock(home: str, python_root: str) -> bool:
     """Writes only in the program's folder; reads only there, in the Python installation, the system
     libraries and four devices (no /proc, no project, no home folders); no TCP bind or connect (ABI 4+);
     no signals or abstract unix sockets beyond this process (ABI 6+)."""
-    abi = LIBC.syscall(ctypes.c_long(LANDLOCK_CREATE_RULESET), None, ctypes.c_long(0), ctypes.c_long(1))
+    abi = syscall(LANDLOCK_CREATE_RULESET, None, 0, 1)  # LANDLOCK_CREATE_RULESET_VERSION
     if abi < 1:
         return False
     handled = (1 << 13) - 1 | (FS_REFER if abi >= 2 else 0) | (FS_TRUNCATE if abi >= 3 else 0)
     handled |= FS_IOCTL_DEV if abi >= 5 else 0
     attributes = struct.pack("QQQ", handled, 3 if abi >= 4 else 0, 3 if abi >= 6 else 0)
     size = 8 if abi < 4 else 16 if abi < 6 else 24
-    ruleset = LIBC.syscall(ctypes.c_long(LANDLOCK_CREATE_RULESET), ctypes.create_string_buffer(attributes, size),
-                           ctypes.c_long(size), ctypes.c_long(0))
+    ruleset = syscall(LANDLOCK_CREATE_RULESET, ctypes.create_string_buffer(attributes, size), size, 0)
     if ruleset < 0:
         return False
     try:
@@ -354,12 +361,11 @@ def restrict_with_landlock(home: str, python_root: str) -> bool:
                 if not os.path.isdir(path):
                     access &= FS_FILE_RIGHTS
                 rule = ctypes.create_string_buffer(struct.pack("=Qi", access & handled, fd), 12)
-                if LIBC.syscall(ctypes.c_long(LANDLOCK_ADD_RULE), ctypes.c_long(ruleset), ctypes.c_long(1),
-                                rule, ctypes.c_long(0)) != 0:
+                if syscall(LANDLOCK_ADD_RULE, ruleset, 1, rule, 0) != 0:  # LANDLOCK_RULE_PATH_BENEATH
                     return False
             finally:
                 os.close(fd)
-        return LIBC.syscall(ctypes.c_long(LANDLOCK_RESTRICT_SELF), ctypes.c_long(ruleset), ctypes.c_long(0)) == 0
+        return syscall(LANDLOCK_RESTRICT_SELF, ruleset, 0) == 0
     finally:
         os.close(ruleset)
 
@@ -381,7 +387,8 @@ def seccomp_filter(machine: str) -> bytes:
         program.append(instruction(BPF_JUMP_AT_LEAST, X32_SYSCALL_BIT, then=len(numbers) + 1))
     for index, number in enumerate(numbers):
         program.append(instruction(BPF_JUMP_EQUAL, number, then=len(numbers) - index))
-    program += [instruction(BPF_RETURN, SECCOMP_RET_ALLOW), instruction(BPF_RETURN, SECCOMP_RET_ERRNO | EPERM)]
+    program.append(instruction(BPF_RETURN, SECCOMP_RET_ALLOW))
+    program.append(instruction(BPF_RETURN, SECCOMP_RET_ERRNO | EPERM))  # where every jump above lands
     return b"".join(program)
 
 
@@ -478,7 +485,8 @@ def install_audit_hook(home: str) -> None:
                 raise refused(f"sandbox: reading {path!r} is not allowed")
         elif event == "import":
             name = args[0]
-            if kind(name) is plain_str and (name in refused_imports or name.partition(".")[0] in refused_imports):
+            if kind(name) is plain_str and (name in refused_imports
+                                            or name.partition(".")[0] in refused_imports):
                 raise refused_import(f"sandbox: import of {name} is not allowed")
         elif event == "os.listdir" or event == "os.scandir":
             if kind(args[0]) is not plain_int and args[0] is not None and hidden(args[0]):
