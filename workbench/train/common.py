@@ -100,8 +100,17 @@ def _b64(tensor: torch.Tensor) -> str:
     return base64.b64encode(bytes(tensor.cpu().tolist())).decode()  # a few kB: no numpy needed
 
 
-def _unb64(text: str) -> torch.Tensor:
-    return torch.tensor(list(base64.b64decode(text)), dtype=torch.uint8)
+def _unb64(text: object, name: str) -> bytes:
+    if not isinstance(text, str):
+        raise ValueError(f"{name}: must be a base64 string")
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:  # binascii.Error
+        raise ValueError(f"{name}: not valid base64") from None
+
+
+def _unb64_tensor(text: object, name: str) -> torch.Tensor:
+    return torch.tensor(list(_unb64(text, name)), dtype=torch.uint8)
 
 
 def capture_rng_states() -> dict[str, object]:
@@ -115,18 +124,58 @@ def capture_rng_states() -> dict[str, object]:
     return states
 
 
-def restore_rng_states(states: dict[str, object] | None) -> None:
-    if not states:
-        return
+def decode_rng_states(states: object) -> dict[str, object]:
+    """What capture_rng_states wrote (read back from meta.json), as the states torch and random
+    take: {"torch_cpu": tensor, "torch_cuda": [tensor], "python": tuple}. ValueError naming the
+    entry when anything is off, so garbage is refused before any generator is touched."""
+    if states is None:
+        return {}
+    if not isinstance(states, dict):
+        raise ValueError("must be an object")
+    decoded: dict[str, object] = {}
     if "torch_cpu" in states:
-        torch.set_rng_state(_unb64(states["torch_cpu"]))
-    cuda_states = states.get("torch_cuda")
-    if cuda_states and torch.cuda.is_available():
-        for index, state in enumerate(cuda_states[: torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(_unb64(state), index)
+        cpu = _unb64_tensor(states["torch_cpu"], "torch_cpu")
+        if cpu.numel() != torch.get_rng_state().numel():
+            raise ValueError(f"torch_cpu: {cpu.numel()} bytes, a torch CPU generator state has "
+                             f"{torch.get_rng_state().numel()}")
+        decoded["torch_cpu"] = cpu
+    if states.get("torch_cuda") is not None:
+        if not isinstance(states["torch_cuda"], list):
+            raise ValueError("torch_cuda: must be a list")
+        decoded["torch_cuda"] = [_unb64_tensor(state, f"torch_cuda[{index}]")
+                                 for index, state in enumerate(states["torch_cuda"])]
+        if torch.cuda.is_available():  # a CUDA state's size is fixed; only a CUDA build can say it
+            size = torch.cuda.get_rng_state(0).numel()
+            if any(state.numel() != size for state in decoded["torch_cuda"]):
+                raise ValueError(f"torch_cuda: a CUDA generator state has {size} bytes")
     if "python" in states:
-        version, internal, gauss = json.loads(base64.b64decode(states["python"]))
-        random.setstate((version, tuple(internal), gauss))
+        decoded["python"] = _decode_python_state(states["python"])
+    return decoded
+
+
+def _decode_python_state(text: object) -> tuple:
+    try:
+        version, internal, gauss = json.loads(_unb64(text, "python"))
+    except (ValueError, TypeError, RecursionError):  # not JSON, not three entries
+        raise ValueError("python: not a saved random.getstate()") from None
+    expected = random.getstate()
+    if (version != expected[0] or not isinstance(internal, list) or len(internal) != len(expected[1])
+            or not all(type(word) is int and 0 <= word < 2**32 for word in internal)
+            or not (gauss is None or type(gauss) in (int, float))):
+        raise ValueError("python: not a saved random.getstate()")
+    return version, tuple(internal), gauss
+
+
+def restore_rng_states(states: dict[str, object] | None) -> None:
+    """Put back what capture_rng_states saved (ValueError on garbage, see decode_rng_states)."""
+    decoded = decode_rng_states(states)
+    if "torch_cpu" in decoded:
+        torch.set_rng_state(decoded["torch_cpu"])
+    if decoded.get("torch_cuda") and torch.cuda.is_available():
+        for index, state in enumerate(decoded["torch_cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state, index)
+    if "python" in decoded:
+        random.setstate(decoded["python"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,9 +188,12 @@ GPU_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A1
 
 
 @functools.lru_cache(maxsize=4)
-def peak_flops(device_type: str, device_name: str = "") -> float | None:
+def peak_flops(device_type: str, device_name: str = "", dtype: str = "float32") -> float | None:
     """The peak MFU is measured against: a table for known GPUs, and for the CPU a quick measured
-    fp32 matmul rate (about 0.1 s, once per process). None when unknown."""
+    matmul rate in the dtype training computes in (bf16 autocast runs 1.6-2x the fp32 rate on CPUs
+    with native bf16, so an fp32 peak showed MFU above 100%), about 0.3 s once per process. A busy
+    machine measures it low: the training loop raises it to the best rate a step reaches. None
+    when unknown."""
     if device_type == "cuda":
         for key, value in GPU_PEAKS.items():
             if key in device_name:
@@ -152,7 +204,8 @@ def peak_flops(device_type: str, device_name: str = "") -> float | None:
     # The best single matmul, not the mean: on a busy machine the mean measures the other jobs
     # too, and an underestimated peak would show MFU above 100%.
     size = 1024
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    matmul_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+    a, b = torch.randn(size, size, dtype=matmul_dtype), torch.randn(size, size, dtype=matmul_dtype)
     a @ b  # warm up the thread pool and kernel choice
     best = float("inf")
     start = time.perf_counter()

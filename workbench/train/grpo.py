@@ -355,6 +355,15 @@ class GrpoResult:
 def grpo(cfg, resume: bool = False, verbose: bool = True, task: Task | None = None) -> GrpoResult:
     """GRPO per the config (see the module docstring). In-process entry point for tests, speedrun
     and the CLI; `task` replaces the [grpo] task (tests train on a toy reward)."""
+    from workbench.runs import unlock_run_folder
+
+    try:
+        return _grpo(cfg, resume, verbose, task)
+    finally:
+        unlock_run_folder(cfg.stage_dir("grpo"))  # also when it failed before its RunWriter existed
+
+
+def _grpo(cfg, resume: bool, verbose: bool, task: Task | None) -> GrpoResult:
     import torch
 
     from workbench.engine import Engine, SamplingParams
@@ -367,7 +376,7 @@ def grpo(cfg, resume: bool = False, verbose: bool = True, task: Task | None = No
 
     settings = cfg.grpo
     single_process("grpo")
-    init, newest = check_inputs(cfg, "grpo", settings.init_from, cfg.stage_dir("sft"), "sft", resume)
+    init, newest = check_inputs(cfg, "grpo", settings.init_from, cfg.stage_dir("sft"), "sft", resume, worker=True)
     task = task or build_task(cfg)
     device = resolve_device(cfg.run.device)
     run_dir = cfg.stage_dir("grpo")

@@ -75,9 +75,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_inputs(cfg, resume: bool, is_main: bool = True):
+def check_inputs(cfg, resume: bool, is_main: bool = True, worker: bool = False):
     """Everything that can be wrong before training starts, as BadInput: data and tokenizer
-    missing, a run folder that would be overwritten, a run that is already going.
+    missing, a run folder that would be overwritten, a run that is already going. The worker
+    (not the launcher of a detached one) takes the run folder's lock here.
     Returns (tokenizer, newest checkpoint folder or None)."""
     from workbench.data.shards import list_shards
     from workbench.tokenizer import Tokenizer
@@ -89,19 +90,22 @@ def check_inputs(cfg, resume: bool, is_main: bool = True):
         raise BadInput(f"{cfg.tokenizer_path}: no tokenizer; run `picochat tokenizer CONFIG` first")
     tokenizer = Tokenizer.from_file(cfg.tokenizer_path)
     # Under torchrun only rank 0 checks for a running worker: it may have written status.json already.
-    newest = guard_run_folder(cfg.stage_dir("pretrain"), "pretrain", resume, check_running=is_main)
+    newest = guard_run_folder(cfg.stage_dir("pretrain"), "pretrain", resume, check_running=is_main,
+                              take_lock=worker)
     return tokenizer, newest
 
 
 def pretrain(cfg, resume: bool = False, verbose: bool = True):
     """Pretrain per the config; returns loop.TrainResult. In-process entry point for tests,
     speedrun and the CLI."""
+    from workbench.runs import unlock_run_folder
     from workbench.train.common import cleanup_distributed, setup_distributed
 
     dist = setup_distributed(cfg.run.device)
     try:
         return _pretrain(cfg, resume, dist, verbose)
     finally:
+        unlock_run_folder(cfg.stage_dir("pretrain"))  # also when it failed before its RunWriter existed
         cleanup_distributed(dist)
 
 
@@ -117,7 +121,7 @@ def _pretrain(cfg, resume: bool, dist, verbose: bool):
     from workbench.train.loader import PackingLoader
     from workbench.train.loop import TrainResult, train
 
-    tokenizer, newest = check_inputs(cfg, resume, dist.is_main)
+    tokenizer, newest = check_inputs(cfg, resume, dist.is_main, worker=True)
     device = resolve_device(cfg.run.device, dist.local_rank)
     run_dir = cfg.stage_dir("pretrain")
     train_cfg, seq_len = cfg.train, cfg.model.seq_len
@@ -158,8 +162,14 @@ def _pretrain(cfg, resume: bool, dist, verbose: bool):
         optimizers = build_optimizer(model, train_cfg)
     model.train()
 
-    loader = PackingLoader(cfg.data_dir, "train", tokenizer, seq_len, train_cfg.device_batch_size, device=device,
-                           rank=dist.rank, world_size=dist.world_size, loop=True, state=loader_state)
+    try:
+        loader = PackingLoader(cfg.data_dir, "train", tokenizer, seq_len, train_cfg.device_batch_size,
+                               device=device, rank=dist.rank, world_size=dist.world_size, loop=True,
+                               state=loader_state)
+    except (KeyError, TypeError, ValueError) as error:  # a damaged data position in meta.json
+        if loader_state is None:
+            raise
+        raise BadInput(f"{newest / 'meta.json'}: loader_state: {type(error).__name__}: {error}"[:300]) from None
     cached_val: list = []
 
     def val_fn(eval_model) -> dict[str, float]:

@@ -60,24 +60,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check_inputs(cfg, stage: str, init_from: str, default_source: Path, source_verb: str,
-                 resume: bool) -> tuple[Path, Path | None]:
-    """Everything that can be wrong before a post-training stage starts, as BadInput. Returns (the
+                 resume: bool, worker: bool = False) -> tuple[Path, Path | None]:
+    """Everything that can be wrong before a post-training stage starts, as BadInput; the worker
+    (not the launcher of a detached one) takes the run folder's lock here. Returns (the
     checkpoint to start from, the stage's newest checkpoint when resuming)."""
     from workbench import runs
-    from workbench.train.checkpoint import resolve_checkpoint
+    from workbench.train.checkpoint import guard_run_folder, resolve_checkpoint
 
-    run_dir = cfg.stage_dir(stage)
-    status = runs.read_status(run_dir)
-    if (status and status.get("stage") == stage
-            and runs.effective_state(status) in ("starting", "running", "paused", "stopping")):
-        raise BadInput(f"{run_dir}: a {stage} worker is already running there (pid {status.get('pid')}); "
-                       f"stop it first with `picochat stop {run_dir}`")
-    checkpoints = runs.list_checkpoints(run_dir)
-    if checkpoints and not resume:
-        raise BadInput(f"{run_dir}: already has checkpoints (newest {checkpoints[-1].name}); continue it with "
-                       f"--resume, or choose another [run] name or out_dir")
-    if resume and checkpoints:
-        return checkpoints[-1], checkpoints[-1]
+    newest = guard_run_folder(cfg.stage_dir(stage), stage, resume, take_lock=worker)
+    if newest is not None:  # only with resume: guard_run_folder refuses existing checkpoints otherwise
+        return newest, newest
     if init_from:
         return resolve_checkpoint(cfg.resolve_path(init_from)), None
     if not runs.list_checkpoints(default_source):
@@ -102,6 +94,15 @@ def stage_config(cfg, checkpoint):
 def sft(cfg, resume: bool = False, verbose: bool = True, budget: str = ""):
     """Fine-tune per the config (for `budget`, e.g. "5m", instead of [sft] steps when given);
     returns loop.TrainResult. In-process entry point for tests, speedrun and the CLI."""
+    from workbench.runs import unlock_run_folder
+
+    try:
+        return _sft(cfg, resume, verbose, budget)
+    finally:
+        unlock_run_folder(cfg.stage_dir("sft"))  # also when it failed before its RunWriter existed
+
+
+def _sft(cfg, resume: bool, verbose: bool, budget: str):
     from workbench.data.chat import SftBatches, load_datasets, val_batches
     from workbench.optim import build_optimizer
     from workbench.runs import RunWriter, freeze_config
@@ -111,7 +112,7 @@ def sft(cfg, resume: bool = False, verbose: bool = True, budget: str = ""):
     from workbench.train.pretrain import planned_steps
 
     single_process("sft")
-    init, newest = check_inputs(cfg, "sft", cfg.sft.init_from, cfg.out_dir, "pretrain", resume)
+    init, newest = check_inputs(cfg, "sft", cfg.sft.init_from, cfg.out_dir, "pretrain", resume, worker=True)
     device = resolve_device(cfg.run.device)
     run_dir = cfg.stage_dir("sft")
     seed_everything(cfg.run.seed)
@@ -132,7 +133,10 @@ def sft(cfg, resume: bool = False, verbose: bool = True, budget: str = ""):
         best_val_bpb, source = meta.get("best_val_bpb"), meta.get("init_from", source)
         if "sft_state" not in meta:
             raise BadInput(f"{newest / 'meta.json'}: no sft_state (not an SFT checkpoint?), so it cannot be resumed")
-        batches.load_state_dict(meta["sft_state"])
+        try:
+            batches.load_state_dict(meta["sft_state"])
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise BadInput(f"{newest / 'meta.json'}: sft_state: {type(error).__name__}: {error}"[:300]) from None
         restore_rng_states(meta.get("rng_states"))
         total_steps, time_budget = planned_steps(cfg.sft.steps, budget, meta)
     model.train()
