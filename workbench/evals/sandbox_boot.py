@@ -32,10 +32,12 @@ import sys
 import types  # imported before the audit hook: its import reads a traceback's frame, which the hook refuses
 
 NOBODY = 65534
+LINUX = sys.platform.startswith("linux")  # elsewhere only the process, rlimits and Python layers exist
 LIBC = ctypes.CDLL(None, use_errno=True)
-LIBC.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-LIBC.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-LIBC.syscall.restype = ctypes.c_long
+if LINUX:
+    LIBC.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+    LIBC.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    LIBC.syscall.restype = ctypes.c_long
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
@@ -146,7 +148,7 @@ def main(config: dict) -> None:
     with open("program.py", encoding="utf-8") as handle:
         source = handle.read()  # before a fresh file system may cover the folder
     disabled = frozenset(config["disable"])
-    namespaces = () if "namespaces" in disabled else enter_namespaces()
+    namespaces = enter_namespaces() if LINUX and "namespaces" not in disabled else ()
     if "pid-ns" in namespaces:
         supervisor = os.fork()
         if supervisor:  # the launcher: only the supervisor knows the program's fate
@@ -185,7 +187,7 @@ def wait_for(pid: int) -> int:
 def supervise(config: dict, source: str, namespaces: tuple[str, ...], disabled: frozenset[str]) -> None:
     home, report = config["home"], config["report_fd"]
     layers = ["process", *namespaces]
-    as_nobody = (os.geteuid() == 0 and "user-ns" not in namespaces and "uid" not in disabled)
+    as_nobody = LINUX and os.geteuid() == 0 and "user-ns" not in namespaces and "uid" not in disabled
     python_moved = None
     if "mount-ns" in namespaces:
         python_moved, as_nobody, file_system_layers = build_file_system(config, source, as_nobody,
@@ -287,16 +289,17 @@ def run_as_program(config: dict, source: str, layers: list[str], as_nobody: bool
         os.setresgid(NOBODY, NOBODY, NOBODY)
         os.setresuid(NOBODY, NOBODY, NOBODY)
         layers.append("uid-nobody")
-    elif os.geteuid() == 0 and "uid" not in disabled and drop_capabilities():
+    elif LINUX and os.geteuid() == 0 and "uid" not in disabled and drop_capabilities():
         layers.append("no-capabilities")
     set_limits(config)
     layers.append("rlimits")
-    LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-    python_root = python_moved[1] if python_moved else sys.base_prefix
-    if "landlock" not in disabled and restrict_with_landlock(home, python_root):
-        layers.append("landlock")
-    if "seccomp" not in disabled and restrict_with_seccomp():
-        layers.append("seccomp")
+    if LINUX:
+        LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        python_root = python_moved[1] if python_moved else sys.base_prefix
+        if "landlock" not in disabled and restrict_with_landlock(home, python_root):
+            layers.append("landlock")
+        if "seccomp" not in disabled and restrict_with_seccomp():
+            layers.append("seccomp")
     if "python" not in disabled:
         shut_doors_without_audit_events()
         install_audit_hook(home)
@@ -328,11 +331,11 @@ def syscall(number: int, *args: int | ctypes.Array | None) -> int:
 
 def set_limits(config: dict) -> None:
     memory, cpu, file_bytes = config["memory"], config["cpu"], config["fsize"]
-    for limit, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_DATA, memory),
-                         (resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_FSIZE, file_bytes),
-                         (resource.RLIMIT_NOFILE, 64), (resource.RLIMIT_NPROC, 0), (resource.RLIMIT_CORE, 0),
-                         (resource.RLIMIT_MEMLOCK, 0), (resource.RLIMIT_MSGQUEUE, 0)):
-        resource.setrlimit(limit, value if isinstance(value, tuple) else (value, value))
+    for name, value in (("RLIMIT_AS", memory), ("RLIMIT_DATA", memory), ("RLIMIT_CPU", (cpu, cpu + 1)),
+                        ("RLIMIT_FSIZE", file_bytes), ("RLIMIT_NOFILE", 64), ("RLIMIT_NPROC", 0),
+                        ("RLIMIT_CORE", 0), ("RLIMIT_MEMLOCK", 0), ("RLIMIT_MSGQUEUE", 0)):
+        if hasattr(resource, name):  # the last ones are Linux's
+            resource.setrlimit(getattr(resource, name), value if isinstance(value, tuple) else (value, value))
 
 
 def restrict_with_landlock(home: str, python_root: str) -> bool:
