@@ -386,6 +386,8 @@ def test_disk_quota_counts_total_bytes(strong_mode):
         "        with open(f'f{i}', 'wb') as handle:\n            handle.write(b'x' * (1 << 20))\n"
         "        total += 1 << 20\nexcept OSError as error:\n    print('stopped:', error)\n"
         "print('WROTE', total >> 20, 'MB')\n", timeout=20, **strong_mode)
+    if "disk-quota" not in result.layers:
+        pytest.skip("no tmpfs quota here (no mount namespace): see the parent's watch below")
     assert "WROTE 400 MB" not in result.stdout, result
     assert "stopped:" in result.stdout or not result.passed, result
 
