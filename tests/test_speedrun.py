@@ -87,3 +87,26 @@ def test_speedrun_end_to_end_and_idempotent(make_tiny_config, capsys):
     for stage in stages:
         assert f"speedrun: {stage}: skipped" in again, stage
     assert again.strip().splitlines()[-1] == f"report: {report}"
+
+
+@pytest.mark.parametrize("name, kind", [("bigram", "bigram"), ("mlp", "mlp"), ("tiny", "gpt")])
+def test_shipped_configs_train_and_validate(name, kind, tiny_config, tiny_tokenizer_path, tmp_path):
+    # bigram -> MLP -> transformer: each shipped config, as written, trains a few steps on the tiny
+    # data (the test's own prepared shards and tokenizer) and logs a validation bpb.
+    import dataclasses
+
+    from workbench import config as config_module
+    from workbench.train.pretrain import pretrain
+
+    cfg = config_module.load(Path(__file__).resolve().parents[1] / "configs" / f"{name}.toml")
+    assert cfg.model.kind == kind and cfg.train.steps == (120 if kind == "mlp" else 300)
+    cfg.run = dataclasses.replace(cfg.run, out_dir=str(tmp_path / name), device="cpu")
+    cfg.data = dataclasses.replace(cfg.data, dir=str(tiny_config.data_dir))
+    cfg.tokenizer = dataclasses.replace(cfg.tokenizer, path=str(tiny_tokenizer_path))
+    cfg.train = dataclasses.replace(cfg.train, steps=3, eval_every=3, save_every=3, eval_tokens=2048,
+                                    device_batch_size=4, total_batch_tokens=4 * cfg.model.seq_len)
+    result = pretrain(cfg, verbose=False)
+    assert result.step == 3 and result.last_checkpoint is not None
+    val = [r["val_bpb"] for r in runs.read_metrics(cfg.out_dir, kind="eval")]
+    assert len(val) == 2 and all(0 < value < 20 for value in val)
+    assert json.loads((result.last_checkpoint / "config.json").read_text())["model"]["kind"] == kind
