@@ -309,6 +309,20 @@ def test_a_full_disk_ends_training_in_one_line(make_tiny_config, small_tmpfs, ca
     assert not [p.name for p in (cfg.out_dir / "checkpoints").iterdir() if p.name.startswith(".tmp-")]
 
 
+def test_a_full_disk_under_the_run_writer_is_one_line(small_tmpfs):
+    writer = runs.RunWriter(small_tmpfs / "run", "pretrain")
+    filler = os.open(small_tmpfs / "filler", os.O_WRONLY | os.O_CREAT)
+    with pytest.raises(OSError):
+        while True:
+            os.write(filler, b"x" * 65536)
+    os.close(filler)
+    with pytest.raises(BadInput, match=r"metrics\.jsonl: cannot write \(No space left on device\)"):
+        for _ in range(100):
+            writer.log("sample", text="x" * 8192)
+    writer.finish("failed", "disk full")  # a failing worker's last words are best effort: no second error
+    assert not list((small_tmpfs / "run").glob(".*.tmp"))
+
+
 def test_non_finite_weights_are_refused_at_load(trained_run, tmp_path, capsys):
     from safetensors.torch import load_file, save_file
 
