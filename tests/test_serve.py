@@ -3,9 +3,10 @@ official openai client for the happy paths, plain HTTP for the malformed ones.
 
 One stand-in appears below (`ScriptableEngine`): a trained tiny model ends its answers within a
 few tokens and never thinks or calls its calculator, so to test what happens *during* a long answer
-(a client leaving, another client served meanwhile) and how thoughts and tool calls travel, it wraps
-the real engine and answers two trigger phrases from a script. Every other request in these tests
-runs the real engine.
+(a client leaving, another client served meanwhile) and how thoughts and tool calls travel, its
+batch answers two trigger phrases from a script beside the real batch. Every other request in these
+tests runs the real engine. Batching, over-long prompts, failures and the HTTP hardening are in
+test_serve_hardening.py.
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ import httpx
 import openai
 import pytest
 
-from workbench.engine import Engine, Event, SamplingParams
+from workbench.engine import Engine, Event
 from workbench.serve import protocol
 from workbench.serve.app import BackgroundServer, create_app, describe_model
 from workbench.serve.protocol import Limits
-from workbench.serve.scheduler import END, Scheduler
 
 ENDLESS = "keep talking forever"
 SCRIPTED = "think and use your calculator"
@@ -33,28 +33,70 @@ SCRIPT = [Event("thought", "Two plus three; "), Event("thought", "use the tool."
 
 
 class ScriptableEngine:
-    """The real engine, except for two messages: one containing ENDLESS gets an answer that never
-    ends (one text event every few milliseconds) until the server closes it; one containing
+    """The real engine, except that a prompt containing ENDLESS gets an answer that never ends
+    (one text event every few milliseconds) until the server cancels it, and one containing
     SCRIPTED gets SCRIPT (a thought, a calculator call and its result, then the answer)."""
 
     def __init__(self, engine: Engine):
         self.engine, self.model, self.tokenizer, self.device = engine, engine.model, engine.tokenizer, engine.device
-        self.closed = threading.Event()
+        self.closed = threading.Event()  # set when the server cancelled an endless answer
 
-    def stream_chat(self, messages, params: SamplingParams, use_tools: bool = True):
-        last = str(messages[-1]["content"])
-        if SCRIPTED in last:
-            yield from SCRIPT
-            yield Event("done", finish_reason="stop", prompt_tokens=9, completion_tokens=14)
-        elif ENDLESS in last:
-            try:
-                while True:
-                    time.sleep(0.005)
-                    yield Event("text", "more ")
-            finally:  # GeneratorExit: the scheduler closed us because the client went away
-                self.closed.set()
+    def chat_prompt(self, *args, **kwargs) -> list[int]:
+        return self.engine.chat_prompt(*args, **kwargs)
+
+    def batch(self, prefill_chunk: int = 64) -> ScriptedBatch:
+        return ScriptedBatch(self, self.engine.batch(prefill_chunk))
+
+
+class ScriptedMember:
+    def __init__(self, prompt_ids: list[int], endless: bool):
+        self.prompt_ids, self.rows, self.error, self.endless = prompt_ids, 1, None, endless
+        done = Event("done", finish_reason="stop", prompt_tokens=len(prompt_ids), completion_tokens=14)
+        self.events = iter(SCRIPT + [done])
+
+    def next_event(self) -> Event:
+        return Event("text", "more ") if self.endless else next(self.events)
+
+
+class ScriptedBatch:
+    """The real Batch, and beside it the scripted members (one event per step each)."""
+
+    def __init__(self, owner: ScriptableEngine, real):
+        self.owner, self.real, self.scripted = owner, real, []
+
+    @property
+    def members(self) -> list:
+        return self.real.members + self.scripted
+
+    @property
+    def rows(self) -> int:
+        return self.real.rows + len(self.scripted)
+
+    def add(self, prompt_ids, params, num_samples=1, use_tools=True, tool_text=None):
+        text = self.owner.tokenizer.decode(prompt_ids)
+        if ENDLESS in text or SCRIPTED in text:
+            self.scripted.append(ScriptedMember(prompt_ids, endless=ENDLESS in text))
+            return self.scripted[-1]
+        return self.real.add(prompt_ids, params, num_samples, use_tools, tool_text)
+
+    def cancel(self, member) -> None:
+        if member in self.scripted:
+            self.scripted.remove(member)
+            self.owner.closed.set()
         else:
-            yield from self.engine.stream_chat(messages, params, use_tools)
+            self.real.cancel(member)
+
+    def step(self):
+        updates, ended = self.real.step() if self.real.members else ([], [])
+        if self.scripted:
+            time.sleep(0.005)
+        for member in list(self.scripted):
+            event = member.next_event()
+            updates.append((member, 0, [event]))
+            if event.kind == "done":
+                self.scripted.remove(member)
+                ended.append(member)
+        return updates, ended
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +283,7 @@ def test_bad_requests_are_400_with_an_openai_error(server, body, param):
 
 def test_oversized_body_unknown_model_and_unknown_route(server, client):
     huge = {"model": "tiny-test", "messages": user("x" * 70_000)}
-    assert error_of(post(server, huge))["code"] == "request_too_large"
+    assert error_of(post(server, huge), 413)["code"] == "request_too_large"
     error = error_of(post(server, {"model": "gpt-4o", "messages": user("hi")}), 404)
     assert error["code"] == "model_not_found" and error["param"] == "model"
     assert error_of(httpx.get(server.url + "/v1/nothing"), 404)["code"] == "not_found"
@@ -303,38 +345,6 @@ def test_a_non_streaming_request_stops_when_its_client_gives_up(server, engine):
     with pytest.raises(httpx.ReadTimeout):  # the client waits one second, then hangs up
         post(server, {"model": server.model.id, "messages": user(ENDLESS)}, timeout=1.0)
     assert engine.closed.wait(timeout=20), "the generation kept running after its client left"
-
-
-def test_scheduler_interleaves_and_isolates_failures():
-    """Round-robin over plain generators: a short request finishes while a long one runs, and an
-    engine error ends only its own request."""
-
-    def counting(n):
-        yield from range(n)
-
-    def failing():
-        yield "first"
-        raise RuntimeError("boom")
-
-    async def main():
-        scheduler = Scheduler(max_active=4)
-        scheduler.start()
-        try:
-            queue: asyncio.Queue = asyncio.Queue()
-            scheduler.submit(lambda: counting(1000), queue, "long")
-            scheduler.submit(lambda: counting(3), queue, "short")
-            scheduler.submit(failing, queue, "failing")
-            order = []
-            while ("short", END) not in order or ("failing", "failure") not in order:
-                tag, item = await queue.get()
-                order.append((tag, item if item is END or not hasattr(item, "message") else "failure"))
-            return order
-        finally:
-            scheduler.stop()
-
-    order = asyncio.run(main())
-    assert ("failing", "failure") in order and ("long", END) not in order
-    assert [item for tag, item in order if tag == "short"] == [0, 1, 2, END]
 
 
 # ---- API key ----

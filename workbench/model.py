@@ -21,6 +21,7 @@ The GPT (nanochat's recipe, written for CPU first):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import torch
@@ -210,11 +211,68 @@ def band_mask(queries: int, keys: int, offset: int, window: int | None, device: 
 _cached_band_mask = functools.lru_cache(maxsize=64)(band_mask)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None) -> torch.Tensor:
+def sliding_block_mask(length: int, window: int, device: torch.device):
+    """flex_attention's BlockMask for causal attention over the `window` most recent positions
+    (itself included) of a length-`length` sequence: blocks wholly outside the band are skipped,
+    so an S layer costs ~window / length of an L layer's work, where SDPA with a boolean mask
+    computes the whole T x T (and falls to the MATH kernel on CUDA, see sdpa_backend)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def in_band(batch, head, query, key):
+        return (key <= query) & (query - key < window)
+
+    return create_block_mask(in_band, None, None, length, length, device=device)
+
+
+_cached_sliding_block_mask = functools.lru_cache(maxsize=16)(sliding_block_mask)  # per (T, window, device)
+
+
+@functools.cache
+def _compiled_flex_attention():
+    """flex_attention outside a compiled model (eager training on CUDA): compiled on its own, as
+    eager flex_attention is a reference implementation that materializes the scores."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def uses_flex(kernel: str, device: torch.device) -> bool:
+    """[model] attention: "flex" always, "auto" on CUDA (fused band kernel); "sdpa" never."""
+    return kernel == "flex" or (kernel == "auto" and device.type == "cuda")
+
+
+def _flex_band_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    length, gqa = q.size(2), q.size(1) != k.size(1)
+    if torch.compiler.is_compiling():  # built inside the graph, as band_mask is
+        mask = sliding_block_mask(length, window, q.device)
+        return flex_attention(q, k, v, block_mask=mask, enable_gqa=gqa)
+    mask = _cached_sliding_block_mask(length, window, q.device)
+    run = _compiled_flex_attention() if q.is_cuda else flex_attention
+    return run(q, k, v, block_mask=mask, enable_gqa=gqa)
+
+
+def sdpa_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                 is_causal: bool) -> str:
+    """The kernel F.scaled_dot_product_attention picks for these inputs on their device: FLASH,
+    EFFICIENT, CUDNN or MATH (MATH keeps float32 [B, H, Tq, Tk] probabilities: slow and big)."""
+    from torch.nn.attention import SDPBackend
+
+    choice = torch._fused_sdp_choice(q, k, v, mask, 0.0, is_causal, scale=None,
+                                     enable_gqa=q.size(1) != k.size(1))
+    return SDPBackend(choice).name
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None,
+           kernel: str = "sdpa") -> torch.Tensor:
     """Causal (optionally windowed) attention of q [B, H, Tq, D] over k, v [B, KV, Tk, D], where the
-    queries are the last Tq of the Tk positions (Tq < Tk when decoding with a KV cache)."""
+    queries are the last Tq of the Tk positions (Tq < Tk when decoding with a KV cache). A windowed
+    layer over a whole sequence goes through flex_attention when uses_flex(kernel) says so."""
     queries, keys = q.size(2), k.size(2)
     gqa = q.size(1) != k.size(1)
+    if window is not None and window < keys and queries == keys and uses_flex(kernel, q.device):
+        return _flex_band_attention(q, k, v, window)
     if window is not None and window < keys:
         # Keys no query can see are dropped before SDPA, not just masked.
         first = max(0, keys - queries - window + 1)
@@ -295,15 +353,26 @@ class KVCache:
 
 def _attend_one(q, k, v, k_cache, v_cache, visible):
     """One query per row q [B, H, D] over the cached keys/values [B, KV, max_len, D] where
-    `visible` [max_len], plus its own new k, v [B, KV, D]; float32 softmax. Returns [B, H, D]."""
+    `visible` ([max_len], or [B, 1, 1, max_len] for rows at different positions), plus its own
+    new k, v [B, KV, D]; float32 softmax. Returns [B, H, D]."""
     batch, heads, dim = q.shape
     kv_heads = k.size(1)
     q = q.float().view(batch, kv_heads, heads // kv_heads, dim) * dim**-0.5  # query groups per kv head
-    # multiply-and-sum, not matmul: under torch.compile these fuse into the softmax's kernels
-    cached = (q[:, :, :, None, :] * k_cache.float()[:, :, None]).sum(-1).masked_fill(~visible, float("-inf"))
+    compiling = torch.compiler.is_compiling()
+    # multiply-and-sum under torch.compile, where it fuses into the softmax's kernels; eager, the
+    # same sums as matmuls (multiply-and-sum would materialize [B, H, max_len, D] per layer)
+    if compiling:
+        cached = (q[:, :, :, None, :] * k_cache.float()[:, :, None]).sum(-1)
+    else:
+        cached = torch.matmul(q, k_cache.float().transpose(-1, -2))
+    cached = cached.masked_fill(~visible, float("-inf"))
     own = (q * k.float()[:, :, None, :]).sum(-1, keepdim=True)
     weights = torch.softmax(torch.cat([cached, own], dim=-1), dim=-1)
-    y = (weights[..., :-1, None] * v_cache.float()[:, :, None]).sum(-2) + weights[..., -1:] * v.float()[:, :, None, :]
+    if compiling:
+        y = (weights[..., :-1, None] * v_cache.float()[:, :, None]).sum(-2)
+    else:
+        y = torch.matmul(weights[..., :-1], v_cache.float())
+    y = y + weights[..., -1:] * v.float()[:, :, None, :]
     return y.view(batch, heads, dim).to(v.dtype)
 
 
@@ -327,6 +396,7 @@ class Attention(nn.Module):
         super().__init__()
         self.layer = layer
         self.window = window  # None: the whole causal prefix
+        self.kernel = cfg.attention  # [model] attention: which kernel a windowed layer uses
         self.heads, self.kv_heads = cfg.heads, cfg.kv_heads
         self.head_dim = cfg.width // cfg.heads
         self.c_q = nn.Linear(cfg.width, self.heads * self.head_dim, bias=False)
@@ -355,7 +425,7 @@ class Attention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v)
             k, v = k.to(q.dtype), v.to(q.dtype)
-        y = attend(q, k, v, self.window)
+        y = attend(q, k, v, self.window, self.kernel)
         return self.c_proj(y.transpose(1, 2).reshape(batch, time, -1))
 
 
@@ -394,6 +464,21 @@ def layer_windows(cfg: ModelSection) -> list[int | None]:
     return [cfg.short_window if letter == "S" else None for letter in letters]
 
 
+@torch.no_grad()
+def init_(param: torch.Tensor, fill, **kwargs) -> None:
+    """fill(tensor, **kwargs) (an nn.init function) on a parameter, also when FSDP has sharded it
+    into a DTensor: the whole tensor is drawn on every rank (same seed, same draws) and each keeps
+    its shard, so a sharded model starts from exactly the weights one process would draw."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(param, DTensor):
+        fill(param, **kwargs)
+        return
+    full = torch.empty(param.shape, dtype=param.dtype, device=param.to_local().device)
+    fill(full, **kwargs)
+    param.copy_(distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None))
+
+
 class LanguageModel(nn.Module):
     """What every model kind shares: parameter counting, and no KV cache unless it says so."""
 
@@ -428,16 +513,28 @@ class GPT(LanguageModel):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        nn.init.normal_(self.wte.weight, std=1.0)
-        nn.init.normal_(self.lm_head.weight, std=0.001)
+        """Fresh weights, and the rotary tables rebuilt: a model made on the meta device (build_model,
+        FSDP) has garbage in every tensor until this runs."""
+        init_(self.wte.weight, nn.init.normal_, std=1.0)
+        init_(self.lm_head.weight, nn.init.normal_, std=0.001)
         bound = 3**0.5 * self.config.width**-0.5  # uniform with std 1/sqrt(width)
         for block in self.blocks:
             for linear in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.mlp.c_fc):
-                nn.init.uniform_(linear.weight, -bound, bound)
-            nn.init.zeros_(block.attn.c_proj.weight)
-            nn.init.zeros_(block.mlp.c_proj.weight)
-        self.resid_lambdas.fill_(1.0)
-        self.x0_lambdas.fill_(0.1)
+                init_(linear.weight, nn.init.uniform_, a=-bound, b=bound)
+            init_(block.attn.c_proj.weight, nn.init.zeros_)
+            init_(block.mlp.c_proj.weight, nn.init.zeros_)
+        init_(self.resid_lambdas, nn.init.constant_, val=1.0)
+        init_(self.x0_lambdas, nn.init.constant_, val=0.1)
+        cos, sin = rotary_tables(self.rotary_cos.size(0), self.head_dim, self.config.rope_base,
+                                 self.rotary_cos.device)
+        self.rotary_cos.copy_(cos)
+        self.rotary_sin.copy_(sin)
+
+    def set_attention(self, kernel: str) -> None:
+        """Switch [model] attention (a runtime choice: the weights do not depend on it)."""
+        self.config = dataclasses.replace(self.config, attention=kernel)
+        for block in self.blocks:
+            block.attn.kernel = kernel
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {
@@ -480,8 +577,10 @@ class GPT(LanguageModel):
                     pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One decode step with shapes that never change, for torch.compile (engine --compile).
 
-        idx [B, 1] sits at position `pos` (a 0-dim long tensor, so a new position is not a new
-        graph); k_cache/v_cache [layers, B, kv_heads, max_len, head_dim] hold positions < pos.
+        idx [B, 1] sits at position `pos`: a 0-dim long tensor (so a new position is not a new
+        graph), or one position per row [B] (rows of different lengths decoding together, as a
+        server batches requests); k_cache/v_cache [layers, B, kv_heads, max_len, head_dim] hold
+        each row's positions < its pos (later slots are masked, whatever they hold).
         Returns (logits [B, V] float32, new_k, new_v [layers, B, kv_heads, head_dim]): the caller
         writes the new keys and values at pos. The caches are only read, so the compiled graph
         mutates none of its inputs (a mutated input costs a copy of the whole cache per step).
@@ -490,24 +589,27 @@ class GPT(LanguageModel):
         with a mask (key < pos, and inside its window) plus the new key, so the shapes depend on
         max_len alone."""
         batch = idx.size(0)
-        cos = self.rotary_cos.index_select(0, pos.view(1))
-        sin = self.rotary_sin.index_select(0, pos.view(1))
+        pos = pos.view(-1)  # [1] or [B]
+        # the rows go through rotary as the time axis [1, B, ...]: each row turns by its own angle
+        cos = self.rotary_cos.index_select(0, pos)
+        sin = self.rotary_sin.index_select(0, pos)
         key_pos = torch.arange(k_cache.size(3), device=idx.device)
+        row_pos = pos.view(-1, 1, 1, 1)  # against key_pos: [1 or B, 1, 1, max_len] masks
         x = x0 = norm(self.wte(idx))
         new_keys, new_values = [], []
         for i, block in enumerate(self.blocks):
             attn = block.attn
             x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
             h = norm(x)
-            q = _decode_linear(attn.c_q, h).view(batch, 1, attn.heads, attn.head_dim)
-            k = _decode_linear(attn.c_k, h).view(batch, 1, attn.kv_heads, attn.head_dim)
+            q = _decode_linear(attn.c_q, h).view(1, batch, attn.heads, attn.head_dim)
+            k = _decode_linear(attn.c_k, h).view(1, batch, attn.kv_heads, attn.head_dim)
             v = _decode_linear(attn.c_v, h).view(batch, attn.kv_heads, attn.head_dim)
-            q, k = norm(apply_rotary(q, cos, sin))[:, 0], norm(apply_rotary(k, cos, sin))[:, 0]
+            q, k = norm(apply_rotary(q, cos, sin))[0], norm(apply_rotary(k, cos, sin))[0]
             new_keys.append(k)
             new_values.append(v)
-            visible = key_pos < pos
+            visible = key_pos < row_pos
             if attn.window is not None:
-                visible &= pos - key_pos < attn.window
+                visible &= row_pos - key_pos < attn.window
             y = _attend_one(q, k, v, k_cache[i], v_cache[i], visible)
             x = x + _decode_linear(attn.c_proj, y.reshape(batch, 1, -1))
             mlp = block.mlp
@@ -541,7 +643,7 @@ class Bigram(LanguageModel):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        nn.init.normal_(self.table.weight, std=0.01)
+        init_(self.table.weight, nn.init.normal_, std=0.01)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"embedding": [self.table.weight]}
@@ -570,10 +672,10 @@ class MLP(LanguageModel):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        nn.init.normal_(self.wte.weight, std=1.0)
+        init_(self.wte.weight, nn.init.normal_, std=1.0)
         fan_in = self.hidden.weight.size(1)
-        nn.init.uniform_(self.hidden.weight, -(3 / fan_in) ** 0.5, (3 / fan_in) ** 0.5)
-        nn.init.normal_(self.lm_head.weight, std=0.001)
+        init_(self.hidden.weight, nn.init.uniform_, a=-(3 / fan_in) ** 0.5, b=(3 / fan_in) ** 0.5)
+        init_(self.lm_head.weight, nn.init.normal_, std=0.001)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"matrix": [self.hidden.weight], "embedding": [self.wte.weight],
@@ -595,8 +697,14 @@ class MLP(LanguageModel):
 MODELS: dict[str, type[LanguageModel]] = {"gpt": GPT, "bigram": Bigram, "mlp": MLP}
 
 
-def build_model(model_cfg: ModelSection, vocab_size: int) -> LanguageModel:
-    """A freshly initialised model of [model] kind on the CPU, derived sizes resolved."""
+def build_model(model_cfg: ModelSection, vocab_size: int, device: torch.device | str | None = None,
+                initialize: bool = True) -> LanguageModel:
+    """A freshly initialised model of [model] kind on `device` (None: the default device, the CPU
+    unless a `with torch.device(...)` says otherwise), derived sizes resolved. The modules are made
+    on the meta device and init_weights draws every weight once, so the random numbers a model
+    starts from depend on the seed and init_weights alone (an FSDP run, which shards the meta
+    model before drawing, starts from the same weights). initialize=False: on the meta device,
+    for the caller to shard, move (to_empty) and init_weights itself."""
     cfg = model_cfg.resolved()
     if cfg.kind not in MODELS:
         raise BadInput(f"[model] kind: unknown model {cfg.kind!r}; choose one of {', '.join(MODELS)}")
@@ -606,7 +714,13 @@ def build_model(model_cfg: ModelSection, vocab_size: int) -> LanguageModel:
         if cfg.width % cfg.heads or (cfg.width // cfg.heads) % 2 or cfg.heads % cfg.kv_heads:
             raise BadInput(f"[model] width {cfg.width}, heads {cfg.heads}, kv_heads {cfg.kv_heads}: width must "
                            f"split into heads of even size and heads into kv_heads groups")
-    model = MODELS[cfg.kind](cfg, vocab_size)
-    model.init_weights()
+    with torch.device("meta"):
+        model = MODELS[cfg.kind](cfg, vocab_size)
+    if not initialize:
+        return model
+    target = torch.device(device) if device is not None else torch.get_default_device()
+    if target.type != "meta":
+        model.to_empty(device=target)
+        model.init_weights()
     return model
 

@@ -275,17 +275,27 @@ class Tokenizer:
         messages = list(messages)
         if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
             messages = messages[:-1]
-        turns = _normalize_messages(messages)
-        if not turns or turns[-1][0] != "user":
+        turns = self.render_turns(messages)
+        if messages[-1]["role"] != "user":
             raise ConversationError("a conversation to complete must end with a user message")
         ids = [self.bos_id]
-        for role, parts in turns:
+        for turn in turns:
+            ids.extend(turn)
+        ids.append(self._special_ids["<|assistant_start|>"])
+        return ids
+
+    def render_turns(self, messages: list[dict[str, Any]]) -> list[list[int]]:
+        """Each turn's ids with its framing, every message encoded once: <|user_start|> ...
+        <|user_end|> and <|assistant_start|> ... <|assistant_end|> (a leading system message is
+        folded into the first user turn). render_for_completion is <|bos|>, these, <|assistant_start|>;
+        a server that must drop old turns to fit the context cuts this list instead of re-encoding."""
+        rendered = []
+        for role, parts in _normalize_messages(messages):
             if role == "user":
-                ids.append(self._special_ids["<|user_start|>"])
-                ids.extend(self.encode(parts[0][1]))
-                ids.append(self._special_ids["<|user_end|>"])
+                ids = [self._special_ids["<|user_start|>"], *self.encode(parts[0][1]),
+                       self._special_ids["<|user_end|>"]]
             else:
-                ids.append(self._special_ids["<|assistant_start|>"])
+                ids = [self._special_ids["<|assistant_start|>"]]
                 for kind, text in parts:
                     if kind == "text":
                         ids.extend(self.encode(text))
@@ -295,8 +305,8 @@ class Tokenizer:
                         ids.extend(self.encode(text))
                         ids.append(self._special_ids[end])
                 ids.append(self._special_ids["<|assistant_end|>"])
-        ids.append(self._special_ids["<|assistant_start|>"])
-        return ids
+            rendered.append(ids)
+        return rendered
 
 
 _PART_TOKENS = {

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from workbench.engine.batch import Batch
 from workbench.engine.sampling import SamplingParams, make_generator, sample_next
 from workbench.engine.streaming import StopFilter, TextStream
 from workbench.tools import CalculatorError, calculate
@@ -43,6 +44,16 @@ class Event:
     finish_reason: str | None = None  # "stop" | "length" on the done event
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+
+class ContextLengthExceeded(ValueError):
+    """A prompt that does not fit the context with room for the answer (OpenAI's wording)."""
+
+    def __init__(self, prompt_tokens: int, reserve: int, limit: int):
+        self.prompt_tokens, self.reserve, self.limit = prompt_tokens, reserve, limit
+        super().__init__(f"This model's maximum context length is {limit} tokens. However, you requested "
+                         f"{prompt_tokens + reserve} tokens ({prompt_tokens} in the messages, {reserve} in the "
+                         "completion). Please reduce the length of the messages or completion.")
 
 
 @dataclass
@@ -75,8 +86,11 @@ def run_tool(expression: str) -> str:
 
 
 class _Row:
-    def __init__(self, tokenizer, params: SamplingParams, use_tools: bool):
+    def __init__(self, tokenizer, params: SamplingParams, use_tools: bool, tool_text=None):
         self.tokenizer = tokenizer
+        # tool_text(kind, text): how a tool block reads in the answer's text (a server's fenced
+        # blocks); stop strings then apply to those blocks too. None: tool blocks are not text.
+        self.tool_text = tool_text
         self.special = {name: tokenizer.special_id(f"<|{name}|>") for name in (
             "bos", "user_start", "assistant_start", "assistant_end", "think_start", "think_end",
             "python_start", "python_end", "output_start", "output_end")}
@@ -163,6 +177,10 @@ class _Row:
         """Close the current text/thought/tool segment, releasing anything it held back."""
         if self.mode in ("tool_call", "tool_output"):
             text = self.tokenizer.decode_bytes(self.tool_ids).decode("utf-8", errors="replace")
+            self.tool_ids = []
+            if self._stopped_inside_tool_block(self.mode, text, events):
+                self.mode = "text"
+                return
             if self.mode == "tool_call":
                 self.tool_calls.append({"expression": text, "output": ""})
                 events.append(Event("tool_call", text))
@@ -170,7 +188,6 @@ class _Row:
                 if self.tool_calls and not self.tool_calls[-1]["output"]:
                     self.tool_calls[-1]["output"] = text
                 events.append(Event("tool_output", text))
-            self.tool_ids = []
         else:
             self._emit(self.stream.flush(), events)
             if self.mode == "text" and not self.finished:
@@ -179,6 +196,25 @@ class _Row:
                     self.text_parts.append(tail)
                     events.append(Event("text", tail))
         self.mode = "text"
+
+    def _stopped_inside_tool_block(self, kind: str, text: str, events: list[Event]) -> bool:
+        """A stop string inside a tool block as the answer's text shows it: the text up to the
+        stop string is the end of the answer (the tool does not run)."""
+        if self.tool_text is None or not self.stop_filter.stops:
+            return False
+        block = self.tool_text(kind, text)
+        hits = [index for index in (block.find(stop) for stop in self.stop_filter.stops) if index >= 0]
+        if not hits:
+            return False
+        if min(hits):
+            self.text_parts.append(block[:min(hits)])
+            events.append(Event("text", block[:min(hits)]))
+        self._finish("stop")
+        return True
+
+    def done_event(self, prompt_tokens: int) -> Event:
+        return Event("done", finish_reason=self.finish_reason, prompt_tokens=prompt_tokens,
+                     completion_tokens=len(self.tokens))
 
     def completion(self, prompt_tokens: int) -> Completion:
         return Completion(text="".join(self.text_parts), thought="".join(self.thought_parts),
@@ -303,6 +339,55 @@ def measure_speed(model, prompt_tokens: int = 16, new_tokens: int = 64, batch_si
 # the loop
 
 
+class RowGroup:
+    """The rows answering one prompt (n samples of a shared prefill) and their sampler state.
+
+    `advance(logits)` takes the model's next-token logits for every row [n, V], picks each
+    unfinished row's next token (its next forced token if it has any, else a sampled one), feeds
+    it to the row, and returns the tokens to feed the model next (a finished row repeats its last
+    token: padding whose answer is never read) and the events, as (row index, events). The one
+    step of every generation loop: GenerationRun's, and a server batch's, which steps many groups
+    of different prompts and settings at once (engine/batch.py)."""
+
+    def __init__(self, tokenizer, prompt_ids: list[int], params: SamplingParams, num_samples: int = 1,
+                 use_tools: bool = True, tool_text=None):
+        self.tokenizer, self.params = tokenizer, params
+        self.prompt_ids = list(prompt_ids)
+        self.rows = [_Row(tokenizer, params, use_tools, tool_text) for _ in range(num_samples)]
+        self.generator: torch.Generator | None = None  # made on the logits' device
+        self.seen: torch.Tensor | None = None  # [n, V] tokens each row sampled (repetition penalty)
+
+    @property
+    def finished(self) -> bool:
+        return all(row.finished for row in self.rows)
+
+    def advance(self, logits: torch.Tensor) -> tuple[list[int], list[tuple[int, list[Event]]]]:
+        rows, params = self.rows, self.params
+        if self.generator is None:
+            self.generator = make_generator(params.seed, logits.device)
+            if params.repetition_penalty != 1.0:
+                self.seen = torch.zeros(len(rows), logits.size(-1), dtype=torch.bool, device=logits.device)
+        needs_sample = any(not row.finished and not row.forced for row in rows)
+        sampled = sample_next(logits, params, self.generator, self.seen).tolist() if needs_sample else None
+        feed, produced = [], []
+        for index, row in enumerate(rows):
+            if row.finished:
+                feed.append(row.tokens[-1] if row.tokens else self.prompt_ids[-1])  # padding, never read
+                continue
+            token, was_sampled = (row.forced.popleft(), False) if row.forced else (sampled[index], True)
+            events = row.push(token, was_sampled)
+            if self.seen is not None and was_sampled and not self.tokenizer.is_special(token):
+                self.seen[index, token] = True
+            feed.append(token)
+            if events:
+                produced.append((index, events))
+        return feed, produced
+
+    def finish_length(self) -> list[tuple[int, list[Event]]]:
+        """The context is full: every unfinished row ends with "length"."""
+        return [(index, row.finish_length()) for index, row in enumerate(self.rows) if not row.finished]
+
+
 class GenerationRun:
     """One generation: iterate it for (row index, events) as tokens are produced; `rows` holds
     each row's tokens, sampled mask and finish reason. Nothing runs until it is iterated, and
@@ -317,7 +402,8 @@ class GenerationRun:
             prompt_ids = prompt_ids[-(room - 1):]  # keep the most recent context, one slot to answer
         self.source, self.tokenizer, self.params = source, tokenizer, params
         self.prompt_ids = list(prompt_ids)
-        self.rows = [_Row(tokenizer, params, use_tools) for _ in range(num_samples)]
+        self.group = RowGroup(tokenizer, self.prompt_ids, params, num_samples, use_tools)
+        self.rows = self.group.rows
 
     def __iter__(self) -> Iterator[tuple[int, list[Event]]]:
         # A model still being trained (SFT probes, GRPO rollouts) generates in eval mode and gets
@@ -333,34 +419,16 @@ class GenerationRun:
                 model.train()
 
     def _loop(self) -> Iterator[tuple[int, list[Event]]]:
-        rows, source, params = self.rows, self.source, self.params
-        logits = source.prefill(self.prompt_ids, len(rows))
-        generator = make_generator(params.seed, logits.device)
-        seen = None
-        if params.repetition_penalty != 1.0:
-            seen = torch.zeros(len(rows), logits.size(-1), dtype=torch.bool, device=logits.device)
+        group, source = self.group, self.source
+        logits = source.prefill(self.prompt_ids, len(group.rows))
         while True:
-            needs_sample = any(not row.finished and not row.forced for row in rows)
-            sampled = sample_next(logits, params, generator, seen).tolist() if needs_sample else None
-            feed = []
-            for index, row in enumerate(rows):
-                if row.finished:
-                    feed.append(row.tokens[-1] if row.tokens else self.prompt_ids[-1])  # padding, never read
-                    continue
-                token, was_sampled = (row.forced.popleft(), False) if row.forced else (sampled[index], True)
-                events = row.push(token, was_sampled)
-                if seen is not None and was_sampled and not self.tokenizer.is_special(token):
-                    seen[index, token] = True
-                feed.append(token)
-                if events:
-                    yield index, events
-            if all(row.finished for row in rows):
+            feed, produced = group.advance(logits)
+            yield from produced
+            if group.finished:
                 return
             room = source.room()
             if room is not None and room <= 0:
-                for index, row in enumerate(rows):
-                    if not row.finished:
-                        yield index, row.finish_length()
+                yield from group.finish_length()
                 return
             logits = source.step(feed)
 
@@ -414,6 +482,13 @@ class Engine:
         source = source or ModelSource(self.model, self.device, self.use_cache, self.compiled)
         return GenerationRun(source, self.tokenizer, prompt_ids, params, num_samples, use_tools)
 
+    def batch(self, prefill_chunk: int = 64) -> Batch:
+        """A continuous batch on this engine's model (engine/batch.py): a server's generations,
+        each with its own prompt and settings, sharing one decode step."""
+        compiled = compiled_decode_step(self.model) if self.compiled and self.use_cache else None
+        return Batch(self.model, self.tokenizer, RowGroup, ModelSource, self.device, self.use_cache, compiled,
+                     prefill_chunk)
+
     def generate(self, prompt_ids: list[int], params: SamplingParams, num_samples: int = 1,
                  use_tools: bool = True) -> list[Generation]:
         """num_samples completions of one prompt from a shared prefill."""
@@ -422,14 +497,18 @@ class Engine:
             pass
         return [Generation(row.tokens, row.sampled_mask, row.finish_reason) for row in run.rows]
 
-    def warm_up(self) -> float:
+    def warm_up(self, batch: Batch | None = None, max_rows: int = 1) -> float:
         """With compiled decoding: compile the batch-1 step now, on a throwaway generation, so the
-        first user does not wait for it. Returns the seconds it took (0 when not compiled)."""
+        first user does not wait for it; or with `batch`, that batch's steps of up to max_rows
+        rows. Returns the seconds it took (0 when not compiled)."""
         if not self.compiled:
             return 0.0
         start = time.perf_counter()
         try:
-            self.generate([self.tokenizer.bos_id], SamplingParams(temperature=0.0, max_tokens=2), use_tools=False)
+            if batch is not None:
+                batch.warm_up(max_rows)
+            else:
+                self.generate([self.tokenizer.bos_id], SamplingParams(temperature=0.0, max_tokens=2), use_tools=False)
         except Exception as error:  # inductor needs a working C++ compiler (CPU) or Triton (GPU)
             from workbench.errors import BadInput
 
@@ -440,20 +519,71 @@ class Engine:
 
     # ---- chat level ----
 
-    def chat_prompt(self, messages: list[dict[str, Any]], params: SamplingParams) -> list[int]:
-        """The conversation primed for the reply, oldest turns dropped while it would leave less
-        than min(max_tokens, half the context) for the answer."""
-        ids = self.tokenizer.render_for_completion(messages)
-        limit = getattr(self.model, "supports_kv_cache", False) and self.model.config.seq_len
-        if not limit:
-            return ids
-        reserve = min(params.max_tokens, limit // 2)
+    @property
+    def context_length(self) -> int | None:
+        """Most tokens a generation can hold (prompt and answer); None: no limit (models that
+        re-feed a fixed window)."""
+        return self.model.config.seq_len if getattr(self.model, "supports_kv_cache", False) else None
+
+    def chat_prompt(self, messages: list[dict[str, Any]], params: SamplingParams, truncate: bool = True,
+                    reserve: int | None = None) -> list[int]:
+        """The conversation primed for the reply, with `reserve` tokens of the context left for the
+        answer (default: min(max_tokens, half the context), a chat's budget).
+
+        A final assistant message is an answer to continue: it stays open, without
+        <|assistant_end|>. truncate=False: raises ContextLengthExceeded when it does not fit.
+        truncate=True: the oldest user/assistant pairs are dropped (the system text then goes with
+        the first turn kept), and when the last turn alone is too long, its oldest tokens, keeping
+        <|bos|> and <|user_start|> in front. Every message is encoded once, so the cost is linear in
+        the conversation however much is dropped. Raises ConversationError for a malformed one."""
+        from workbench.tokenizer import ConversationError
+
+        tokenizer = self.tokenizer
         messages = list(messages)
-        system = [m for m in messages[:1] if m.get("role") == "system"]
-        turns = messages[len(system):]
-        while len(ids) + reserve > limit and len(turns) > 2:
-            turns = turns[2:]  # one user message and the assistant's answer
-            ids = self.tokenizer.render_for_completion(system + turns)
+        if not messages or not all(isinstance(message, dict) for message in messages):
+            tokenizer.render_turns(messages)  # raises, naming the problem
+        system = messages[:1] if messages[0].get("role") == "system" else []
+        rest = messages[len(system):]
+        if not rest:
+            raise ConversationError("conversation has no user message")
+        turns = tokenizer.render_turns(rest)
+        answering = rest[-1].get("role") == "assistant"
+        if answering:
+            turns[-1] = turns[-1][:-1]  # no <|assistant_end|>: the model goes on with this answer
+        tail = [] if answering else [tokenizer.special_id("<|assistant_start|>")]
+        last_user = len(turns) - (2 if answering else 1)
+
+        def first_turn(index: int) -> list[int]:  # turn `index` opening the prompt, system text folded in
+            return tokenizer.render_turns(system + rest[index:index + 1])[0] if system else turns[index]
+
+        head = first_turn(0)
+        ids = [tokenizer.bos_id, *head, *(token for turn in turns[1:] for token in turn), *tail]
+        limit = self.context_length
+        if limit is None:
+            return ids
+        reserve = min(params.max_tokens, limit // 2) if reserve is None else reserve
+        if len(ids) + reserve <= limit:
+            return ids
+        if not truncate:
+            raise ContextLengthExceeded(len(ids), reserve, limit)
+        budget = limit - reserve
+        if budget < 4:  # <|bos|> <|user_start|> one token <|assistant_start|>
+            raise ContextLengthExceeded(len(ids), reserve, limit)
+        # drop pairs from the front: the first turn kept is a user turn (even index)
+        system_extra = len(head) - len(turns[0])
+        after = [0] * (len(turns) + 1)  # after[i]: tokens of turns i.. (unfolded)
+        for index in range(len(turns) - 1, -1, -1):
+            after[index] = after[index + 1] + len(turns[index])
+        start = 0
+        while start < last_user and 1 + system_extra + after[start] + len(tail) > budget:
+            start += 2
+        head = first_turn(start)
+        while start < last_user and 1 + len(head) + after[start + 1] + len(tail) > budget:
+            start += 2  # the folded system text came out longer than estimated
+            head = first_turn(start)
+        ids = [tokenizer.bos_id, *head, *(token for turn in turns[start + 1:] for token in turn), *tail]
+        if len(ids) > budget:  # the last turn alone is too long: its oldest tokens go
+            ids = ids[:2] + ids[len(ids) - (budget - 2):]
         return ids
 
     def start_chat(self, messages, params: SamplingParams, num_samples: int = 1,
@@ -467,9 +597,7 @@ class Engine:
         run = self.start_chat(messages, params, 1, use_tools)
         for _, events in run:
             yield from events
-        row = run.rows[0]
-        yield Event("done", finish_reason=row.finish_reason, prompt_tokens=len(run.prompt_ids),
-                    completion_tokens=len(row.tokens))
+        yield run.rows[0].done_event(len(run.prompt_ids))
 
     def complete_chat(self, messages, params: SamplingParams, n: int = 1,
                       use_tools: bool = True) -> list[Completion]:

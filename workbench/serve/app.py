@@ -1,18 +1,24 @@
 """The ASGI app: OpenAI-compatible chat completions, the model list, health, and the chat page.
 
 `create_app(engine, model)` builds a FastAPI app around one engine. Generation happens on the
-scheduler's thread (see scheduler.py); the handlers here validate, queue, and turn engine events into
-OpenAI objects, streamed as server-sent events or gathered into one response. See protocol.py for
-what picochat adds to the OpenAI format (thoughts, tool calls, `params`).
+scheduler's thread, in one continuous batch (see scheduler.py); the handlers here validate, render
+and tokenize the conversation (on a worker thread, never on the generation thread), queue it, and
+turn engine events into OpenAI objects, streamed as server-sent events or gathered into one
+response. See protocol.py for what picochat adds to the OpenAI format (thoughts, tool calls).
+
+Failures: a client gets an OpenAI error object with a message about its request, never a path or
+an exception's text; the server's log (logger `picochat.serve`) gets the traceback, and one line
+per request (guard.py). A stream that fails midway keeps what it sent, then gets an error event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hmac
 import json
+import logging
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -27,8 +33,11 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from workbench.serve import protocol
+from workbench.serve.guard import Gate, allowed_hosts, guarded_h11
 from workbench.serve.protocol import ApiError, Limits
-from workbench.serve.scheduler import END, Busy, Failure, Scheduler
+from workbench.serve.scheduler import END, Busy, Failure, Job, Scheduler
+
+log = logging.getLogger("picochat.serve")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 DISCONNECT_CHECK_SECONDS = 0.5
@@ -42,7 +51,7 @@ class ServedModel:
     params: int = 0
     context_length: int | None = None  # None: no limit (models that re-feed a fixed window)
     created: int = field(default_factory=protocol.now)
-    checkpoint: str = ""
+    checkpoint: str = ""  # RUN/step_N, never a path
     step: int | None = None
     stage: str | None = None
     defaults: dict[str, Any] = field(default_factory=dict)  # temperature, top_k, top_p, repetition_penalty, max_tokens
@@ -62,7 +71,7 @@ def describe_model(engine: Any, checkpoint: str | Path | None = None, name: str 
         checkpoint = engine.checkpoint.path
     if checkpoint is not None:
         folder = Path(checkpoint)
-        served.checkpoint = str(folder)
+        served.checkpoint = f"{folder.parent.parent.name}/{folder.name}"  # run/step: no path of this machine
         config, meta = _read_json(folder / "config.json"), _read_json(folder / "meta.json")
         run_name = config.get("run", {}).get("name")
         served.stage, served.step = meta.get("stage"), meta.get("step")
@@ -82,10 +91,29 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
+@dataclass
+class HttpSettings:
+    """What the server accepts from the network (besides protocol.Limits)."""
+
+    host: str = "127.0.0.1"  # the bound address: a Host header naming it is served
+    allowed_hosts: tuple[str, ...] = ()  # more Host names to serve ("*": any)
+    cors_origins: tuple[str, ...] = ()  # origins whose pages may call the API (none: same origin only)
+    read_timeout: float = 10.0  # seconds for a request's head and body to arrive
+    keep_alive: int = 5  # seconds an idle kept-alive connection stays open
+    max_connections: int = 256  # beyond: 503
+
+
 def create_app(engine: Any, model: ServedModel, api_key: str | None = None, limits: Limits | None = None,
-               max_active: int = 16, max_waiting: int = 256) -> FastAPI:
+               max_active: int = 16, max_waiting: int = 256, truncate: bool = False,
+               http: HttpSettings | None = None, prefill_chunk: int = 64):
+    """The app, wrapped in the Host check and access log (guard.Gate), and with CORS when asked.
+
+    max_active: most answers (rows) generating at once; max_waiting: most waiting; truncate: fit
+    an over-long conversation by dropping its oldest turns instead of answering 400."""
     limits = limits or Limits()
-    scheduler = Scheduler(max_active=max_active, max_waiting=max_waiting)
+    http = http or HttpSettings()
+    scheduler = Scheduler(engine.batch(prefill_chunk=prefill_chunk), max_active=max_active, max_waiting=max_waiting)
+    most_choices = min(limits.max_n, max_active, max_waiting)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -101,14 +129,14 @@ def create_app(engine: Any, model: ServedModel, api_key: str | None = None, limi
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
-        return JSONResponse(error.body(), status_code=error.status, headers=headers)
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code)
         message = f"{request.method} {request.url.path}: {error.detail}"
-        return JSONResponse(ApiError(error.status_code, message, None, code).body(), status_code=error.status_code)
+        return JSONResponse(ApiError(error.status_code, message, None, code).body(), status_code=error.status_code,
+                            headers=getattr(error, "headers", None))  # 405 names the methods in Allow
 
     @app.exception_handler(RequestValidationError)
     async def request_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -116,7 +144,8 @@ def create_app(engine: Any, model: ServedModel, api_key: str | None = None, limi
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, error: Exception) -> JSONResponse:
-        body = ApiError(500, f"internal error: {type(error).__name__}: {error}", kind="server_error").body()
+        log.error("%s %s failed", request.method, request.url.path, exc_info=error)
+        body = ApiError(500, "internal error; the details are in the server's log", kind="server_error").body()
         return JSONResponse(body, status_code=500)
 
     def authorize(request: Request) -> None:
@@ -126,7 +155,7 @@ def create_app(engine: Any, model: ServedModel, api_key: str | None = None, limi
         given = header[7:].strip() if header.lower().startswith("bearer ") else ""
         if not hmac.compare_digest(given.encode(), api_key.encode()):
             raise ApiError(401, "invalid or missing API key: send 'Authorization: Bearer KEY'", None,
-                           "invalid_api_key")
+                           "invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
     # ---- the page and health ----
 
@@ -140,6 +169,7 @@ def create_app(engine: Any, model: ServedModel, api_key: str | None = None, limi
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": model.id, "active": scheduler.active_count,
                 "waiting": scheduler.waiting_count, "completed": scheduler.completed,
+                "cancelled": scheduler.cancelled, "failed": scheduler.failed,
                 "device": str(getattr(engine, "device", "")), "auth": api_key is not None}
 
     # ---- models ----
@@ -157,7 +187,7 @@ def create_app(engine: Any, model: ServedModel, api_key: str | None = None, limi
         return model.card()
 
     def unknown_model(model_id: str) -> ApiError:
-        return ApiError(404, f"the model '{model_id}' does not exist; this server serves '{model.id}'",
+        return ApiError(404, f"the model '{model_id[:200]}' does not exist; this server serves '{model.id}'",
                         "model", "model_not_found")
 
     # ---- chat completions ----
@@ -165,32 +195,49 @@ def create_app(engine: Any, model: ServedModel, api_key: str | None = None, limi
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         authorize(request)
+        require_json(request)
         chat = protocol.parse_chat_request(await read_body(request, limits), limits)
         if chat.model != model.id:
             raise unknown_model(chat.model)
+        if chat.n > most_choices:
+            raise ApiError(400, f"n must be at most {most_choices} on this server, got {chat.n}", "n",
+                           "integer_above_max_value")
         messages = protocol.engine_messages(chat.messages)
-        # Rendering checks the conversation (a 400 now beats a failure mid-stream); off the event loop,
-        # since a long conversation takes a while to tokenize.
-        prompt_tokens = await asyncio.to_thread(count_prompt_tokens, engine, messages)
-        choices = sampling_for_choices(chat, model, limits)
+        # Rendering and tokenizing take a while for a long conversation: on a worker thread, so
+        # neither the event loop nor the generation thread waits for them.
+        job = await asyncio.to_thread(prepare_job, engine, chat, messages, model, limits, truncate)
         queue: asyncio.Queue = asyncio.Queue()
-        tickets = []
         try:
-            for index, params in enumerate(choices):
-                start = functools.partial(engine.stream_chat, messages, params)
-                tickets.append(scheduler.submit(start, queue=queue, tag=index))
+            ticket = scheduler.submit(job, queue)
         except Busy as error:
-            for ticket in tickets:
-                ticket.cancel()
-            raise ApiError(429, f"the server is busy: {error}", None, "server_busy", kind="rate_limit_error") from None
-        answer = Answer(request, queue, tickets, model.id, prompt_tokens)
+            raise ApiError(429, f"the server is busy: {error}", None, "server_busy", kind="rate_limit_error",
+                           headers={"Retry-After": "1"}) from None
+        answer = Answer(request, queue, ticket, chat.n, model.id, len(job.prompt_ids))
         if chat.stream:
             include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
             return StreamingResponse(answer.sse(include_usage), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         return JSONResponse(await answer.gather())
 
-    return app
+    if http.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(http.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"], max_age=600)
+    return Gate(app, allowed_hosts(http.host, http.allowed_hosts))
+
+
+_JSON_MEDIA = re.compile(r"application/(?:[\w.+-]+\+)?json$")
+
+
+def require_json(request: Request) -> None:
+    """JSON bodies only: a form or text/plain body is what any web page can post cross-site
+    without asking (a 'simple' request), so it is refused before it is read."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if not _JSON_MEDIA.match(media):
+        shown = media[:80] or "none"
+        raise ApiError(415, f"the body must be JSON: send 'Content-Type: application/json' (got {shown})",
+                       None, "unsupported_media_type")
 
 
 async def read_body(request: Request, limits: Limits) -> bytes:
@@ -206,43 +253,56 @@ async def read_body(request: Request, limits: Limits) -> bytes:
     return bytes(body)
 
 
-def count_prompt_tokens(engine: Any, messages: list[dict[str, Any]]) -> int:
-    from workbench.tokenizer import ConversationError
+def prepare_job(engine: Any, chat: protocol.ChatRequest, messages: list[dict[str, Any]], model: ServedModel,
+                limits: Limits, truncate: bool) -> Job:
+    """The prompt's ids and the sampling settings of its choices (on a worker thread).
 
-    try:
-        return len(engine.tokenizer.render_for_completion(messages))
-    except ConversationError as error:  # the tokenizer refused the conversation: the client's problem
-        raise ApiError(400, f"messages: {error}", "messages", "invalid_value") from None
-
-
-def sampling_for_choices(chat: protocol.ChatRequest, model: ServedModel, limits: Limits) -> list[Any]:
-    """One SamplingParams per requested choice; max_tokens checked against the limits and the context."""
+    max_tokens: the request's, refused above the limits and the context; unset, the model's
+    default, cut to what the context leaves after the prompt. A prompt that leaves no room for
+    max_tokens is a 400 context_length_exceeded, or with `truncate` loses its oldest turns."""
     from workbench.engine import SamplingParams  # torch: imported on first request, not at import time
+    from workbench.engine.engine import ContextLengthExceeded
+    from workbench.tokenizer import ConversationError
 
     requested = chat.max_completion_tokens if chat.max_completion_tokens is not None else chat.max_tokens
     param = "max_completion_tokens" if chat.max_completion_tokens is not None else "max_tokens"
-    ceiling = limits.max_tokens if model.context_length is None else min(limits.max_tokens, model.context_length)
+    context = model.context_length
+    ceiling = limits.max_tokens if context is None else min(limits.max_tokens, context - 1)
     if requested is not None and requested > ceiling:
         raise ApiError(400, f"{param} is too large: {requested}; this server allows at most {ceiling}", param,
                        "integer_above_max_value")
-    # A conversation longer than the context is not refused: the engine drops its oldest turns (a chat
-    # page can go on talking to a 128-token model), and an answer that reaches the end of the context
-    # finishes with "length".
-    max_tokens = requested or min(int(model.defaults.get("max_tokens", 256)), ceiling)
+    default = min(int(model.defaults.get("max_tokens", 256)), ceiling)
+    if requested is not None:
+        reserve = requested
+    else:  # the default adapts to the prompt; when cutting the prompt, keep room for a fair answer
+        reserve = min(default, context // 2) if truncate and context else 1
     defaults = model.defaults
     stops = [chat.stop] if isinstance(chat.stop, str) else list(chat.stop or [])
-    base = {
+    settings = {
         "temperature": chat.temperature if chat.temperature is not None else defaults.get("temperature", 0.8),
         "top_k": chat.top_k if chat.top_k is not None else defaults.get("top_k", 50),
         "top_p": chat.top_p if chat.top_p is not None else defaults.get("top_p", 1.0),
         "repetition_penalty": (chat.repetition_penalty if chat.repetition_penalty is not None
                                else defaults.get("repetition_penalty", 1.0)),
-        "max_tokens": max_tokens,
+        "max_tokens": max(reserve, 1),
         "stop": stops,
+        "seed": chat.seed,
     }
-    # n choices from one seed must still differ from each other, and each stays reproducible.
-    return [SamplingParams(**base, seed=None if chat.seed is None else chat.seed + index)
-            for index in range(chat.n)]
+    try:
+        params = SamplingParams(**settings)
+        prompt = engine.chat_prompt(messages, params, truncate=truncate, reserve=reserve)
+    except ConversationError as error:  # the tokenizer refused the conversation: the client's problem
+        raise ApiError(400, f"messages: {error}", "messages", "invalid_value") from None
+    except ContextLengthExceeded as error:
+        raise ApiError(400, str(error), "messages", "context_length_exceeded") from None
+    except ValueError as error:  # settings the sampler refuses (a model default out of range, say)
+        raise ApiError(400, str(error), None, "invalid_value") from None
+    if requested is None:
+        room = default if context is None else min(default, context - len(prompt))
+        params.max_tokens = max(room, 1)
+    # n choices share one prefill and one sampler seeded with `seed`: each differs from the others,
+    # and the set is reproducible
+    return Job(prompt, params, chat.n, use_tools=True, tool_text=protocol.tool_block_text)
 
 
 class ClientGone(Exception):
@@ -250,22 +310,18 @@ class ClientGone(Exception):
 
 
 class Answer:
-    """The events of one request's choices (all on one queue, tagged by choice index) as OpenAI objects."""
+    """The events of one request's choices (tagged by choice index, on one queue) as OpenAI objects."""
 
-    def __init__(self, request: Request, queue: asyncio.Queue, tickets: list, model_id: str, prompt_tokens: int):
-        self.request, self.queue, self.tickets = request, queue, tickets
+    def __init__(self, request: Request, queue: asyncio.Queue, ticket, n: int, model_id: str, prompt_tokens: int):
+        self.request, self.queue, self.ticket, self.n = request, queue, ticket, n
         self.model_id, self.prompt_tokens = model_id, prompt_tokens
         self.id, self.created = protocol.new_completion_id(), protocol.now()
         self.last_check = time.monotonic()
 
-    def cancel(self) -> None:
-        for ticket in self.tickets:
-            ticket.cancel()
-
     async def events(self) -> AsyncIterator[tuple[int, Any]]:
-        """(choice index, event) until every choice ended; raises ClientGone when the client left."""
-        ended = 0
-        while ended < len(self.tickets):
+        """(choice index, event) until the request ended; raises ClientGone when the client left
+        and ApiError(500) when generation failed."""
+        while True:
             if self.queue.empty():  # wait, looking in on the client now and then
                 try:
                     index, item = await asyncio.wait_for(self.queue.get(), DISCONNECT_CHECK_SECONDS)
@@ -275,8 +331,7 @@ class Answer:
             else:
                 index, item = self.queue.get_nowait()
             if item is END:
-                ended += 1
-                continue
+                return
             if isinstance(item, Failure):
                 raise ApiError(500, item.message, kind="server_error", code="generation_failed")
             if time.monotonic() - self.last_check > DISCONNECT_CHECK_SECONDS:
@@ -289,7 +344,7 @@ class Answer:
             raise ClientGone()
 
     async def gather(self) -> dict[str, Any]:
-        n = len(self.tickets)
+        n = self.n
         texts, thoughts = [""] * n, [""] * n
         finish, completion_tokens = ["stop"] * n, 0
         try:
@@ -297,7 +352,6 @@ class Answer:
                 if event.kind == "done":
                     finish[index] = event.finish_reason or "stop"
                     completion_tokens += event.completion_tokens
-                    self.prompt_tokens = event.prompt_tokens or self.prompt_tokens
                 elif event.kind == "thought":
                     thoughts[index] += event.text
                 else:
@@ -305,7 +359,7 @@ class Answer:
         except ClientGone:
             return {}  # nobody is listening for the answer
         finally:
-            self.cancel()
+            self.ticket.cancel()
         choices = [protocol.message_choice(i, texts[i], thoughts[i], finish[i]) for i in range(n)]
         return protocol.completion(self.id, self.created, self.model_id, choices,
                                    protocol.usage(self.prompt_tokens, completion_tokens))
@@ -316,14 +370,13 @@ class Answer:
             return sse_line(body)
 
         completion_tokens = 0
+        pending: list[str] = []  # events that arrived together go out in one write
         try:
-            for index in range(len(self.tickets)):
+            for index in range(self.n):
                 yield chunk([protocol.delta_choice(index, {"role": "assistant", "content": ""})])
-            pending = []  # events that arrived together go out in one write
             async for index, event in self.events():
                 if event.kind == "done":
                     completion_tokens += event.completion_tokens
-                    self.prompt_tokens = event.prompt_tokens or self.prompt_tokens
                     pending.append(chunk([protocol.delta_choice(index, {}, event.finish_reason or "stop")]))
                 elif event.kind == "thought":
                     pending.append(chunk([protocol.delta_choice(index, {"reasoning_content": event.text})]))
@@ -339,23 +392,34 @@ class Answer:
             yield "data: [DONE]\n\n"
         except ClientGone:
             return
-        except ApiError as error:  # headers are sent already: the error travels as an event
-            yield sse_line(error.body())
+        except ApiError as error:  # headers are sent already: what was generated goes out, then the error
+            yield "".join(pending) + sse_line(error.body())
             yield "data: [DONE]\n\n"
         finally:
-            self.cancel()
+            self.ticket.cancel()
 
 
 def content_piece(event: Any) -> str:
-    if event.kind == "tool_call":
-        return protocol.tool_call_text(event.text)
-    if event.kind == "tool_output":
-        return protocol.tool_output_text(event.text)
+    if event.kind in ("tool_call", "tool_output"):
+        return protocol.tool_block_text(event.kind, event.text)
     return event.text
 
 
 def sse_line(body: dict[str, Any]) -> str:
     return "data: " + json.dumps(body, ensure_ascii=False, separators=(",", ":")) + "\n\n"
+
+
+# ---- running the app ----
+
+
+def uvicorn_config(app: Any, host: str, port: int, http: HttpSettings, log_level: str = "info"):
+    """uvicorn's settings for `picochat serve` and BackgroundServer alike: the guarded h11
+    protocol (read deadlines), a cap on connections, a short keep-alive; our own access log."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", access_log=False,
+                          http=guarded_h11(http.read_timeout), limit_concurrency=http.max_connections,
+                          timeout_keep_alive=http.keep_alive, timeout_graceful_shutdown=5)
 
 
 # ---- running the app in this process (tests, bench) ----
@@ -364,11 +428,10 @@ def sse_line(body: dict[str, Any]) -> str:
 class BackgroundServer:
     """uvicorn serving `app` on a thread; port 0 picks a free port (read `.port` after start)."""
 
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, http: HttpSettings | None = None):
         import uvicorn
 
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
+        self.server = uvicorn.Server(uvicorn_config(app, host, port, http or HttpSettings(), log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, name="picochat-server", daemon=True)
         self.host = host
         self.port = port

@@ -2,11 +2,15 @@
 
 Binds to 127.0.0.1 unless told otherwise: the server has no per-user accounts, and anyone who can
 reach it can use the model. Set an API key (--api-key or PICOCHAT_API_KEY) before opening it up.
+Only Host headers naming this machine or the bound address are served (--allowed-host adds
+names), so a web page cannot reach it through DNS rebinding; web pages of other origins may call
+it only when named with --cors-origin.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -23,8 +27,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="require 'Authorization: Bearer KEY' on /v1 (default: $PICOCHAT_API_KEY, else none)")
     parser.add_argument("--compile", action="store_true",
                         help="decode through torch.compile: ~2x faster tokens on CPU, compiled before serving")
-    parser.add_argument("--max-active", type=int, default=16, help="generations interleaved at once")
-    parser.add_argument("--max-waiting", type=int, default=256, help="queued requests before answering 429")
+    parser.add_argument("--max-active", type=int, default=16,
+                        help="answers generated together in one batch (n counts each choice)")
+    parser.add_argument("--max-waiting", type=int, default=256, help="answers queued before answering 429")
+    parser.add_argument("--truncate", action="store_true",
+                        help="fit an over-long conversation by dropping its oldest turns, keeping room for "
+                             "max_tokens (default: refuse it, 400 context_length_exceeded, as OpenAI)")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="also serve requests whose Host header names NAME (repeatable; '*': any). "
+                             "Always served: 127.0.0.1, localhost, [::1] and the --host address")
+    parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                        help="let web pages from ORIGIN (e.g. http://localhost:5173) call the API (repeatable)")
+    parser.add_argument("--read-timeout", type=float, default=10.0,
+                        help="seconds a request's headers and body may take to arrive")
+    parser.add_argument("--max-connections", type=int, default=256, help="open connections before answering 503")
     parser.add_argument("--max-tokens", type=int, default=4096, help="largest max_tokens a request may ask for")
     parser.add_argument("--max-messages", type=int, default=256, help="most messages in one request")
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body")
@@ -32,28 +48,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for name in ("port", "max_active", "max_waiting", "max_tokens", "max_messages", "max_body_bytes", "max_n"):
+    for name in ("port", "max_active", "max_waiting", "max_tokens", "max_messages", "max_body_bytes", "max_n",
+                 "max_connections", "read_timeout"):
         value = getattr(args, name)
-        if value < (0 if name == "port" else 1):
+        if not value >= (0 if name == "port" else 1):
             raise BadInput(f"--{name.replace('_', '-')}: must be positive, got {value}")
     import uvicorn
 
     from workbench.engine import Engine
-    from workbench.serve.app import create_app, describe_model
+    from workbench.serve.app import HttpSettings, create_app, describe_model, uvicorn_config
     from workbench.serve.protocol import Limits
     from workbench.train.checkpoint import resolve_checkpoint
 
     folder = resolve_checkpoint(args.checkpoint)
     engine = Engine.from_checkpoint(folder, device=args.device, compiled=args.compile)
-    if args.compile:
-        print("picochat serve: compiling the decode step ...", file=sys.stderr, flush=True)
-        engine.warm_up()
     model = describe_model(engine, folder, args.model_name)
     api_key = args.api_key or os.environ.get("PICOCHAT_API_KEY") or None
     limits = Limits(max_body_bytes=args.max_body_bytes, max_messages=args.max_messages,
                     max_tokens=args.max_tokens, max_n=args.max_n)
+    http = HttpSettings(host=args.host, allowed_hosts=tuple(args.allowed_host), cors_origins=tuple(args.cors_origin),
+                        read_timeout=args.read_timeout, max_connections=args.max_connections)
     app = create_app(engine, model, api_key=api_key, limits=limits, max_active=args.max_active,
-                     max_waiting=args.max_waiting)
+                     max_waiting=args.max_waiting, truncate=args.truncate, http=http)
+    if args.compile:
+        print("picochat serve: compiling the decode step for every batch size ...", file=sys.stderr, flush=True)
+        engine.warm_up(app.state.scheduler.batch, args.max_active)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     size = f"{model.params / 1e6:.1f}M params" if model.params else "size unknown"
     print(f"picochat serve: {model.id} ({size}) from {folder}", file=sys.stderr)
@@ -62,5 +82,5 @@ def run(args: argparse.Namespace) -> int:
           f"{', API key required' if api_key else ''})", file=sys.stderr)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         print("  warning: listening beyond this machine without an API key", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5)
+    uvicorn.Server(uvicorn_config(app, args.host, args.port, http)).run()
     return 0

@@ -5,10 +5,15 @@ fields are ignored so clients that send extras (`user`, `metadata`, ...) keep wo
 options that would change the answer and that we cannot honour (`tools`, `logprobs`, a JSON
 `response_format`, ...) are refused with a 400 that names them.
 
-Status codes: 400 for anything wrong with a request (limits included), 401 for a missing or wrong API
-key, 404 for an unknown model or route, 429 when too many requests wait, 500 only for an engine
-failure. A conversation longer than the model's context is not refused: the engine drops its oldest
-turns. max_tokens above the context length is refused, since no answer could reach it.
+Status codes: 400 for anything wrong with a request (limits included; a conversation that does not
+fit the context with room for max_tokens is `context_length_exceeded`, as OpenAI's, unless the
+server runs with --truncate), 401 for a missing or wrong API key, 404 for an unknown model or route,
+405 (with Allow) for a wrong method, 413 for a body over the limit, 415 for a body that is not
+JSON, 429 (with Retry-After) when too many requests wait, 500 only for an engine failure, with a
+generic message (the details go to the server's log).
+
+A final assistant message is a start for the answer to continue (prefill). Lone UTF-16
+surrogates, which Python's json.dumps writes for unpaired ones, become U+FFFD.
 
 What picochat adds to the OpenAI objects (nothing the official client rejects):
 - thoughts (text between <|think_start|> and <|think_end|>) go in `reasoning_content`, the field
@@ -21,6 +26,7 @@ What picochat adds to the OpenAI objects (nothing the official client rejects):
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -37,9 +43,10 @@ class ApiError(Exception):
     """Becomes an OpenAI error object: {"error": {"message", "type", "param", "code"}}."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error"):
+                 kind: str = "invalid_request_error", headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = headers  # of the HTTP response (Retry-After, WWW-Authenticate)
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
@@ -62,14 +69,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
 
-class TextPart(_Strict):
-    type: Literal["text"]
-    text: str
+class ContentPart(_Strict):
+    """A part of a message's content; only text parts are readable (checked in parse_chat_request,
+    so that an image part gets a plain answer rather than a schema error)."""
+
+    type: str
+    text: str | None = None
 
 
 class Message(_Strict):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
     reasoning_content: str | None = None  # a previous answer's thought: accepted, not re-fed
     name: str | None = None
 
@@ -106,9 +116,18 @@ def parse_chat_request(body: bytes, limits: Limits) -> ChatRequest:
     if len(body) > limits.max_body_bytes:
         raise request_too_large(limits)
     try:
-        request = ChatRequest.model_validate_json(body)
+        request = ChatRequest.model_validate_json(_without_lone_surrogates(body))
     except ValidationError as error:
         raise validation_error(error) from None
+    for number, message in enumerate(request.messages):
+        for place, part in enumerate(message.content if isinstance(message.content, list) else []):
+            where = f"messages[{number}].content[{place}]"
+            if part.type in ("image_url", "input_image", "image"):
+                raise ApiError(400, f"{where}: image content is not supported (this model reads text only)",
+                               where, "unsupported_content")
+            if part.type != "text" or part.text is None:
+                raise ApiError(400, f"{where}: only text parts ({{'type': 'text', 'text': ...}}) are supported, "
+                               f"got type {part.type[:40]!r}", where, "unsupported_content")
     if len(request.messages) > limits.max_messages:
         raise ApiError(400, f"too many messages: {len(request.messages)} (at most {limits.max_messages})",
                        "messages", "too_many_messages")
@@ -137,7 +156,34 @@ def parse_chat_request(body: bytes, limits: Limits) -> ChatRequest:
 
 
 def request_too_large(limits: Limits) -> ApiError:
-    return ApiError(400, f"request body is larger than {limits.max_body_bytes} bytes", None, "request_too_large")
+    return ApiError(413, f"request body is larger than {limits.max_body_bytes} bytes", None, "request_too_large")
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_lone_surrogates(body: bytes) -> bytes:
+    """The body with every unpaired surrogate escape (Python's json.dumps writes "\\ud800" for
+    one) as U+FFFD; strict JSON parsers, ours included, refuse them, and no tokenizer could encode
+    them. Paired ones are one character already once parsed. Bodies without any are untouched."""
+    if not _SURROGATE_ESCAPE.search(body):
+        return body
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        return body  # not JSON (or nested too deep): the validator names the problem
+
+    def clean(item: Any) -> Any:
+        if isinstance(item, str):
+            return _SURROGATE.sub("\ufffd", item)
+        if isinstance(item, list):
+            return [clean(x) for x in item]
+        if isinstance(item, dict):
+            return {clean(key): clean(x) for key, x in item.items()}
+        return item
+
+    return json.dumps(clean(value), ensure_ascii=False).encode("utf-8")
 
 
 def _is_union_branch(part: str | int) -> bool:
@@ -174,12 +220,17 @@ def tool_output_text(result: str) -> str:
     return f"```{TOOL_OUTPUT_FENCE}\n{result}\n```\n"
 
 
+def tool_block_text(kind: str, text: str) -> str:
+    """How an engine tool event ("tool_call" or "tool_output") reads in `content`."""
+    return tool_call_text(text) if kind == "tool_call" else tool_output_text(text)
+
+
 def _content_text(message: Message) -> str:
     if message.content is None:
         return ""
     if isinstance(message.content, str):
         return message.content
-    return "".join(part.text for part in message.content)
+    return "".join(part.text or "" for part in message.content)
 
 
 def _assistant_parts(text: str) -> str | list[dict[str, str]]:
@@ -203,7 +254,8 @@ def engine_messages(messages: list[Message]) -> list[dict[str, Any]]:
 
     System and developer messages become one system message in front (the tokenizer folds it into
     the first user turn); empty answers are dropped and consecutive turns of one role joined, so the
-    turns alternate as the model was trained; the conversation must end with the user's turn.
+    turns alternate as the model was trained. It must start with the user's turn; a final assistant
+    message is the start of the answer, which the model continues.
     """
     system = "\n\n".join(_content_text(m) for m in messages if m.role in ("system", "developer"))
     turns: list[dict[str, Any]] = []
@@ -215,8 +267,9 @@ def engine_messages(messages: list[Message]) -> list[dict[str, Any]]:
             turns[-1]["text"] += "\n\n" + text
         else:
             turns.append({"role": message.role, "text": text})
-    if not turns or turns[-1]["role"] != "user":
-        raise ApiError(400, "the last message must be from the user", "messages", "invalid_value")
+    if not turns or turns[0]["role"] != "user":
+        raise ApiError(400, "the conversation must start with a user message (after any system messages)",
+                       "messages", "invalid_value")
     result: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     for turn in turns:
         content = _assistant_parts(turn["text"]) if turn["role"] == "assistant" else turn["text"]
