@@ -315,7 +315,16 @@ def test_csv_without_the_column(tmp_path: Path, capsys):
     source = tmp_path / "x.csv"
     source.write_text("a,b\n1,2\n", encoding="utf-8")
     err = cli_error(tmp_path, capsys, [source])
-    assert str(source) in err and "no column 'text'" in err
+    assert str(source) in err and "no column 'text'" in err and "csv_header = false" in err
+
+
+def test_headerless_csv_joins_each_rows_columns(tmp_path: Path):
+    source = tmp_path / "x.csv"
+    source.write_text('a,b\nc,d\n"one, two",three\n,\n', encoding="utf-8")
+    manifest, train, _ = run_prepare(tmp_path, [source], csv_header=False)
+    assert train == ["a, b", "c, d", "one, two, three"]  # the first line is data, not a header
+    assert manifest["sources"][0]["skipped"]["empty text"] == {"count": 1, "where": [4]}
+    assert manifest["settings"]["csv_header"] is False
 
 
 def test_invalid_json_file(tmp_path: Path, capsys):

@@ -54,6 +54,7 @@ class DataSection:
     val_split: str = "hash"
     val_sources: list[str] = field(default_factory=list)  # separate validation files: override both
     text_field: str = "text"  # .jsonl field / .parquet column / .csv column
+    csv_header: bool = True  # false: a .csv without a header row, each row's columns joined with ", "
     separator: str = ""  # .txt: documents split on this line; empty: on blank lines
     normalize: str = "none"  # none | nfc | ascii
     dedup: bool = True
@@ -90,8 +91,9 @@ class ModelSection:
     rope_base: float = 10000.0
     context: int = 8  # kind = "mlp": tokens of context it sees
     dropout: float = 0.0  # residual dropout on the attention and MLP outputs, training only
+    attention: str = "auto"  # sliding-window kernel: auto (flex on CUDA, SDPA elsewhere) | sdpa | flex
 
-    _choices = {"kind": ("gpt", "bigram", "mlp")}
+    _choices = {"kind": ("gpt", "bigram", "mlp"), "attention": ("auto", "sdpa", "flex")}
     _ranges = {
         "depth": (1, 256),
         "width": (0, 32_768),
@@ -137,8 +139,11 @@ class TrainSection:
     keep_last: int = 3  # checkpoints kept (0 keeps all)
     dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | float32 | bfloat16
     compile: str = "auto"  # auto | on | off
+    distributed: str = "ddp"  # under torchrun: ddp (replicated model) | fsdp (FSDP2, sharded model and optimizer)
+    dist_timeout: float = 1800.0  # seconds a collective waits for a missing rank before the run fails
 
-    _choices = {"dtype": ("auto", "float32", "bfloat16"), "compile": ("auto", "on", "off")}
+    _choices = {"dtype": ("auto", "float32", "bfloat16"), "compile": ("auto", "on", "off"),
+                "distributed": ("ddp", "fsdp")}
     _ranges = {
         "total_batch_tokens": (1, MAX_BATCH_ROWS * MAX_SEQ_LEN),
         "device_batch_size": (1, MAX_BATCH_ROWS),
@@ -157,6 +162,7 @@ class TrainSection:
         "sample_every": (0, MAX_STEPS),
         "save_every": (1, MAX_STEPS),
         "keep_last": (0, 1_000_000),
+        "dist_timeout": (1.0, 7 * 86400.0),
     }
 
 

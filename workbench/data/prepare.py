@@ -272,7 +272,7 @@ def _prepare(config: Any, data: Any, data_dir: Path, writer: Any, progress: Prog
 
 def _documents(report: SourceReport, data: Any) -> Iterator[str]:
     """The source's documents, normalized; empty and unencodable ones skipped into the report."""
-    for text, where in read_source(report.path, report, data.text_field, data.separator):
+    for text, where in read_source(report.path, report, data.text_field, data.separator, data.csv_header):
         report.documents_read += 1
         text = normalize(text, data.normalize)
         if not text.strip():
@@ -431,6 +431,7 @@ def _manifest(config: Any, data: Any, splits: dict[str, ShardWriter], reports: l
             "val_split": data.val_split,
             "val_sources": list(data.val_sources),
             "text_field": data.text_field,
+            "csv_header": data.csv_header,
             "separator": data.separator,
             "normalize": data.normalize,
             "dedup": data.dedup,

@@ -4,7 +4,8 @@
     .jsonl           one JSON object per line; the [data] text_field holds the document
     .json            a list of strings, or of objects with text_field (read whole: json has no
                      streaming parser in the standard library); JSON Lines saved as .json also works
-    .csv             the text_field column (csv module, streamed row by row)
+    .csv             the text_field column (csv module, streamed row by row); with [data]
+                     csv_header = false there is no header: each row's columns joined with ", "
     .parquet         the text_field column (FineWeb layout), read one row group at a time
 
 `where` is a line number (text, jsonl, csv), an item index (json) or a row index (parquet): it
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from workbench.errors import BadInput
-from workbench.input_files import NestedTooDeeply, not_regular_reason, parse_json
+from workbench.input_files import NestedTooDeeply, not_regular_reason, open_regular, parse_json
 
 KINDS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "jsonl", ".json": "json",
          ".csv": "csv", ".parquet": "parquet"}
@@ -181,16 +182,17 @@ def decode_line(raw: bytes) -> str | None:
 
 
 def read_source(path: Path, report: SourceReport, text_field: str = "text",
-                separator: str = "") -> Iterator[tuple[str, Any]]:
+                separator: str = "", csv_header: bool = True) -> Iterator[tuple[str, Any]]:
     """Documents of one file as (text, where). Updates `report` as it reads. A file that cannot
     be read (permissions, I/O error) is BadInput naming it."""
     try:
-        yield from _read_source(path, report, text_field, separator)
+        yield from _read_source(path, report, text_field, separator, csv_header)
     except OSError as error:
         raise BadInput(f"{path}: cannot read data source ({error.strerror or error})") from None
 
 
-def _read_source(path: Path, report: SourceReport, text_field: str, separator: str) -> Iterator[tuple[str, Any]]:
+def _read_source(path: Path, report: SourceReport, text_field: str, separator: str,
+                 csv_header: bool) -> Iterator[tuple[str, Any]]:
     report.size = path.stat().st_size
     if report.kind != "parquet":
         reason = sniff(path)
@@ -205,7 +207,7 @@ def _read_source(path: Path, report: SourceReport, text_field: str, separator: s
         return
     reader = {"text": _read_text, "jsonl": _read_jsonl, "json": _read_json,
               "csv": _read_csv, "parquet": _read_parquet}[report.kind]
-    yield from reader(path, report, text_field=text_field, separator=separator)
+    yield from reader(path, report, text_field=text_field, separator=separator, csv_header=csv_header)
     report.bytes_read = report.size
 
 
@@ -321,24 +323,30 @@ def _read_json(path: Path, report: SourceReport, text_field: str = "text", **_: 
             yield value, index
 
 
-def _read_csv(path: Path, report: SourceReport, text_field: str = "text", **_: Any) -> Iterator[tuple[str, Any]]:
+def _read_csv(path: Path, report: SourceReport, text_field: str = "text", csv_header: bool = True,
+              **_: Any) -> Iterator[tuple[str, Any]]:
+    """The text_field column of a headed file; with csv_header false, every row (its columns
+    joined with ", ") of a file whose first line is already data."""
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # documents can be longer than csv's 128 KiB default
 
-    with open(path, "rb") as handle:
+    with open_regular(path, "data source") as handle:
         lines = _Lines(handle, report)
         # surrogateescape keeps undecodable bytes visible as lone surrogates: a row holding one is skipped
         reader = csv.reader(raw.decode("utf-8", errors="surrogateescape") for _, raw in lines)
-        try:
-            header = next(reader)
-        except StopIteration:
-            report.skipped_file = "no CSV header"
-            return
-        except csv.Error as error:
-            raise BadInput(f"{path}:1: malformed CSV header ({error})") from None
-        if text_field not in header:
-            columns = ", ".join(header[:20])
-            raise BadInput(f"{path}: no column '{text_field}' (columns: {columns}); set [data] text_field")
-        column = header.index(text_field)
+        column = None  # None: the whole row
+        if csv_header:
+            try:
+                header = next(reader)
+            except StopIteration:
+                report.skipped_file = "no CSV header"
+                return
+            except csv.Error as error:
+                raise BadInput(f"{path}:1: malformed CSV header ({error})") from None
+            if text_field not in header:
+                columns = ", ".join(header[:20])
+                raise BadInput(f"{path}: no column '{text_field}' (columns: {columns}); set [data] text_field, "
+                               f"or csv_header = false for a file without a header")
+            column = header.index(text_field)
         while True:
             try:
                 row = next(reader)
@@ -349,10 +357,10 @@ def _read_csv(path: Path, report: SourceReport, text_field: str = "text", **_: A
                 continue
             if not row:
                 continue
-            if len(row) <= column:
+            if column is not None and len(row) <= column:
                 report.skip("row has too few columns", reader.line_num)
                 continue
-            value = row[column]
+            value = row[column] if column is not None else ", ".join(row)
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:
@@ -361,7 +369,7 @@ def _read_csv(path: Path, report: SourceReport, text_field: str = "text", **_: A
             if "\x00" in value:
                 report.skip("invalid UTF-8", reader.line_num)
                 continue
-            if not value.strip():
+            if not (value if column is not None else "".join(row)).strip():  # every column blank
                 report.skip("empty text", reader.line_num)
                 continue
             yield value, reader.line_num
