@@ -135,7 +135,7 @@ def extra_text(task: str, result: dict[str, Any]) -> str:
     if task == "bpb" and result.get("tokens"):
         parts.append(f"{result['tokens']} tokens")
     if task in ("core", "chatcore") and isinstance(result.get("tasks"), dict):
-        parts.append(result.get("label", "") + " centered: " + " ".join(
+        parts.append((f"{result['label']}, " if result.get("label") else "") + "centered: " + " ".join(
             f"{name} {entry['centered']:+.3f}" for name, entry in result["tasks"].items()))
     return ", ".join(parts)
 
