@@ -49,7 +49,10 @@ from workbench.train.common import (
     DistInfo,
     autocast,
     capture_rng_states,
+    device_memory,
+    device_total_memory,
     dtype_name,
+    full_state_dict,
     peak_flops,
     synchronize,
     use_compile,
@@ -57,6 +60,7 @@ from workbench.train.common import (
 
 PAUSE_POLL_SECONDS = 0.25
 BUDGET_MEASURE_STEPS = 8  # steps timed (after the first, which pays for warm-up) to fix a budget's steps
+BUDGET_MEASURE_FRACTION = 0.1  # ... and at least this fraction of the budget; the speed is the second half's
 BUDGET_OPEN_STEPS = 10**9  # total_steps while a time budget is measured: no warmdown yet
 
 
@@ -64,6 +68,8 @@ class TimeBudget:
     """[train] time_budget: time the first steps, then fix total_steps once so the schedule's
     warmup and warmdown fit the budget. The budget covers the training loop, evaluations
     included (the evaluation at step 0 is timed too; every eval_every steps costs one more).
+    The speed comes from the second half of the timed stretch: start-up bursts (the data
+    loader tokenizing ahead, allocator warm-up) land in the first and would cut the run short.
     The chosen total_steps goes into status.json and every checkpoint's meta.json: a resumed run
     reads it back instead of measuring again, so its schedule (and loss curve) is the same."""
 
@@ -73,7 +79,7 @@ class TimeBudget:
         self.seconds, self.eval_every = seconds, eval_every
         self.started = self.clock()
         self.eval_seconds = 0.0
-        self.timed_from: tuple[int, float] | None = None  # (step, time) where timing started
+        self.timed: list[tuple[int, float]] = []  # (step, time) after each step while measuring
 
     def evaluated_at_start(self) -> None:
         self.eval_seconds = self.clock() - self.started
@@ -84,13 +90,16 @@ class TimeBudget:
     def steps_if_ready(self, step: int) -> int | None:
         """Call after each step; returns the total steps once enough steps have been timed."""
         now = self.clock()
-        if self.timed_from is None:
-            self.timed_from = (step, now)
+        self.timed.append((step, now))
+        first_step, first_time = self.timed[0]
+        measured_enough = (step - first_step >= BUDGET_MEASURE_STEPS
+                           and now - first_time >= BUDGET_MEASURE_FRACTION * self.seconds)
+        if not measured_enough and now - self.started < self.seconds:
             return None
-        first_step, first_time = self.timed_from
-        if step - first_step < BUDGET_MEASURE_STEPS and now - self.started < self.seconds:
-            return None
-        step_seconds = (now - first_time) / (step - first_step)
+        middle_step, middle_time = self.timed[len(self.timed) // 2]
+        if middle_step == step:
+            middle_step, middle_time = first_step, first_time
+        step_seconds = (now - middle_time) / (step - middle_step) if step > middle_step else now - self.started
         left = self.seconds - (now - self.started) - self.eval_seconds  # keep the final evaluation's time
         more = int(left / (step_seconds + self.eval_seconds / self.eval_every)) if left > 0 else 0
         return step + max(0, more)
@@ -193,11 +202,15 @@ class StepBoundary:
     def should_stop(self, step: int) -> bool:
         """Handle the commands waiting at this step; True (after a checkpoint) when the run stops."""
         stop = save = False
+        deferred: list[int] = []  # under torchrun a save while paused waits for the resume:
+        # the other ranks sit in the broadcast below, and a checkpoint needs them all
+        save_while_paused = deferred.append if self.dist is not None and self.dist.enabled else self.checkpoint
         for command in self.writer.poll_control():
             stop |= command == "stop"
             save |= command == "save"
             if command == "pause" and not stop:
-                stop |= _wait_while_paused(self.writer, self._signals, step, self.checkpoint)
+                stop |= _wait_while_paused(self.writer, self._signals, step, save_while_paused)
+                save |= bool(deferred)
         stop |= self._signals.requested is not None
         if self.dist is not None:
             stop, save = _broadcast_flags([int(stop), int(save)], self.dist, self.device)
@@ -211,14 +224,33 @@ class StepBoundary:
         return bool(stop)
 
 
+def _attention_kernels(model: torch.nn.Module, device: torch.device, dtype: str, writer) -> list[dict] | None:
+    """On CUDA, which attention kernel each kind of layer trains with (the sys record), and a
+    warning event for every one on SDPA's MATH fallback (float32 T x T probabilities in memory)."""
+    if device.type != "cuda" or not hasattr(model, "windows"):
+        return None
+    from workbench.model import training_attention_kernels
+    from workbench.train.common import autocast_dtype
+
+    kernels = training_attention_kernels(model, device, autocast_dtype(device, dtype) or torch.float32)
+    for row in kernels:
+        window = "full causal" if row["window"] is None else f"window {row['window']}"
+        writer.event(f"attention layers {row['layers']} ({window}): {row['kernel']}")
+        if row["kernel"] == "MATH":
+            writer.event(f"warning: attention layers {row['layers']} run on SDPA's MATH kernel (slow, "
+                         f"T x T float32 memory); [model] attention = \"flex\" gives windowed layers a fused kernel")
+    return kernels
+
+
 @torch.no_grad()
 def sample_text(model: torch.nn.Module, tokenizer, prompt: str = "", max_tokens: int = 64,
                 temperature: float = 0.8, top_k: int = 20, seed: int = 0,
-                device: torch.device | str = "cpu", dtype: str = "auto") -> str:
+                device: torch.device | str = "cpu", dtype: str = "auto", dist: DistInfo | None = None) -> str:
     """A small local sampler for the progress samples in metrics.jsonl: <|bos|> + prompt, then up
     to max_tokens tokens by top-k sampling from a private generator (the training RNG is left
     untouched, so samples never change the loss curve). Re-feeds the last max_context tokens:
-    simple, and fast enough for 64 tokens; the real engine lives in workbench/engine."""
+    simple, and fast enough for 64 tokens; the real engine lives in workbench/engine. Under FSDP
+    every rank runs it (a forward pass needs them all) and takes rank 0's tokens."""
     device = torch.device(device)
     ids = [tokenizer.bos_id, *tokenizer.encode(prompt)]
     prompt_length = len(ids)
@@ -240,6 +272,8 @@ def sample_text(model: torch.nn.Module, tokenizer, prompt: str = "", max_tokens:
                     cutoff = torch.topk(logits, min(top_k, logits.numel())).values[-1]
                     logits = logits.masked_fill(logits < cutoff, -math.inf)
                 next_id = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
+            if dist is not None and dist.sharded:
+                next_id = _broadcast_flags([next_id], dist, device)[0]
             if next_id == tokenizer.bos_id:
                 break
             ids.append(next_id)
@@ -269,10 +303,11 @@ def train(*, stage: str, config, model: torch.nn.Module, optimizers, tokenizer,
     verbose = verbose and dist.is_main
     run_dir = Path(run_dir)
 
-    # The module that trains: compiled (CUDA by default) and wrapped in DDP under torchrun. The
-    # plain `model` is what checkpoints, evaluations and samples use.
+    # The module that trains: compiled (CUDA by default) and wrapped in DDP under torchrun (under
+    # FSDP the caller has sharded `model` in place already). The plain `model` is what checkpoints,
+    # evaluations and samples use.
     train_model = model
-    if dist.enabled:
+    if dist.enabled and not dist.sharded:
         from torch.nn.parallel import DistributedDataParallel
 
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -284,6 +319,9 @@ def train(*, stage: str, config, model: torch.nn.Module, optimizers, tokenizer,
     flops_per_token = model.flops_per_token() if hasattr(model, "flops_per_token") else None
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     peak = peak_flops(device.type, device_name, dtype_name(device, train_cfg.dtype))
+    if peak is None and device.type == "cuda":
+        writer.event(f"no peak FLOP/s known for {device_name!r}: MFU is not reported")
+    kernels = _attention_kernels(model, device, train_cfg.dtype, writer)
     budget = TimeBudget(time_budget, eval_every) if time_budget and total_steps is None else None
     if budget is not None:
         total_steps = BUDGET_OPEN_STEPS
@@ -295,7 +333,9 @@ def train(*, stage: str, config, model: torch.nn.Module, optimizers, tokenizer,
                flops_per_token=flops_per_token, peak_flops=peak, torch=torch.__version__,
                python=platform.python_version(), threads=torch.get_num_threads(),
                dtype=dtype_name(device, train_cfg.dtype), compile=use_compile(train_cfg.compile, device),
-               world_size=dist.world_size, grad_accum_steps=grad_accum_steps,
+               world_size=dist.world_size, distributed=dist.mode if dist.enabled else None,
+               device_memory=device_total_memory(device), attention_kernels=kernels,
+               grad_accum_steps=grad_accum_steps,
                total_steps=None if budget else total_steps, start_step=start_step)
 
     step, last_loss = start_step, None
@@ -304,24 +344,30 @@ def train(*, stage: str, config, model: torch.nn.Module, optimizers, tokenizer,
     started = last_print = time.time()
 
     def checkpoint(at_step: int) -> None:
+        """Every rank calls it: the data position (and, under FSDP, the weights and optimizer
+        state) is gathered from all of them; rank 0 writes."""
         nonlocal last_checkpoint, saved_step
-        if not dist.is_main or saved_step == at_step:
+        if saved_step == at_step:
+            return
+        extra = extra_meta_fn() if extra_meta_fn is not None else {}
+        gathered = (full_state_dict(model), optimizers.state_tensors()) if dist.sharded else None
+        saved_step = at_step
+        if not dist.is_main:
             return
         meta = {"step": at_step, "tokens": tokens_seen, "stage": stage,
                 "total_steps": None if total_steps == BUDGET_OPEN_STEPS else total_steps,
                 "rng_states": capture_rng_states(), "best_val_bpb": best_val_bpb, "lr_scale": lr_scale}
         if time_budget:
             meta["time_budget"] = time_budget
-        if extra_meta_fn is not None:
-            meta.update(extra_meta_fn())
+        meta.update(extra)
         last_checkpoint = save_checkpoint(run_dir, at_step, model, config.frozen(), tokenizer, optimizers,
-                                          meta=meta, keep_last=train_cfg.keep_last)
-        saved_step = at_step
+                                          meta=meta, keep_last=train_cfg.keep_last, gathered=gathered)
         writer.event(f"checkpoint {last_checkpoint.name}", path=str(last_checkpoint))
 
     def evaluate(at_step: int) -> None:
+        """Every rank calls it: val_fn evaluates this rank's share and sums over the ranks."""
         nonlocal best_val_bpb
-        if not dist.is_main or val_fn is None:
+        if val_fn is None:
             return
         try:
             results = val_fn(model)
@@ -334,9 +380,10 @@ def train(*, stage: str, config, model: torch.nn.Module, optimizers, tokenizer,
                       flush=True)
             if last_checkpoint is not None and saved_step == at_step:
                 update_meta(last_checkpoint, best_val_bpb=best_val_bpb, **results)
-            if sample_every and ((at_step // eval_every) % sample_every == 0 or at_step == total_steps):
+            sample_due = sample_every and ((at_step // eval_every) % sample_every == 0 or at_step == total_steps)
+            if sample_due and (dist.is_main or dist.sharded):
                 text = sample_text(model, tokenizer, sample_prompt, seed=at_step, device=device,
-                                   dtype=train_cfg.dtype)
+                                   dtype=train_cfg.dtype, dist=dist)
                 writer.log("sample", step=at_step, prompt=sample_prompt, text=text)
         except Exception as error:  # never let an evaluation kill the training
             if device.type == "cuda":
@@ -364,6 +411,8 @@ def train(*, stage: str, config, model: torch.nn.Module, optimizers, tokenizer,
             for micro_step in range(grad_accum_steps):
                 inputs, targets = next(train_batches)
                 last_micro = micro_step == grad_accum_steps - 1
+                if dist.sharded:  # FSDP: reduce-scatter the gradients on the last micro-batch only
+                    model.set_requires_gradient_sync(last_micro)
                 sync = ddp_module.no_sync() if ddp_module is not None and not last_micro else contextlib.nullcontext()
                 with sync:
                     with autocast(device, train_cfg.dtype):
@@ -375,6 +424,8 @@ def train(*, stage: str, config, model: torch.nn.Module, optimizers, tokenizer,
             # 3. clip, step
             clip = train_cfg.grad_clip if train_cfg.grad_clip > 0 else math.inf
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
+                grad_norm = grad_norm.full_tensor()
             optimizers.step()
             optimizers.zero_grad()
             step += 1
@@ -400,7 +451,7 @@ def train(*, stage: str, config, model: torch.nn.Module, optimizers, tokenizer,
                              optimizers.groups[0]["lr"])
             writer.log("train", step=step, loss=last_loss, lr=matrix_lr, lr_multiplier=multiplier,
                        grad_norm=float(grad_norm), tokens=tokens_seen, tokens_per_second=tokens_per_second,
-                       mfu=mfu, step_seconds=step_seconds)
+                       mfu=mfu, step_seconds=step_seconds, **device_memory(device))
             if budget is not None and total_steps == BUDGET_OPEN_STEPS:
                 chosen = budget.steps_if_ready(step)
                 if chosen is None:
@@ -409,7 +460,7 @@ def train(*, stage: str, config, model: torch.nn.Module, optimizers, tokenizer,
                     total_steps = boundary.total_steps = chosen
                     writer.write_status(total_steps=total_steps)
                     writer.event(f"time budget {time_budget:g}s: {total_steps} steps "
-                                 f"(speed measured over steps {budget.timed_from[0]}-{step})")
+                                 f"(speed measured over steps {budget.timed[len(budget.timed) // 2][0]}-{step})")
                     if dist.enabled:  # every rank trains the steps rank 0 chose
                         total_steps = boundary.total_steps = _broadcast_flags([total_steps], dist, device)[0]
             writer.heartbeat(step, tokens=tokens_seen)
