@@ -16,9 +16,10 @@ pytestmark = pytest.mark.slow  # two extra torch processes: ~15 s on 2 cores
 
 
 def test_two_gloo_processes_match_one(make_tiny_config):
-    # 16 rows of 64 per step: 1 process = 2 micro-batches of 8, 2 processes = 8 rows each.
+    # 16 rows of 64 per step: 1 process = 2 micro-batches of 8, 2 processes = 8 rows each; 2 data
+    # streams (each rank reads its own row groups), so the 1 process reads the same rows.
     train = {"steps": 4, "total_batch_tokens": 1024, "device_batch_size": 8, "eval_every": 4, "save_every": 1,
-             "keep_last": 0}
+             "keep_last": 0, "data_streams": 2}
     single = make_tiny_config(train=train)
     pretrain(single, verbose=False)
 

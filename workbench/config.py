@@ -141,6 +141,7 @@ class TrainSection:
     compile: str = "auto"  # auto | on | off
     distributed: str = "ddp"  # under torchrun: ddp (replicated model) | fsdp (FSDP2, sharded model and optimizer)
     dist_timeout: float = 1800.0  # seconds a collective waits for a missing rank before the run fails
+    data_streams: int = 0  # streams of row groups the ranks split (0: one per rank); see workbench/train/loader.py
 
     _choices = {"dtype": ("auto", "float32", "bfloat16"), "compile": ("auto", "on", "off"),
                 "distributed": ("ddp", "fsdp")}
@@ -163,6 +164,7 @@ class TrainSection:
         "save_every": (1, MAX_STEPS),
         "keep_last": (0, 1_000_000),
         "dist_timeout": (1.0, 7 * 86400.0),
+        "data_streams": (0, 65536),
     }
 
 
@@ -173,17 +175,20 @@ class SftSection:
     steps: int = 200
     device_batch_size: int = 8
     lr_scale: float = 0.5  # multiplies the [train] learning rates
-    eval_every: int = 50
+    eval_every: int = 50  # 0: never
     save_every: int = 100
+    val_fraction: float = 0.05  # of each file dataset held out (0: train on every conversation)
+    turn_prefixes: list[str] = field(default_factory=lambda: ["User:", "Assistant:"])  # "User: hi Assistant: hello"
 
     _ranges = {"steps": (1, MAX_STEPS), "device_batch_size": (1, MAX_BATCH_ROWS), "lr_scale": (0.0, None),
-               "eval_every": (1, MAX_STEPS), "save_every": (1, MAX_STEPS)}
+               "eval_every": (0, MAX_STEPS), "save_every": (1, MAX_STEPS), "val_fraction": (0.0, 0.5)}
 
 
 @dataclass
 class GrpoSection:
     init_from: str = ""  # checkpoint folder; empty: the newest SFT checkpoint of this run
     task: str = "arith"  # arith | gsm8k | arc | tool
+    tasks: list[str] = field(default_factory=list)  # a mixture, "name:weight" ("arith:1.0", "gsm8k:0.5"); empty: task
     group_size: int = 8
     prompts_per_step: int = 4
     steps: int = 50
@@ -191,14 +196,20 @@ class GrpoSection:
     temperature: float = 1.0
     lr_scale: float = 0.1
     normalize_std: bool = True  # advantage divided by the group's reward std
+    iterations_per_batch: int = 1  # optimizer steps on each sampled batch (> 1: the ratio clip bites)
     clip_epsilon: float = 0.0  # 0: no ratio clipping
     kl_coef: float = 0.0  # 0: no KL penalty to the frozen reference
+    # token: sum over every completion token / their count (DAPO); sequence: each completion's mean,
+    # then the mean over completions (GRPO paper); constant: sum / (completions * max_new_tokens) (Dr. GRPO)
+    loss_normalization: str = "token"
+    held_out: int = 200  # held-out prompts per task, answered greedily at the start and the end
     save_every: int = 25
 
-    _choices = {"task": ("arith", "gsm8k", "arc", "tool")}
+    _choices = {"task": ("arith", "gsm8k", "arc", "tool"), "loss_normalization": ("token", "sequence", "constant")}
     _ranges = {"group_size": (2, 1024), "prompts_per_step": (1, MAX_BATCH_ROWS), "steps": (1, MAX_STEPS),
                "max_new_tokens": (1, MAX_SEQ_LEN), "temperature": (0.0, None), "lr_scale": (0.0, None),
-               "clip_epsilon": (0.0, None), "kl_coef": (0.0, None), "save_every": (1, MAX_STEPS)}
+               "iterations_per_batch": (1, 64), "clip_epsilon": (0.0, None), "kl_coef": (0.0, None),
+               "held_out": (1, 100_000), "save_every": (1, MAX_STEPS)}
 
 
 @dataclass
@@ -463,6 +474,19 @@ def _cross_checks(config: Config, path: Path | str, text: str) -> list[str]:
         if not model.window_pattern or set(model.window_pattern.upper()) - {"S", "L"}:
             errors.append(f"{_where(path, text, 'model', 'window_pattern')}: [model] window_pattern: "
                           f"use only the letters S and L, got {model.window_pattern!r}")
+    for spec in config.grpo.tasks:
+        name, _, weight = spec.partition(":")
+        try:
+            good_weight = not weight or (math.isfinite(float(weight)) and float(weight) > 0)
+        except ValueError:
+            good_weight = False
+        if name not in GrpoSection._choices["task"] or not good_weight:
+            errors.append(f"{_where(path, text, 'grpo', 'tasks')}: [grpo] tasks: use \"NAME:WEIGHT\" with NAME one "
+                          f"of {', '.join(GrpoSection._choices['task'])} and WEIGHT > 0, got {_brief(spec)}")
+    prefixes = config.sft.turn_prefixes
+    if len(prefixes) != 2 or not all(p.strip() for p in prefixes) or prefixes[0] == prefixes[1]:
+        errors.append(f"{_where(path, text, 'sft', 'turn_prefixes')}: [sft] turn_prefixes: give two different "
+                      f"non-blank prefixes, the user's and the assistant's, got {_brief(prefixes)}")
     train = config.train
     rows_per_step = train.total_batch_tokens / (train.device_batch_size * model.seq_len)
     if rows_per_step < 1 or rows_per_step != int(rows_per_step):

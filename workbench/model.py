@@ -264,6 +264,31 @@ def sdpa_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
     return SDPBackend(choice).name
 
 
+def training_attention_kernels(model: GPT, device: torch.device, dtype: torch.dtype) -> list[dict]:
+    """Which kernel each kind of layer's training call gets on `device` (one probe per distinct
+    window, batch 1 at seq_len, in `dtype`): [{"window", "layers", "kernel"}], kernel being "flex"
+    or the SDPA backend's name. Logged at start-up on CUDA, where MATH means the slow, memory-hungry
+    path (see sdpa_backend)."""
+    cfg = model.config
+    found: dict[int | None, dict] = {}
+    for layer, window in enumerate(model.windows):
+        if window is not None and window >= cfg.seq_len:
+            window = None  # sees the whole prefix: the plain causal call
+        if window in found:
+            found[window]["layers"].append(layer)
+            continue
+        q = torch.zeros(1, cfg.heads, cfg.seq_len, model.head_dim, device=device, dtype=dtype)
+        k = torch.zeros(1, cfg.kv_heads, cfg.seq_len, model.head_dim, device=device, dtype=dtype)
+        if window is None:
+            kernel = sdpa_backend(q, k, k, None, is_causal=True)
+        elif uses_flex(cfg.attention, device):
+            kernel = "flex"
+        else:
+            kernel = sdpa_backend(q, k, k, band_mask(cfg.seq_len, cfg.seq_len, 0, window, device), is_causal=False)
+        found[window] = {"window": window, "layers": [layer], "kernel": kernel}
+    return list(found.values())
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None,
            kernel: str = "sdpa") -> torch.Tensor:
     """Causal (optionally windowed) attention of q [B, H, Tq, D] over k, v [B, KV, Tk, D], where the
@@ -620,7 +645,12 @@ class GPT(LanguageModel):
     def flops_per_token(self) -> float:
         """Training FLOPs per token: 6 per weight of every matmul (all but the embedding and the
         scalars), plus attention's 12 * heads * head_dim per key seen (QK^T and AV, forward and
-        backward), counting min(window, seq_len) keys per layer as nanochat does."""
+        backward), counting min(window, seq_len) keys per layer as nanochat does.
+
+        These are model FLOPs, the work the architecture needs, whatever kernel does it: a windowed
+        layer on the "sdpa" path (a boolean band mask) computes all seq_len keys per query, and on
+        CUDA falls to the MATH kernel, so its wasted work shows as a low MFU, never as a high one.
+        training_attention_kernels() says which kernel each layer gets (logged at start-up)."""
         matmul_params = self.num_params() - self.wte.weight.numel() - 2 * self.config.depth
         seq_len = self.config.seq_len
         keys = sum(min(window or seq_len, seq_len) for window in self.windows)

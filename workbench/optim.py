@@ -20,6 +20,10 @@ The recipe is nanochat's:
   weights get scalar_lr, the residual multipliers scalar_lr * 0.01 (they scale the whole stream, so a
   full-size step would swamp it). Every rate is then multiplied by lr_scale and the schedule.
 
+Under FSDP2 (train.distributed = "fsdp") the parameters and gradients are DTensor shards: the AdamW
+updates and Muon's momentum are elementwise and run on each rank's shard; the Newton-Schulz step
+needs whole matrices, so each rank owns whole matrices in turn (_orthogonalize_sharded).
+
 Which parameter is which comes from the model's `param_groups()` (workbench/model.py); a parameter
 left out of it, or named twice, is a bug and fails loudly here.
 """
@@ -31,6 +35,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from workbench.errors import BadInput
 
@@ -145,15 +150,19 @@ class Optimizers:
         for shape, params in by_shape.items():
             updates = []
             for p in params:
-                buf = self._state(p, "momentum")
-                buf.lerp_(p.grad, 1 - momentum)
-                updates.append(p.grad.lerp(buf, momentum))  # Nesterov: look one momentum step ahead
-            ortho = newton_schulz(torch.stack(updates))
+                buf, grad = self._state(p, "momentum"), _local(p.grad)
+                buf.lerp_(grad, 1 - momentum)
+                updates.append(grad.lerp(buf, momentum))  # Nesterov: look one momentum step ahead
+            if isinstance(params[0], DTensor):
+                ortho = _orthogonalize_sharded(params, updates)
+            else:
+                ortho = newton_schulz(torch.stack(updates))
             scale = max(1.0, shape[-2] / shape[-1]) ** 0.5
             for p, update in zip(params, ortho, strict=True):
+                weights = _local(p)
                 if self.weight_decay:
-                    p.mul_(1 - lr * self.weight_decay)
-                p.add_(update, alpha=-lr * scale)
+                    weights.mul_(1 - lr * self.weight_decay)
+                weights.add_(update, alpha=-lr * scale)
 
     def _adamw_step(self, group: dict) -> None:
         beta1, beta2 = ADAM_BETAS
@@ -161,20 +170,23 @@ class Optimizers:
         for p in group["params"]:
             if p.grad is None:
                 continue
+            weights, grad = _local(p), _local(p.grad)  # elementwise: a shard updates on its own
             exp_avg, exp_avg_sq = self._state(p, "exp_avg"), self._state(p, "exp_avg_sq")
             count = self._state(p, "step", shape=())
             count += 1
             t = count.item()
-            exp_avg.lerp_(p.grad, 1 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             denom = (exp_avg_sq / (1 - beta2**t)).sqrt_().add_(group["eps"])
-            p.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1**t))
+            weights.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1**t))
 
     def _state(self, p: nn.Parameter, key: str, shape=None) -> torch.Tensor:
+        """A state slot: shaped like the parameter's local shard under FSDP (a plain tensor)."""
         slots = self.state.setdefault(p, {})
         if key not in slots:
             if shape is None:
-                slots[key] = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+                local = _local(p)
+                slots[key] = torch.zeros(local.shape, dtype=torch.float32, device=local.device)
             else:  # a step counter: kept on the CPU so reading it never waits for the GPU
                 slots[key] = torch.zeros(shape, dtype=torch.float32)
         return slots[key]
@@ -182,10 +194,15 @@ class Optimizers:
     # ---- resumable state: flat tensors for safetensors ----
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """Everything a resumed run needs, keyed "PARAM_NAME.SLOT" plus "steps_taken"."""
+        """Everything a resumed run needs, keyed "PARAM_NAME.SLOT" plus "steps_taken". Under FSDP
+        every rank must call it (the shards are gathered into whole tensors: the same file as one
+        process writes)."""
         tensors = {"steps_taken": torch.tensor(self.steps_taken, dtype=torch.int64)}
         for p, slots in self.state.items():
             for key, value in slots.items():
+                if isinstance(p, DTensor) and key != "step":
+                    value = DTensor.from_local(value, p.device_mesh, p.placements, shape=p.shape,
+                                               stride=p.stride()).full_tensor()
                 tensors[f"{self.param_names[p]}.{key}"] = value.detach().cpu().contiguous()
         return tensors
 
@@ -206,10 +223,70 @@ class Optimizers:
             if tuple(value.shape) != tuple(expected):
                 raise BadInput(f"optimizer state: {key} has shape {tuple(value.shape)}, "
                                f"the model needs {tuple(expected)}")
-            device = "cpu" if slot == "step" else p.device
-            state.setdefault(p, {})[slot] = value.to(device=device, dtype=torch.float32).clone()
+            if slot == "step":
+                value = value.to(dtype=torch.float32).clone()
+            else:
+                value = _shard_like(p, value.to(device=_local(p).device, dtype=torch.float32))
+            state.setdefault(p, {})[slot] = value
         self.state = state
         self.steps_taken = int(tensors["steps_taken"])
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP parameter or gradient (a DTensor); a plain tensor as it is.
+    The optimizers work on local tensors only: DTensor and torch.Tensor do not mix in one op."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def _shard_like(p: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
+    """The part of a whole tensor that p's shard holds (p itself when p is not sharded)."""
+    if not isinstance(p, DTensor):
+        return whole.clone()
+    return distribute_tensor(whole, p.device_mesh, p.placements, src_data_rank=None).to_local().clone()
+
+
+def _row_split(rows: int, ranks: int) -> list[int]:
+    """Rows of each rank's shard of a dim-0 sharded matrix (torch.chunk's split, as FSDP's)."""
+    sizes = [len(chunk) for chunk in torch.arange(rows).chunk(ranks)]
+    return sizes + [0] * (ranks - len(sizes))
+
+
+def _exchange(sends: list[torch.Tensor], receive_shapes: list[tuple[int, int]], group) -> list[torch.Tensor]:
+    """All-to-all of 2-D blocks: sends[j] goes to rank j, and the block from rank i (of shape
+    receive_shapes[i]) comes back at index i. One all_to_all_single over flat buffers: gloo's
+    list all_to_all wants equal sizes, and shards of uneven rows are not."""
+    payload = torch.cat([t.reshape(-1) for t in sends])
+    received = payload.new_empty(sum(rows * cols for rows, cols in receive_shapes))
+    torch.distributed.all_to_all_single(received, payload, [rows * cols for rows, cols in receive_shapes],
+                                        [t.numel() for t in sends], group=group)
+    blocks = received.split([rows * cols for rows, cols in receive_shapes])
+    return [block.view(shape) for block, shape in zip(blocks, receive_shapes, strict=True)]
+
+
+def _orthogonalize_sharded(params: list[DTensor], updates: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Muon under FSDP (as nanochat's distributed Muon): the matrices of one shape are dealt to the
+    ranks in turn (matrix i to rank i mod W), each rank gathers the shards of its own matrices
+    (one all-to-all), orthogonalizes them whole, and sends every rank its shard of the results
+    (another). Every matrix is orthogonalized once, whole, so the update is one process's.
+    `updates` are this rank's shards; returns this rank's shards of the orthogonalized ones."""
+    mesh = params[0].device_mesh
+    group, ranks, rank = mesh.get_group(), mesh.size(), mesh.get_local_rank()
+    rows, cols = params[0].shape
+    split = _row_split(rows, ranks)
+    empty = updates[0].new_zeros(split[rank], cols)
+    gathered = []
+    for first in range(0, len(updates), ranks):  # one round per W matrices
+        sends = [updates[first + j] if first + j < len(updates) else empty for j in range(ranks)]
+        shards = _exchange(sends, [(split[i], cols) for i in range(ranks)], group)
+        gathered.append(torch.cat(shards) if first + rank < len(updates) else None)
+    owned = [whole for whole in gathered if whole is not None]
+    ortho = list(newton_schulz(torch.stack(owned))) if owned else []
+    results = []
+    for first, whole in zip(range(0, len(updates), ranks), gathered, strict=True):
+        mine = ortho.pop(0) if whole is not None else updates[0].new_zeros(rows, cols)
+        sends = list(mine.split(split))
+        results += _exchange(sends, [(split[rank], cols)] * ranks, group)[: len(updates) - first]
+    return results
 
 
 def build_optimizer(model: nn.Module, train_cfg, lr_scale: float = 1.0) -> Optimizers:

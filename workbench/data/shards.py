@@ -66,28 +66,37 @@ def count_rows(path: str | Path) -> int:
     return _open(Path(path)).metadata.num_rows
 
 
-def iter_documents(data_dir: str | Path, split: str,
-                   start: tuple[int, int] = (0, 0)) -> Iterator[tuple[str, tuple[int, int]]]:
+def iter_documents(data_dir: str | Path, split: str, start: tuple[int, int] = (0, 0),
+                   stride: tuple[int, int] = (0, 1)) -> Iterator[tuple[str, tuple[int, int]]]:
     """Yield (text, (shard_index, row_index)) for every document of the split from `start` on
     (inclusive), reading one row group at a time: memory stays at one row group whatever the
-    size of the data."""
+    size of the data. stride (index, count): only the row groups whose number, counted over the
+    whole split, is index modulo count (each of `count` readers gets its own groups, unread by
+    the others)."""
     shard_start, row_start = start
+    stream, streams = stride
     if shard_start < 0 or row_start < 0:
         raise ValueError(f"bad start position {start!r}")
+    if not 0 <= stream < streams:
+        raise ValueError(f"bad stride {stride!r}")
     shards = list_shards(data_dir, split)
+    group_number = 0  # of the next row group, over the whole split
+    if streams > 1:
+        group_number = sum(_open(path).metadata.num_row_groups for path in shards[:shard_start])
     skip = row_start  # rows still to skip; carries into the next shard when past a shard's end
     for shard_index in range(shard_start, len(shards)):
         path = shards[shard_index]
         parquet = _open(path)
         if TEXT_COLUMN not in parquet.schema_arrow.names:
             raise BadInput(f"{path}: shard has no '{TEXT_COLUMN}' column")
+        first_group_number, group_number = group_number, group_number + parquet.metadata.num_row_groups
         if skip >= parquet.metadata.num_rows:
             skip -= parquet.metadata.num_rows
             continue
         first_row = 0
         for group in range(parquet.metadata.num_row_groups):
             group_rows = parquet.metadata.row_group(group).num_rows
-            if first_row + group_rows <= skip:
+            if first_row + group_rows <= skip or (first_group_number + group) % streams != stream:
                 first_row += group_rows
                 continue
             try:

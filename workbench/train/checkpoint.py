@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,11 +89,15 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def _write_checkpoint_files(folder: Path, step: int, model: torch.nn.Module, config: Config,
-                            tokenizer: Tokenizer, optimizers, meta: dict[str, Any] | None) -> None:
+                            tokenizer: Tokenizer, optimizers, meta: dict[str, Any] | None,
+                            gathered: tuple[dict, dict | None] | None) -> None:
     model = unwrap(model)
-    save_tensors(model.state_dict(), folder / "model.safetensors")
-    if optimizers is not None:
-        save_tensors(optimizers.state_tensors(), folder / "optimizer.safetensors")
+    weights, optimizer_state = gathered or (model.state_dict(), None)
+    save_tensors(weights, folder / "model.safetensors")
+    if optimizer_state is None and optimizers is not None:
+        optimizer_state = optimizers.state_tensors()
+    if optimizer_state is not None:
+        save_tensors(optimizer_state, folder / "optimizer.safetensors")
     write_json(folder / "config.json", config.to_dict())
     (folder / "tokenizer.json").write_text(tokenizer.to_str(), encoding="utf-8")
     full_meta = {"format_version": FORMAT_VERSION, "step": step, "tokens": 0, "stage": "pretrain",
@@ -108,11 +113,12 @@ def _write_checkpoint_files(folder: Path, step: int, model: torch.nn.Module, con
 
 def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, config: Config,
                     tokenizer: Tokenizer, optimizers=None, meta: dict[str, Any] | None = None,
-                    keep_last: int = 3) -> Path:
+                    keep_last: int = 3, gathered: tuple[dict, dict | None] | None = None) -> Path:
     """Write RUN/checkpoints/step_NNNNNN atomically and return its path. An existing checkpoint of
     the same step is replaced; beyond keep_last (0 = keep all) the oldest ones are removed. A write
     that fails (a full disk) removes the partial temporary folder and raises BadInput: every
-    checkpoint saved before stays as it was."""
+    checkpoint saved before stays as it was. gathered: (weights, optimizer tensors) already
+    gathered whole from an FSDP model (every rank gathers, rank 0 saves), the same files."""
     from safetensors import SafetensorError
 
     folder = Path(run_dir) / "checkpoints"
@@ -123,7 +129,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, conf
         if temporary.exists():
             shutil.rmtree(temporary)
         temporary.mkdir()
-        _write_checkpoint_files(temporary, step, model, config, tokenizer, optimizers, meta)
+        _write_checkpoint_files(temporary, step, model, config, tokenizer, optimizers, meta, gathered)
     except (OSError, SafetensorError) as error:  # safetensors reports a full disk as its own error
         shutil.rmtree(temporary, ignore_errors=True)
         reason = (error.strerror if isinstance(error, OSError) else None) or first_line(error)
@@ -405,14 +411,19 @@ def load_checkpoint(spec: str | Path, device: str | torch.device = "cpu",
                     with_optimizer: bool = False) -> Checkpoint:
     """Load and validate a checkpoint (a folder, or a run folder -> its newest). The model comes
     back on `device` in eval mode. with_optimizer: what a resume needs, the optimizer tensors and
-    a meta.json with the step and valid RNG states. Every problem is a BadInput naming the file."""
+    a meta.json with the step and valid RNG states. Without with_optimizer a folder with no
+    meta.json loads too (meta {}), with a one-line warning on stderr. Every problem is a BadInput
+    naming the file."""
     from workbench.model import build_model
 
     path = resolve_checkpoint(spec)
     for name in REQUIRED_FILES:
-        if not (path / name).exists():
-            raise BadInput(f"{path / name}: missing from the checkpoint")
-    meta = check_meta(path, read_json(path / "meta.json"), resume=with_optimizer)
+        if not (path / name).exists() and not (name == "meta.json" and not with_optimizer):
+            raise BadInput(f"{path / name}: missing from the checkpoint"
+                           + (", so training cannot resume from it" if name == "meta.json" else ""))
+    has_meta = (path / "meta.json").exists()
+    # without it: weights + config + tokenizer, as other tools ship a model; usable, its history unknown
+    meta = check_meta(path, read_json(path / "meta.json"), resume=with_optimizer) if has_meta else {}
     config = read_checkpoint_config(path)
     tokenizer = Tokenizer.from_file(path / "tokenizer.json")
     model = build_model(config.model, tokenizer.vocab_size)
@@ -436,5 +447,8 @@ def load_checkpoint(spec: str | Path, device: str | torch.device = "cpu",
             raise BadInput(f"{optimizer_path}: missing, so this checkpoint cannot be resumed exactly")
         optimizer_tensors = read_tensors(optimizer_path)
         check_finite(optimizer_path, optimizer_tensors, "values")
+    if not has_meta:  # said once the folder has loaded: a refusal stays one line
+        print(f"warning: {path}: no meta.json; loaded its weights, config and tokenizer (step, stage and "
+              f"training history unknown)", file=sys.stderr)
     return Checkpoint(path=path, model=model, config=config, tokenizer=tokenizer, meta=meta,
                       optimizer_tensors=optimizer_tensors)

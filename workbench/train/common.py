@@ -1,5 +1,6 @@
 """Small helpers every training stage shares: device and dtype choice, seeding and RNG state
-capture (for exact resume), torch.compile policy, the hardware peak used for MFU, and DDP setup.
+capture (for exact resume), torch.compile policy, the hardware peak used for MFU, memory figures,
+and distributed setup (torchrun: DDP, or FSDP2 sharding with whole-tensor gathers for checkpoints).
 
 Nothing here knows about files or configs beyond the few fields it is handed.
 """
@@ -8,11 +9,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
 import functools
 import json
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -182,23 +185,50 @@ def restore_rng_states(states: dict[str, object] | None) -> None:
 # MFU: model FLOPs utilization against the hardware's peak
 
 
-# Dense bf16 tensor-core peaks (no sparsity), FLOP/s.
-GPU_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12,
-             "RTX 4090": 165e12, "RTX 3090": 71e12}
+# Dense bf16 tensor-core peaks (no sparsity), FLOP/s, by the exact name torch.cuda.get_device_name
+# reports (NVIDIA's datasheets; the sparse figures they headline are twice these). Exact names, not
+# substrings: "H100 PCIe" and "H200 NVL" run slower clocks than the SXM parts whose names they
+# contain, and "A10G" (AWS) is not the A10.
+GPU_PEAKS = {
+    "NVIDIA A100-SXM4-40GB": 312e12, "NVIDIA A100-SXM4-80GB": 312e12,
+    "NVIDIA A100-PCIE-40GB": 312e12, "NVIDIA A100 80GB PCIe": 312e12,
+    "NVIDIA A10G": 70e12,  # AWS's A10 variant: 70 dense (the A10 is 125)
+    "NVIDIA A10": 125e12,
+    "NVIDIA L4": 121e12,
+    "NVIDIA L40S": 362e12,
+    "NVIDIA GeForce RTX 4090": 165e12,
+    "NVIDIA GeForce RTX 3090": 71e12,
+    "NVIDIA H100 80GB HBM3": 989e12,  # the SXM part's name
+    "NVIDIA H100 PCIe": 756e12,
+    "NVIDIA H100 NVL": 835e12,
+    "NVIDIA H200": 989e12,  # the SXM part's name
+    "NVIDIA H200 NVL": 835e12,
+    "NVIDIA B200": 2250e12,
+    "AMD Instinct MI300X": 1307e12,
+}
+
+
+def gpu_peak_flops(device_name: str) -> float | None:
+    """The table's peak for this exact device name (case and spaces aside); None, with a warning
+    (so MFU is left out rather than wrong), for a name the table does not know."""
+    wanted = " ".join(device_name.split()).lower()
+    for name, value in GPU_PEAKS.items():
+        if name.lower() == wanted:
+            return value
+    warnings.warn(f"no peak FLOP/s known for GPU {device_name!r}: MFU is not reported "
+                  f"(add it to GPU_PEAKS in workbench/train/common.py)", stacklevel=2)
+    return None
 
 
 @functools.lru_cache(maxsize=4)
 def peak_flops(device_type: str, device_name: str = "", dtype: str = "float32") -> float | None:
-    """The peak MFU is measured against: a table for known GPUs, and for the CPU a quick measured
-    matmul rate in the dtype training computes in (bf16 autocast runs 1.6-2x the fp32 rate on CPUs
-    with native bf16, so an fp32 peak showed MFU above 100%), about 0.3 s once per process. A busy
-    machine measures it low: the training loop raises it to the best rate a step reaches. None
-    when unknown."""
+    """The peak MFU is measured against: the GPU table (gpu_peak_flops), and for the CPU a quick
+    measured matmul rate in the dtype training computes in (bf16 autocast runs 1.6-2x the fp32 rate
+    on CPUs with native bf16, so an fp32 peak showed MFU above 100%), about 0.3 s once per process.
+    A busy machine measures it low: the training loop raises it to the best rate a step reaches.
+    None when unknown."""
     if device_type == "cuda":
-        for key, value in GPU_PEAKS.items():
-            if key in device_name:
-                return value
-        return None
+        return gpu_peak_flops(device_name)
     if device_type != "cpu":
         return None
     # The best single matmul, not the mean: on a busy machine the mean measures the other jobs
@@ -217,7 +247,37 @@ def peak_flops(device_type: str, device_name: str = "", dtype: str = "float32") 
 
 
 # ---------------------------------------------------------------------------------------------
-# distributed data parallel (torchrun)
+# memory telemetry
+
+
+def device_memory(device: torch.device) -> dict[str, int | None]:
+    """Memory this process holds, in bytes, for the train records: on CUDA the peak allocated by
+    tensors since start (what a larger batch would need) and what the caching allocator reserved
+    (what nvidia-smi shows); on the CPU the peak resident set size, nothing reserved."""
+    if device.type == "cuda":
+        return {"peak_memory": torch.cuda.max_memory_allocated(device),
+                "reserved_memory": torch.cuda.memory_reserved(device)}
+    try:
+        import resource
+
+        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    except (ImportError, OSError):
+        return {"peak_memory": None, "reserved_memory": None}
+    return {"peak_memory": peak_kib * 1024, "reserved_memory": None}
+
+
+def device_total_memory(device: torch.device) -> int | None:
+    """The device's memory in bytes (the machine's RAM for the CPU), for the sys record."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# distributed training (torchrun): DDP or FSDP2
 
 
 @dataclass
@@ -225,6 +285,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    mode: str = "ddp"  # [train] distributed: "ddp" or "fsdp" (how the model is spread, world_size > 1)
 
     @property
     def enabled(self) -> bool:
@@ -234,20 +295,90 @@ class DistInfo:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def sharded(self) -> bool:
+        """FSDP: parameters, gradients and optimizer state are split among the ranks."""
+        return self.enabled and self.mode == "fsdp"
 
-def setup_distributed(device_setting: str = "auto") -> DistInfo:
+
+def setup_distributed(device_setting: str = "auto", mode: str = "ddp",
+                      timeout_seconds: float | None = None) -> DistInfo:
     """Under torchrun (WORLD_SIZE > 1) join the process group: nccl for CUDA, gloo on the CPU.
-    A plain `picochat pretrain` is world size 1 and touches nothing."""
+    A plain `picochat pretrain` is world size 1 and touches nothing. timeout_seconds ([train]
+    dist_timeout) bounds how long a collective waits for a rank that is gone (a node lost in a
+    multi-node run) before every rank fails instead of hanging."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        return DistInfo()
+        return DistInfo(mode=mode)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_setting, local_rank)
     if not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank)
+        timeout = datetime.timedelta(seconds=timeout_seconds) if timeout_seconds else None
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, mode=mode)
+
+
+def broadcast_from_main(value, info: DistInfo):
+    """Rank 0's value (any picklable object) on every rank: one decision everyone follows."""
+    if not info.enabled:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def gather_objects(value, info: DistInfo) -> list:
+    """Every rank's value, in rank order, on every rank."""
+    if not info.enabled:
+        return [value]
+    gathered = [None] * info.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def shard_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """FSDP2: fully_shard each block, then the root (embedding, head, scalars), in place. On CUDA
+    the parameters are gathered in bf16 for the matmuls and gradients reduced in float32 (the
+    sharded float32 parameters stay the optimizer's master copy); on the CPU all float32."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy()
+    if device.type == "cuda":
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    for block in getattr(model, "blocks", []):
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    return model
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The whole weights of a model, on the CPU, whether FSDP shards it or not: every rank must
+    call it under FSDP (the shards are gathered), and every rank gets the same tensors."""
+    from torch.distributed.tensor import DTensor
+
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if isinstance(tensor, DTensor):
+            tensor = tensor.full_tensor()
+        state[name] = tensor.detach().cpu()
+    return state
+
+
+@torch.no_grad()
+def load_full_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Whole weights (a checkpoint's) into a model, each rank keeping its shard under FSDP."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    for name, param in model.state_dict().items():
+        whole = tensors[name].to(device=param.device if not isinstance(param, DTensor)
+                                 else param.to_local().device, dtype=param.dtype)
+        if isinstance(param, DTensor):
+            whole = distribute_tensor(whole, param.device_mesh, param.placements, src_data_rank=None)
+        param.copy_(whole)
 
 
 def cleanup_distributed(info: DistInfo) -> None:

@@ -4,18 +4,26 @@ Each document becomes `<|bos|>` + its tokens; the documents are concatenated int
 cut into rows of seq_len + 1 tokens (inputs = row[:-1], targets = row[1:]), so no token is padding
 and a row may span several documents (the bos tells the model where a new one starts).
 
-Tokenization runs in a background thread that reads ahead a bounded number of document batches
-(encode_batch), so the training step never waits on the tokenizer.
+Data streams: the split's parquet row groups are dealt round-robin to `streams` streams (row group
+g goes to stream g mod streams), each packed on its own. Under torchrun each rank owns
+streams / world_size of them and reads, tokenizes and packs only its own row groups, so W ranks
+tokenize W times as fast as one. A rank owning several streams takes its batches from them in
+turn. Training has one stream per rank unless [train] data_streams says more: with
+data_streams = 2, one process accumulating 2 micro-batches sees exactly the rows 2 ranks see, and
+a checkpoint resumes on either.
 
-The order is deterministic, and `state_dict()` says exactly where the next row starts: the
-position (epoch, shard, row) of the document the unconsumed tokens begin in, and how many of that
-document's tokens were already used. That is a few integers instead of the leftover tokens
+Tokenization runs in a background thread per stream that reads ahead a bounded number of
+document batches (encode_batch, which tokenizes on the tokenizer's own threads), so the training
+step never waits on the tokenizer. On CUDA each batch goes through pinned buffers kept for the
+loader's life.
+
+The order is deterministic, and `state_dict()` says exactly where each stream's next row starts:
+the position (epoch, shard, row) of the document its unconsumed tokens begin in, and how many of
+that document's tokens were already used. That is a few integers instead of the leftover tokens
 themselves, and re-tokenizing that one document on resume gives the same tokens back, so a resumed
-run sees exactly the rows the uninterrupted one would have.
-
-Under DDP every rank reads the same stream and keeps every world_size-th row (rank::world_size);
-each rank consumes world_size rows per row it yields, so all ranks share one state and rank 0's
-checkpoint resumes every rank.
+run sees exactly the rows the uninterrupted one would have. Under torchrun every rank's state is
+gathered into the checkpoint (merge_states): the state holds every stream, so it resumes any world
+size with the same number of streams.
 """
 
 from __future__ import annotations
@@ -32,11 +40,13 @@ import torch
 from workbench.data.shards import iter_documents, list_shards
 from workbench.errors import BadInput
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # version 1: one stream, its position at the top level (still read)
+POSITION_FIELDS = ("epoch", "shard", "row", "offset", "rows_done")
 
 
 class PackingLoader:
-    """Iterates (inputs, targets) LongTensor pairs of shape [batch_size, seq_len] on `device`.
+    """Iterates (inputs, targets) LongTensor pairs of shape [batch_size, seq_len] on `device`,
+    from this rank's streams (see the module docstring; streams None: one per rank).
 
     loop=True (training) starts a new epoch at the end of the split; loop=False (validation) stops
     there, yielding a last, smaller batch if rows are left over.
@@ -45,19 +55,121 @@ class PackingLoader:
     def __init__(self, data_dir: str | Path, split: str, tokenizer, seq_len: int, batch_size: int,
                  device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1,
                  loop: bool = True, docs_per_batch: int = 64, prefetch: int = 8,
-                 state: dict[str, Any] | None = None):
+                 state: dict[str, Any] | None = None, streams: int | None = None):
         self.data_dir = Path(data_dir)
         self.split = split
-        self.tokenizer = tokenizer
         self.seq_len = seq_len
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.rank, self.world_size = rank, world_size
-        self.loop = loop
-        self.docs_per_batch = docs_per_batch
-        self.prefetch = prefetch
+        self.streams = streams or world_size
+        if self.streams % world_size:
+            raise ValueError(f"{self.streams} data streams do not divide among {world_size} ranks")
         if not list_shards(self.data_dir, split):
             raise BadInput(f"{self.data_dir / split}: no {split} shards; run `picochat prepare CONFIG` first")
+        per_rank = self.streams // world_size
+        self._own = [_Stream(self.data_dir, split, tokenizer, seq_len, index, self.streams, loop,
+                             docs_per_batch, prefetch) for index in range(rank * per_rank, (rank + 1) * per_rank)]
+        self._turn = 0  # which own stream the next batch comes from
+        self._finished = False
+        self._pinned: list[torch.Tensor] | None = None  # CUDA: see _to_device
+        self._copied: list = [None, None]
+        self._slot = 1
+        if state:
+            self.load_state_dict(state)
+
+    # ---- resumable position ----
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-safe: goes into a checkpoint's meta.json as loader_state (this rank's streams;
+        merge_states joins the ranks')."""
+        return {"version": STATE_VERSION, "split": self.split, "seq_len": self.seq_len, "streams": self.streams,
+                "turn": self._turn, "positions": {str(s.index): s.position() for s in self._own}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("seq_len", self.seq_len) != self.seq_len:
+            raise BadInput(f"loader state is for seq_len {state['seq_len']}, the config says {self.seq_len}")
+        if state.get("version", 1) == 1:  # one stream, the position at the top level
+            state = {"streams": 1, "turn": 0, "positions": {"0": state}}
+        if int(state["streams"]) != self.streams:
+            raise BadInput(f"loader state has {state['streams']} data streams, this run reads {self.streams} "
+                           f"(set [train] data_streams = {state['streams']} to resume it exactly)")
+        for stream in self._own:
+            if str(stream.index) not in state["positions"]:
+                raise BadInput(f"loader state has no position for data stream {stream.index}")
+            stream.load_position(state["positions"][str(stream.index)])
+        self._turn = int(state.get("turn", 0)) % len(self._own)
+
+    # ---- iteration ----
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch of the stream whose turn it is (loop=False: the streams end one by one;
+        iteration stops when all have)."""
+        for _ in range(len(self._own)):
+            stream = self._own[self._turn]
+            self._turn = (self._turn + 1) % len(self._own)
+            rows = []
+            while len(rows) < self.batch_size:
+                row = stream.next_row()
+                if row is None:
+                    break
+                rows.append(row)
+            if rows:
+                return self._to_device(torch.tensor(rows, dtype=torch.long))
+        raise StopIteration
+
+    def _to_device(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.device.type == "cuda":
+            # Two pinned buffers kept for the loader's life (pinning is a slow allocation), used in
+            # turn: a buffer is refilled once its last copy to the GPU is done, which lets the CPU
+            # run one batch ahead of the GPU without ever overwriting a copy in flight.
+            if self._pinned is None or self._pinned[0].shape != batch.shape:
+                self._pinned = [torch.empty(batch.shape, dtype=torch.long).pin_memory() for _ in range(2)]
+                self._copied = [None, None]
+            slot = self._slot = 1 - self._slot
+            if self._copied[slot] is not None:
+                self._copied[slot].synchronize()
+            self._pinned[slot].copy_(batch)
+            batch = self._pinned[slot].to(self.device, non_blocking=True)
+            self._copied[slot] = torch.cuda.Event()
+            self._copied[slot].record(torch.cuda.current_stream(self.device))
+        elif self.device.type != "cpu":
+            batch = batch.to(self.device)
+        return batch[:, :-1], batch[:, 1:]
+
+    def next_row(self) -> list[int] | None:
+        """The next seq_len + 1 tokens of this rank's first stream, or None at its end (loop=False)."""
+        return self._own[0].next_row()
+
+    def close(self) -> None:
+        for stream in self._own:
+            stream.close()
+
+    def __del__(self):
+        for stream in getattr(self, "_own", []):
+            stream.close(wait=False)
+
+
+def merge_states(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """One loader_state for the checkpoint from every rank's state_dict(): all streams' positions."""
+    merged = dict(states[0], positions={})
+    for state in states:
+        merged["positions"].update(state["positions"])
+    return merged
+
+
+class _Stream:
+    """One data stream: its row groups (index mod streams), tokenized in a background thread and
+    packed into rows, with its resumable position."""
+
+    def __init__(self, data_dir: Path, split: str, tokenizer, seq_len: int, index: int, streams: int,
+                 loop: bool, docs_per_batch: int, prefetch: int):
+        self.data_dir, self.split, self.tokenizer, self.seq_len = data_dir, split, tokenizer, seq_len
+        self.index, self.streams = index, streams
+        self.loop, self.docs_per_batch, self.prefetch = loop, docs_per_batch, prefetch
         # Where the unconsumed tokens start: document position (epoch, shard, row) + token offset.
         self._epoch, self._shard, self._row, self._offset = 0, 0, 0, 0
         self._rows_done = 0
@@ -69,24 +181,16 @@ class PackingLoader:
         self._queue: queue.Queue | None = None
         self._stop = threading.Event()
         self._finished = False  # the producer reached the end of the split (loop=False only)
-        if state:
-            self.load_state_dict(state)
 
-    # ---- resumable position ----
+    def position(self) -> dict[str, int]:
+        return {"epoch": self._epoch, "shard": self._shard, "row": self._row, "offset": self._offset,
+                "rows_done": self._rows_done}
 
-    def state_dict(self) -> dict[str, Any]:
-        """JSON-safe: goes into a checkpoint's meta.json as loader_state."""
-        return {"version": STATE_VERSION, "split": self.split, "epoch": self._epoch, "shard": self._shard,
-                "row": self._row, "offset": self._offset, "rows_done": self._rows_done,
-                "seq_len": self.seq_len}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_position(self, position: dict[str, Any]) -> None:
         if self._thread is not None:
             raise RuntimeError("load_state_dict must come before iteration starts")
-        if state.get("seq_len", self.seq_len) != self.seq_len:
-            raise BadInput(f"loader state is for seq_len {state['seq_len']}, the config says {self.seq_len}")
-        self._epoch, self._shard, self._row = int(state["epoch"]), int(state["shard"]), int(state["row"])
-        self._offset, self._rows_done = int(state["offset"]), int(state.get("rows_done", 0))
+        self._epoch, self._shard, self._row = int(position["epoch"]), int(position["shard"]), int(position["row"])
+        self._offset, self._rows_done = int(position["offset"]), int(position.get("rows_done", 0))
 
     # ---- the background tokenizer ----
 
@@ -95,7 +199,8 @@ class PackingLoader:
         try:
             while not self._stop.is_set():
                 texts, positions, any_docs = [], [], False
-                for text, (shard, row) in iter_documents(self.data_dir, self.split, start=start):
+                for text, (shard, row) in iter_documents(self.data_dir, self.split, start=start,
+                                                         stride=(self.index, self.streams)):
                     texts.append(text)
                     positions.append((epoch, shard, row))
                     if len(texts) == self.docs_per_batch:
@@ -110,7 +215,11 @@ class PackingLoader:
                 if not self.loop:
                     break
                 if not any_docs and start == (0, 0):
-                    raise BadInput(f"{self.data_dir / self.split}: the {self.split} split has no documents")
+                    if self.streams == 1:
+                        raise BadInput(f"{self.data_dir / self.split}: the {self.split} split has no documents")
+                    raise BadInput(f"{self.data_dir / self.split}: data stream {self.index} of {self.streams} "
+                                   f"has no documents (the split has fewer row groups than streams: use "
+                                   f"smaller [data] row_group_rows, or fewer streams)")
                 epoch, start = epoch + 1, (0, 0)
             self._put(out, None)
         except BaseException as error:  # surfaces in the consumer, which re-raises it
@@ -132,7 +241,7 @@ class PackingLoader:
 
     def _start(self) -> None:
         self._queue = queue.Queue(maxsize=self.prefetch)
-        self._thread = threading.Thread(target=self._produce, name=f"loader-{self.split}", daemon=True,
+        self._thread = threading.Thread(target=self._produce, name=f"loader-{self.split}-{self.index}", daemon=True,
                                         args=(self._queue, self._epoch, (self._shard, self._row)))
         self._thread.start()
         self._skip = self._offset  # tokens of the first document already consumed before a resume
@@ -187,45 +296,15 @@ class PackingLoader:
         return taken
 
     def next_row(self) -> list[int] | None:
-        """The next seq_len + 1 tokens this rank trains on, or None at the end (loop=False)."""
+        """The stream's next seq_len + 1 tokens, or None at the end (loop=False)."""
         if self._thread is None:
             self._start()
-        row_tokens = self.seq_len + 1
-        kept = None
-        for index in range(self.world_size):
-            if not self._fill(row_tokens):
-                return None
-            row = self._take(row_tokens)
-            self._rows_done += 1
-            if index == self.rank:
-                kept = row
-        return kept
+        if not self._fill(self.seq_len + 1):
+            return None
+        self._rows_done += 1
+        return self._take(self.seq_len + 1)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return self
-
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = []
-        while len(rows) < self.batch_size:
-            row = self.next_row()
-            if row is None:
-                break
-            rows.append(row)
-        if not rows:
-            raise StopIteration
-        batch = torch.tensor(rows, dtype=torch.long)
-        if self.device.type == "cuda":
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
-        elif self.device.type != "cpu":
-            batch = batch.to(self.device)
-        return batch[:, :-1], batch[:, 1:]
-
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         self._stop.set()
-        if self._thread is not None:
+        if wait and self._thread is not None:
             self._thread.join(timeout=5)
-
-    def __del__(self):
-        stop = getattr(self, "_stop", None)
-        if stop is not None:
-            stop.set()

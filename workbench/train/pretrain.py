@@ -7,8 +7,12 @@ Writes the run folder (runs/NAME): config.toml, status.json, metrics.jsonl, chec
   (model, optimizer, data position, RNG and step all come back, so on the CPU the resumed loss
   curve is the uninterrupted one, step for step), or pick another [run] name / out_dir.
 - --detach starts the same command as a background worker (output in RUN/train.log) and returns.
-- Under torchrun (WORLD_SIZE > 1) every rank trains on its own slice of the rows with DDP (gloo on
-  the CPU, nccl on CUDA); only rank 0 writes the run folder and checkpoints.
+- Under torchrun (WORLD_SIZE > 1) every rank reads, tokenizes and trains on its own data streams
+  (workbench/train/loader.py) with DDP, or with FSDP2 when [train] distributed = "fsdp" (gloo on
+  the CPU, nccl on CUDA); evaluation is split among the ranks. Only rank 0 writes the run folder;
+  rank 0 decides which checkpoint a --resume starts from and every rank must be able to read it
+  (multi-node: a shared file system), and all ranks check they start at the same step.
+  Checkpoints are the same files in every mode: an FSDP run gathers whole tensors to save them.
 """
 
 from __future__ import annotations
@@ -101,7 +105,7 @@ def pretrain(cfg, resume: bool = False, verbose: bool = True):
     from workbench.runs import unlock_run_folder
     from workbench.train.common import cleanup_distributed, setup_distributed
 
-    dist = setup_distributed(cfg.run.device)
+    dist = setup_distributed(cfg.run.device, cfg.train.distributed, cfg.train.dist_timeout)
     try:
         return _pretrain(cfg, resume, dist, verbose)
     finally:
@@ -109,20 +113,57 @@ def pretrain(cfg, resume: bool = False, verbose: bool = True):
         cleanup_distributed(dist)
 
 
+def _newest_everywhere(newest, dist, broadcast_from_main):
+    """Rank 0's choice of checkpoint to resume from, on every rank: each node resolving its own
+    newest one would start some ranks from another step (or from scratch) on a node that lacks it."""
+    chosen = broadcast_from_main(None if newest is None else str(newest), dist)
+    if chosen is None:
+        return None
+    if not (Path(chosen) / "meta.json").exists():
+        raise BadInput(f"{chosen}: rank {dist.rank} cannot read the checkpoint rank 0 resumes from; a "
+                       f"multi-node run needs the run folder on a file system every node shares")
+    return Path(chosen)
+
+
+def _sharded_model(cfg, vocab_size: int, device):
+    """FSDP2: the model made on the meta device, sharded (shard_model), each rank's shards
+    allocated on its device and drawn by init_weights (the weights one process would draw)."""
+    from workbench.model import build_model
+    from workbench.train.common import shard_model
+
+    model = shard_model(build_model(cfg.model, vocab_size, initialize=False), device)
+    model.to_empty(device=device)
+    model.init_weights()
+    return model
+
+
 def _pretrain(cfg, resume: bool, dist, verbose: bool):
+    import dataclasses
+
     import torch  # noqa: F401  (heavy imports stay out of `picochat -h`)
 
     from workbench.evals.bpb import evaluate_bpb, val_batches
-    from workbench.model import build_model
+    from workbench.model import build_model, uses_flex
     from workbench.optim import build_optimizer
     from workbench.runs import RunWriter, freeze_config
     from workbench.train.checkpoint import load_checkpoint
-    from workbench.train.common import resolve_device, restore_rng_states, seed_everything
-    from workbench.train.loader import PackingLoader
+    from workbench.train.common import (
+        broadcast_from_main,
+        gather_objects,
+        load_full_state_dict,
+        resolve_device,
+        restore_rng_states,
+        seed_everything,
+    )
+    from workbench.train.loader import PackingLoader, merge_states
     from workbench.train.loop import TrainResult, train
 
     tokenizer, newest = check_inputs(cfg, resume, dist.is_main, worker=True)
+    newest = _newest_everywhere(newest, dist, broadcast_from_main)
     device = resolve_device(cfg.run.device, dist.local_rank)
+    if cfg.model.kind == "gpt" and device.type == "cpu" and uses_flex(cfg.model.attention, device):
+        raise BadInput('[model] attention = "flex": torch has no flex_attention backward on the CPU; '
+                       'train here with "auto" or "sdpa"')
     run_dir = cfg.stage_dir("pretrain")
     train_cfg, seq_len = cfg.train, cfg.model.seq_len
     rows_per_step = train_cfg.total_batch_tokens // (train_cfg.device_batch_size * seq_len)
@@ -130,19 +171,31 @@ def _pretrain(cfg, resume: bool, dist, verbose: bool):
         raise BadInput(f"[train] total_batch_tokens {train_cfg.total_batch_tokens} is {rows_per_step} rows of "
                        f"{seq_len} tokens: not divisible among {dist.world_size} processes")
     grad_accum_steps = rows_per_step // dist.world_size
+    streams = train_cfg.data_streams or dist.world_size
+    if streams % dist.world_size:
+        raise BadInput(f"[train] data_streams {streams}: not divisible among {dist.world_size} processes")
+
+    def same_model(section):  # [model] attention is a runtime choice: not part of the architecture
+        return dataclasses.replace(section.resolved(), attention="auto")
 
     seed_everything(cfg.run.seed)
     start_step, tokens_seen, loader_state, best_val_bpb = 0, 0, None, None
     total_steps, time_budget = planned_steps(train_cfg.steps, train_cfg.time_budget, None)
     if newest is not None:
-        checkpoint = load_checkpoint(newest, device=device, with_optimizer=True)
-        if checkpoint.config.model.resolved() != cfg.model.resolved():
+        checkpoint = load_checkpoint(newest, device="cpu" if dist.sharded else device, with_optimizer=True)
+        if same_model(checkpoint.config.model) != same_model(cfg.model):
             raise BadInput(f"{newest}: the checkpoint's [model] differs from the config's; a resumed run keeps "
                            f"its architecture (start a new run for a new model)")
         if checkpoint.tokenizer.to_str() != tokenizer.to_str():
             raise BadInput(f"{cfg.tokenizer_path}: differs from the tokenizer the run started with "
                            f"({newest / 'tokenizer.json'})")
-        model = checkpoint.model
+        if dist.sharded:
+            model = _sharded_model(cfg, tokenizer.vocab_size, device)
+            load_full_state_dict(model, checkpoint.model.state_dict())
+        else:
+            model = checkpoint.model
+        if hasattr(model, "set_attention"):
+            model.set_attention(cfg.model.attention)
         optimizers = build_optimizer(model, train_cfg)
         optimizers.load_state_tensors(checkpoint.optimizer_tensors)
         meta = checkpoint.meta
@@ -158,14 +211,19 @@ def _pretrain(cfg, resume: bool, dist, verbose: bool):
                                best_val_bpb=meta.get("best_val_bpb"), last_checkpoint=newest,
                                last_loss=None, seconds=0.0)
     else:
-        model = build_model(cfg.model, tokenizer.vocab_size).to(device)
+        model = (_sharded_model(cfg, tokenizer.vocab_size, device) if dist.sharded
+                 else build_model(cfg.model, tokenizer.vocab_size, device=device))
         optimizers = build_optimizer(model, train_cfg)
     model.train()
+    starts = gather_objects(start_step, dist)
+    if len(set(starts)) > 1:
+        raise BadInput(f"{run_dir}: the ranks would resume at different steps {starts}; every node must see "
+                       f"the same checkpoints (a shared file system)")
 
     try:
         loader = PackingLoader(cfg.data_dir, "train", tokenizer, seq_len, train_cfg.device_batch_size,
                                device=device, rank=dist.rank, world_size=dist.world_size, loop=True,
-                               state=loader_state)
+                               state=loader_state, streams=streams)
     except (KeyError, TypeError, ValueError) as error:  # a damaged data position in meta.json
         if loader_state is None:
             raise
@@ -175,8 +233,9 @@ def _pretrain(cfg, resume: bool, dist, verbose: bool):
     def val_fn(eval_model) -> dict[str, float]:
         if not cached_val:  # the same val rows every time, tokenized once
             cached_val.extend(val_batches(cfg, tokenizer, train_cfg.device_batch_size, device,
-                                          train_cfg.eval_tokens))
-        return {"val_bpb": evaluate_bpb(eval_model, tokenizer, cached_val, device, dtype=train_cfg.dtype)}
+                                          train_cfg.eval_tokens, rank=dist.rank, world_size=dist.world_size))
+        return {"val_bpb": evaluate_bpb(eval_model, tokenizer, cached_val, device, dtype=train_cfg.dtype,
+                                        dist=dist)}
 
     writer = None
     if dist.is_main:
@@ -198,7 +257,8 @@ def _pretrain(cfg, resume: bool, dist, verbose: bool):
                        train_batches=iter(loader), grad_accum_steps=grad_accum_steps, writer=writer,
                        run_dir=run_dir, total_steps=total_steps, device=device, start_step=start_step,
                        tokens_seen=tokens_seen, val_fn=val_fn, best_val_bpb=best_val_bpb,
-                       extra_meta_fn=lambda: {"loader_state": loader.state_dict()}, dist=dist,
+                       extra_meta_fn=lambda: {"loader_state": merge_states(gather_objects(loader.state_dict(), dist))},
+                       dist=dist,
                        verbose=verbose, time_budget=time_budget)
     except BaseException as error:
         if writer is not None:
@@ -209,7 +269,7 @@ def _pretrain(cfg, resume: bool, dist, verbose: bool):
         loader.close()
     if writer is not None:
         if result.stopped:
-            writer.finish("done", f"stopped at step {result.step}; continue with --resume")
+            writer.finish("stopped", f"stopped at step {result.step}; continue with --resume")
         else:
             best = f", best val bpb {result.best_val_bpb:.4f}" if result.best_val_bpb is not None else ""
             writer.finish("done", f"{result.step} steps, {result.tokens:,} tokens{best}")
