@@ -8,7 +8,11 @@ Shakespeare into a temporary folder and a tokenizer trained on it (vocab 8192). 
   d20, computed from the model shape (built on the meta device, so nothing is allocated); these
   are the rates the loader would have to feed, not measured GPU figures.
 
-    python bench/loader.py [--rows 2000] [--batch 16] [--seq-len 1024]
+    python bench/loader.py [--rows 2000] [--batch 16] [--seq-len 1024] [--world-size 8]
+
+--world-size W times rank 0 of W: each rank reads and tokenizes only its own row groups (one data
+stream per rank), so the W ranks together supply W times rank 0's rows/s (the figure reported;
+the ranks share nothing but the file system).
 
     loader tinyshakespeare: 1.61 M tokens/s (16 x 1024 rows, one tokenizing thread) | training here:
     d4 4,152 tok/s (387x), d8 956 tok/s (1,682x) | H200 at 50% MFU needs: d12 0.65 M tok/s (2.5x), ...
@@ -50,9 +54,11 @@ def prepared_data(source: Path, folder: Path) -> config_module.Config:
     return cfg
 
 
-def loader_tokens_per_second(cfg, tokenizer, rows: int, batch: int, seq_len: int) -> float:
-    """Rows of seq_len tokens pulled from a fresh loader (epochs wrap), tokenization included."""
-    loader = PackingLoader(cfg.data_dir, "train", tokenizer, seq_len, batch, loop=True)
+def loader_tokens_per_second(cfg, tokenizer, rows: int, batch: int, seq_len: int, world_size: int = 1) -> float:
+    """Rows of seq_len tokens pulled from a fresh loader (epochs wrap), tokenization included: rank 0
+    of world_size, times world_size (every rank reads its own row groups, at the same rate)."""
+    loader = PackingLoader(cfg.data_dir, "train", tokenizer, seq_len, batch, loop=True, rank=0,
+                           world_size=world_size)
     batches = iter(loader)
     start = time.perf_counter()
     produced = 0
@@ -61,7 +67,7 @@ def loader_tokens_per_second(cfg, tokenizer, rows: int, batch: int, seq_len: int
         produced += inputs.numel()
     seconds = time.perf_counter() - start
     loader.close()
-    return produced / seconds
+    return world_size * produced / seconds
 
 
 def training_tokens_per_second(depth: int, vocab: int, rows: int = 8, seq_len: int = 256, steps: int = 2) -> float:
@@ -91,18 +97,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=1024)
     parser.add_argument("--vocab-size", type=int, default=8192)
+    parser.add_argument("--world-size", type=int, default=1, help="ranks: rank 0's rate x this")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
         cfg = prepared_data(args.data.resolve(), Path(folder))
         text = args.data.read_text(encoding="utf-8")
         tokenizer = train_tokenizer(iter(text.split("\n\n")), args.vocab_size)
-        loader_rate = loader_tokens_per_second(cfg, tokenizer, args.rows, args.batch, args.seq_len)
+        loader_rate = loader_tokens_per_second(cfg, tokenizer, args.rows, args.batch, args.seq_len, args.world_size)
     here = {depth: training_tokens_per_second(depth, args.vocab_size) for depth in (4, 8)}
     gpu = {depth: gpu_needed_tokens_per_second(depth, 32768, 2048) for depth in (12, 20)}
     name = args.data.parent.name if args.data.stem == "input" else args.data.stem
-    print(f"loader {name}: {loader_rate / 1e6:.2f} M tokens/s ({args.batch} x {args.seq_len} rows, "
-          f"one tokenizing thread) | training here: "
+    print(f"loader {name}: {loader_rate / 1e6:.2f} M tokens/s = {loader_rate / args.seq_len:,.0f} rows/s "
+          f"({args.batch} x {args.seq_len} rows, rank 0's rate x {args.world_size} ranks) | training here: "
           + ", ".join(f"d{d} {rate:,.0f} tok/s ({loader_rate / rate:,.0f}x)" for d, rate in here.items())
           + " | H200 at 50% MFU needs: "
           + ", ".join(f"d{d} {rate / 1e6:.2f} M tok/s ({loader_rate / rate:.1f}x)" for d, rate in gpu.items()))
