@@ -1,14 +1,17 @@
-"""Serving throughput and latency: requests/s and time to first token for 1, 4 and 16 concurrent
-streaming clients against `picochat serve` (started as its own process, as a user would run it).
+"""Serving throughput and latency: tokens/s and time to first token for 1, 4, 16 and 32 concurrent
+streaming clients against `picochat serve` (started as its own process, as a user would run it,
+with --truncate), and the first-token time of a small request sent beside a 1 MB conversation.
 
 Without a checkpoint it makes one in a few seconds: the model shape of --config (default d4:
 depth 4, width 256, seq_len 256), random weights and a tokenizer trained on a slice of the bundled
 corpus. A random model almost never ends its answer, so every request decodes the full --tokens,
-which makes runs comparable. One line per concurrency level:
+which makes runs comparable. One line per concurrency level (x: total tokens/s over one client's,
+in the same run), then one for the 1 MB neighbour; each ends with the machine's load average:
 
-    serve d4 c=4: 5.20 req/s | ttft mean 61.0 ms p50 58.2 ms | 333 tok/s | 16 requests x 64 tokens (cpu)
+    serve bench-d4 c=16: 2400 tok/s (x 6.1) | 5.20 req/s | ttft p50 58 ms p95 120 ms | 32 requests x 64 tokens (cpu, load 1.9)
+    serve bench-d4 beside 1 MB: small request ttft median 210 ms max 380 ms over 3 tries (cpu, load 2.1)
 
-    python bench/serve.py [CHECKPOINT] [--config configs/d4.toml] [--clients 1 4 16] [--tokens 64]
+    python bench/serve.py [CHECKPOINT] [--config configs/d4.toml] [--clients 1 4 16 32] [--tokens 64]
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def free_port() -> int:
 def start_server(checkpoint: Path, device: str, log_path: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [sys.executable, "-m", "workbench", "serve", str(checkpoint), "--port", str(port),
-               "--device", device, "--max-active", "64"]
+               "--device", device, "--max-active", "64", "--truncate", "--max-body-bytes", str(2 << 20)]
     log = open(log_path, "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     url = f"http://127.0.0.1:{port}"
@@ -73,11 +76,12 @@ def start_server(checkpoint: Path, device: str, log_path: Path) -> tuple[subproc
     raise SystemExit(f"the server did not come up in 180 s:\n{log_path.read_text()}")
 
 
-async def one_request(client: httpx.AsyncClient, model: str, tokens: int, number: int) -> tuple[float, int]:
+async def one_request(client: httpx.AsyncClient, model: str, tokens: int, number: int,
+                      messages: list[dict] | None = None) -> tuple[float, int]:
     """(seconds to the first generated text, completion tokens) of one streamed answer."""
-    body = {"model": model, "messages": [{"role": "user", "content": f"Tell me story number {number}."}],
-            "max_tokens": tokens, "temperature": 1.0, "seed": number, "stream": True,
-            "stream_options": {"include_usage": True}}
+    messages = messages or [{"role": "user", "content": f"Tell me story number {number}."}]
+    body = {"model": model, "messages": messages, "max_tokens": tokens, "temperature": 1.0, "seed": number,
+            "stream": True, "stream_options": {"include_usage": True}}
     started = time.perf_counter()
     first, completion_tokens = None, 0
     async with client.stream("POST", "/v1/chat/completions", json=body) as response:
@@ -115,8 +119,43 @@ async def run_level(url: str, model: str, clients: int, requests: int, tokens: i
         await asyncio.gather(*(worker(client) for _ in range(clients)))
         seconds = time.perf_counter() - started
     return {"requests_per_second": requests / seconds, "ttft_mean": statistics.mean(ttfts),
-            "ttft_p50": statistics.median(ttfts), "tokens_per_second": produced / seconds,
-            "requests": requests}
+            "ttft_p50": statistics.median(ttfts), "ttft_p95": percentile(ttfts, 95),
+            "tokens_per_second": produced / seconds, "requests": requests}
+
+
+def percentile(values: list[float], percent: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(percent / 100 * (len(ordered) - 1)))]
+
+
+def megabyte_conversation() -> list[dict]:
+    """255 messages, ~1 MB of text: a long chat pasted back whole, as a client without a context
+    budget sends it."""
+    text = (REPO / "assets" / "tiny_corpus.txt").read_text(encoding="utf-8")
+    messages = []
+    for index in range(255):
+        start = (index * 3_900) % (len(text) - 4_000)
+        messages.append({"role": "user" if index % 2 == 0 else "assistant", "content": text[start:start + 3_900]})
+    return messages
+
+
+async def beside_a_megabyte(url: str, model: str, tokens: int, headers: dict, tries: int = 3) -> list[float]:
+    """First-token seconds of a small streamed request sent 0.1 s after a 1 MB conversation, so it
+    arrives while the big one is being rendered, tokenized and prefilled."""
+    big = megabyte_conversation()
+    ttfts = []
+    async with httpx.AsyncClient(base_url=url, timeout=600, headers=headers) as client:
+        for attempt in range(tries):
+            heavy = asyncio.create_task(one_request(client, model, tokens, 20_000 + attempt, big))
+            await asyncio.sleep(0.1)
+            ttft, _ = await one_request(client, model, 8, 30_000 + attempt)
+            ttfts.append(ttft)
+            await heavy
+    return ttfts
+
+
+def load() -> str:
+    return f"load {os.getloadavg()[0]:.1f}"
 
 
 def main() -> None:
@@ -124,7 +163,7 @@ def main() -> None:
     parser.add_argument("checkpoint", nargs="?", help="checkpoint or run folder (default: make a random one)")
     parser.add_argument("--config", default=str(REPO / "configs" / "d4.toml"), help="model shape when making one")
     parser.add_argument("--vocab", type=int, default=4096, help="tokenizer size when making one")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 32])
     parser.add_argument("--tokens", type=int, default=64, help="max_tokens of every request")
     parser.add_argument("--requests", type=int, default=0, help="requests per level (default max(8, 2 x clients))")
     parser.add_argument("--device", default="auto")
@@ -140,13 +179,19 @@ def main() -> None:
             headers = {"Authorization": f"Bearer {key}"} if key else {}
             model = httpx.get(url + "/v1/models", headers=headers).json()["data"][0]["id"]
             device = httpx.get(url + "/health").json().get("device", args.device)
+            single = None
             for clients in args.clients:
                 requests = args.requests or max(8, 2 * clients)
                 result = asyncio.run(run_level(url, model, clients, requests, args.tokens, headers))
-                print(f"serve {model} c={clients}: {result['requests_per_second']:.2f} req/s | "
-                      f"ttft mean {result['ttft_mean'] * 1000:.1f} ms p50 {result['ttft_p50'] * 1000:.1f} ms | "
-                      f"{result['tokens_per_second']:.0f} tok/s | {requests} requests x {args.tokens} tokens "
-                      f"({device})", flush=True)
+                single = single or (result["tokens_per_second"] if clients == 1 else None)
+                ratio = f" (x {result['tokens_per_second'] / single:.1f})" if single else ""
+                print(f"serve {model} c={clients}: {result['tokens_per_second']:.0f} tok/s{ratio} | "
+                      f"{result['requests_per_second']:.2f} req/s | ttft p50 {result['ttft_p50'] * 1000:.0f} ms "
+                      f"p95 {result['ttft_p95'] * 1000:.0f} ms | {requests} requests x {args.tokens} tokens "
+                      f"({device}, {load()})", flush=True)
+            ttfts = asyncio.run(beside_a_megabyte(url, model, args.tokens, headers))
+            print(f"serve {model} beside 1 MB: small request ttft median {statistics.median(ttfts) * 1000:.0f} ms "
+                  f"max {max(ttfts) * 1000:.0f} ms over {len(ttfts)} tries ({device}, {load()})", flush=True)
         finally:
             process.terminate()
             process.wait(timeout=30)

@@ -133,7 +133,7 @@ class _Row:
         elif token == self.special["python_end"] or token == self.special["output_end"]:
             was_call = self.mode == "tool_call"
             self._end_segment(events)
-            if was_call and token == self.special["python_end"] and self.use_tools:
+            if was_call and token == self.special["python_end"] and self.use_tools and not self.finished:
                 output = run_tool(self.tool_calls[-1]["expression"])
                 self.forced.extend([self.special["output_start"], *self.tokenizer.encode(output),
                                     self.special["output_end"]])

@@ -159,13 +159,13 @@ def create_app(engine: Any, model: ServedModel, api_key: str | None = None, limi
 
     # ---- the page and health ----
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": model.id, "active": scheduler.active_count,
                 "waiting": scheduler.waiting_count, "completed": scheduler.completed,
@@ -174,12 +174,12 @@ def create_app(engine: Any, model: ServedModel, api_key: str | None = None, limi
 
     # ---- models ----
 
-    @app.get("/v1/models")
+    @app.api_route("/v1/models", methods=["GET", "HEAD"])
     async def list_models(request: Request) -> dict[str, Any]:
         authorize(request)
         return {"object": "list", "data": [model.card()]}
 
-    @app.get("/v1/models/{model_id:path}")
+    @app.api_route("/v1/models/{model_id:path}", methods=["GET", "HEAD"])
     async def get_model(model_id: str, request: Request) -> dict[str, Any]:
         authorize(request)
         if model_id != model.id:
