@@ -49,6 +49,17 @@ def live_run(runs_dir: Path, name: str = "live", steps: int = 0) -> runs.RunWrit
     return writer
 
 
+async def until(pilot, condition, seconds: float = 10.0) -> bool:
+    """Let the app run until condition() holds (the watcher thread reads run folders twice a
+    second), or the time is up; returns whether it held."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await pilot.pause(0.1)
+    return True
+
+
 def text_of(widget: Static) -> str:
     return str(widget.render())
 
@@ -160,18 +171,19 @@ async def test_runs_screen_deletes_only_after_confirmation(runs_dir):
         assert "d4-failed" not in [row[0] for row in table_rows(app.screen.query_one(DataTable))]
 
 
-async def test_missing_runs_folder_shows_how_to_start(tmp_path):
+async def test_missing_runs_folder_shows_how_to_start(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     app = PicochatApp(tmp_path / "nowhere")
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         message = text_of(app.screen.query_one("#runs-empty", Static))
-        assert "does not exist" in message and "n" in message and "configs/tiny.toml" in message
+        assert "does not exist" in message and "start the tiny run" in message and "configs/tiny.toml" in message
         await pilot.press("n")
         await pilot.pause()
         assert isinstance(app.screen, ConfigScreen)
-        assert app.screen.query_one("#config-path", Input).value.endswith("new.toml")
+        assert app.screen.query_one("#config-path", Input).value == "configs/new.toml"
         assert '[run]' in app.screen.query_one(TextArea).text
-        await pilot.press("f4")  # a dashboard with nothing to show says so
+        await pilot.press("escape", "f4")  # a dashboard with nothing to show says so
         await pilot.pause()
         assert "No run to show" in text_of(app.screen.query_one("#dash-headline", Static))
 
@@ -198,9 +210,10 @@ async def test_dashboard_follows_a_growing_run(runs_dir):
         with open(writer.dir / "metrics.jsonl", "a") as handle:
             handle.write("{not json\n")
         (writer.dir / "train.log").write_text("step 10 | loss 4.0\n")
-        await pilot.pause(0.8)
-        assert len(loss.lines[0].ys) == 10
-        assert app.screen.query_one("#plot-val", MetricPlot).lines[0].ys == [1.25]
+        # the watcher thread reads it, with nothing else asking
+        assert await until(pilot, lambda: len(loss.lines[0].ys) == 10 and "loss 4.0" in text_of(
+            app.screen.query_one("#dash-log", Static)))
+        assert app.screen.query_one("#plot-val_bpb", MetricPlot).lines[0].ys == [1.25]
         headline = text_of(app.screen.query_one("#dash-headline", Static))
         assert "step 10/100" in headline and "best val bpb 1.2500" in headline
         assert "1 corrupt metrics line" in headline
@@ -283,7 +296,8 @@ async def test_config_saves_and_launches_a_detached_worker(tmp_path, monkeypatch
         path = app.screen.query_one("#config-path", Input)
         path.value = "configs/mine.toml"
         editor = app.screen.query_one(TextArea)
-        editor.load_text(editor.text.replace('out_dir = "runs/tiny"', f'out_dir = "{tmp_path}/runs/mine"'))
+        editor.load_text(editor.text.replace(f'out_dir = "{tmp_path}/runs/new"', f'out_dir = "{tmp_path}/runs/mine"'))
+        assert f'out_dir = "{tmp_path}/runs/mine"' in editor.text
         await pilot.press("ctrl+l")
         await pilot.pause()
         assert app.screen.query_one(OptionList).highlighted_option.id == "prepare"  # what the run needs next
@@ -318,7 +332,7 @@ async def test_checkpoint_browser_diff_export_delete(runs_dir, tmp_path):
         rows = table_rows(table)
         assert [row[1:3] for row in rows] == [["d4-failed", "step_000100"], ["tiny-done", "step_000100"],
                                               ["tiny-done", "step_000200"], ["tiny-done", "step_000300"]]
-        assert rows[3][6] == "2.6000" and rows[3][8] == "arc-easy, bpb, gsm8k"
+        assert rows[3][6] == "2.6000" and rows[3][9] == "arc-easy, bpb, gsm8k"
         await pilot.press("space", "down", "down", "down", "space")
         diff = app.screen.diff_text
         assert '-name = "d4-failed"' in diff and '+name = "tiny-done"' in diff and "-depth = 4" in diff
@@ -331,7 +345,7 @@ async def test_checkpoint_browser_diff_export_delete(runs_dir, tmp_path):
         await pilot.press("d", "y")
         await pilot.pause()
         assert not (runs_dir / "tiny-done" / "checkpoints" / "step_000300").exists()
-        assert table.row_count == 3
+        assert await until(pilot, lambda: table.row_count == 3)
 
 
 async def test_eval_screen_shows_results_of_the_run_and_live_progress(runs_dir):
@@ -347,9 +361,11 @@ async def test_eval_screen_shows_results_of_the_run_and_live_progress(runs_dir):
         assert table_rows(results) == [["step_000200", "0.2500", "2.7100", "-"],
                                        ["step_000300", "0.2800", "2.6000", "0.0000"]]
         writer = runs.RunWriter(runs_dir / "tiny-done-eval", "eval")  # evals write beside the run
+        checkpoint = runs_dir / "tiny-done" / "checkpoints" / "step_000300"
+        writer.event(f"eval of {checkpoint}", checkpoint=str(checkpoint.resolve()))
         writer.progress(3, 10, "examples", task="arc-easy")
-        await pilot.pause(1.3)
-        assert "3/10 examples arc-easy" in text_of(app.screen.query_one("#eval-status", Static))
+        assert await until(pilot, lambda: "3/10 examples of arc-easy" in text_of(
+            app.screen.query_one("#eval-status", Static)))
 
 
 # ---- Data ----
@@ -483,31 +499,37 @@ def test_a_resumed_run_replaces_the_steps_it_logs_again(tmp_path):
     assert metrics.series["val_bpb"].step == [10]  # other metrics keep theirs until they repeat
 
 
-def test_elapsed_time_leaves_out_pauses(tmp_path):
+def test_elapsed_time_leaves_out_pauses_and_the_gap_before_a_resume(tmp_path):
     metrics = RunMetrics(tmp_path)
-    for t, message in ((100.0, "paused at step 5"), (160.0, "resumed at step 5"), (200.0, "paused at step 9")):
-        metrics.add({"t": t, "step": 5, "kind": "event", "message": message})
-    assert metrics.active_seconds(started=50.0, end=220.0) == pytest.approx(170 - 60 - 20)
-    metrics.add({"t": 300.0, "step": 10, "kind": "train", "loss": 1.0})  # killed while paused, resumed
-    assert metrics.active_seconds(started=290.0, end=310.0) == pytest.approx(20)  # the old pause is over
+    records = [(50.0, "train", 1), (100.0, "event", "paused at step 5"), (160.0, "event", "resumed at step 5"),
+               (170.0, "train", 6), (200.0, "event", "paused at step 9")]
+    for t, kind, what in records:
+        record = {"t": t, "kind": kind, "step": what if kind == "train" else 5, "loss": 1.0, "step_seconds": 2.0}
+        metrics.add({**record, "message": what} if kind == "event" else record)
+    # step 1 took 2 s; 50 s to the pause; 10 s from the unpause to step 6; 30 s more to the second pause
+    assert metrics.elapsed(220.0) == pytest.approx(2 + 50 + 10 + 30)
+    metrics.add({"t": 900.0, "step": 9, "kind": "sys"})  # killed while paused, resumed much later
+    metrics.add({"t": 905.0, "step": 10, "kind": "train", "loss": 1.0, "step_seconds": 5.0})
+    assert metrics.elapsed(905.0) == pytest.approx(92 + 5)  # the gap is no training time
+    assert metrics.series["loss"].time == pytest.approx([2.0, 62.0, 97.0])  # the time axis is that clock
 
 
 async def test_dashboard_says_paused_and_stops_the_clock(runs_dir):
-    writer = live_run(runs_dir, "live", steps=3)
-    writer.write_status(state="paused", started=time.time() - 100)
-    writer.log("event", 3, message="paused at step 3")
-    metrics_path = writer.dir / "metrics.jsonl"
-    lines = metrics_path.read_text().splitlines()
-    last = json.loads(lines[-1])
-    last["t"] = time.time() - 60  # paused a minute ago
-    metrics_path.write_text("\n".join(lines[:-1] + [json.dumps(last)]) + "\n")
+    writer = live_run(runs_dir, "live")
+    writer.write_status(state="paused")
+    now = time.time()
+    lines = [{"t": now - 100 + i * 10, "step": i, "kind": "train", "stage": "pretrain", "loss": 4.0, "step_seconds": 10}
+             for i in range(1, 5)] + [{"t": now - 60, "step": 4, "kind": "event", "message": "paused at step 4"}]
+    (writer.dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     app = PicochatApp(runs_dir)
     async with app.run_test(size=SIZE) as pilot:
         app.open_run(writer.dir)
         await pilot.pause()
         headline = text_of(app.screen.query_one("#dash-headline", Static))
         assert "ETA paused" in headline
-        assert "elapsed 0m4" in headline  # 100 s since the start, 60 of them paused
+        assert "elapsed 0m40s" in headline  # 10 s for step 1, 30 s to step 4; the minute since is a pause
+        await pilot.press("x", "x")
+        assert app.screen.query_one("#plot-loss", MetricPlot).lines[0].xs == [10, 20, 30, 40]  # the same clock
 
 
 async def test_dashboard_log_panel_shows_the_newest_line(runs_dir):
@@ -529,11 +551,9 @@ async def test_config_saved_in_another_folder_still_finds_its_sources(tmp_path, 
     monkeypatch.chdir(tmp_path)  # not the repo: assets/ is not here
     app = PicochatApp(tmp_path / "runs")
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("n")
+        app.open_config(config_module.default_config_path())
         await pilot.pause()
         path = app.screen.query_one("#config-path", Input)
-        assert Path(path.value).parent == config_module.default_config_path().parent  # next to the default
-        assert not Path(path.value).exists()
         path.value = str(tmp_path / "elsewhere" / "mine.toml")
         await pilot.press("ctrl+s")
         await pilot.pause()

@@ -43,7 +43,7 @@ async def test_launch_pretraining_from_the_config_screen_and_watch_it(make_tiny_
             (cfg.out_dir / "train.log").read_text()
         await pilot.pause(1.0)
         assert len(loss.lines[0].ys) == 30
-        assert app.screen.query_one("#plot-val", MetricPlot).lines[0].ys
+        assert app.screen.query_one("#plot-val_bpb", MetricPlot).lines[0].ys
         headline = str(app.screen.query_one("#dash-headline", Static).render())
         assert "done" in headline and "step 30/30" in headline
         await pilot.press("f5")

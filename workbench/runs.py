@@ -31,7 +31,7 @@ from typing import Any
 from workbench.errors import BadInput
 from workbench.input_files import open_regular, parse_json
 
-STATES = ("starting", "running", "paused", "stopping", "done", "failed")
+STATES = ("starting", "running", "paused", "stopping", "stopped", "done", "failed")  # stopped: asked to, resumable
 CONTROL_COMMANDS = ("stop", "pause", "resume", "save")
 STALL_SECONDS = 120.0  # no heartbeat for this long while "running": shown as stalled
 
@@ -433,7 +433,7 @@ def effective_state(status: dict[str, Any] | None, now: float | None = None) -> 
     if status is None:
         return "missing"
     state = status.get("state", "unknown")
-    if state in ("done", "failed"):
+    if state in ("done", "stopped", "failed"):
         return state
     same_host = status.get("host", "") in ("", os.uname().nodename if hasattr(os, "uname") else "")
     if same_host and not pid_alive(status.get("pid")):

@@ -103,7 +103,7 @@ def attach(run_dir: Path, console: Console) -> int:
             for record in tail.read():
                 console.print(format_record(record), highlight=False)
             state = runs.effective_state(runs.read_status(run_dir))
-            if state in ("done", "failed", "crashed", "missing"):
+            if state in ("done", "stopped", "failed", "crashed", "missing"):
                 console.print(f"run is {state}")
                 return 0
             time.sleep(0.5)

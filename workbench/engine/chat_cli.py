@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import sys
 import time
 
@@ -23,12 +24,16 @@ STYLES = {"text": "", "thought": "dim italic", "tool_call": "bold cyan", "tool_o
 PART_TYPES = {"text": "text", "thought": "thinking", "tool_call": "python", "tool_output": "python_output"}
 
 
+SETTINGS = ("temperature", "top_k", "top_p", "repetition_penalty", "max_tokens", "seed", "stop", "tools")
+
+
 def shown_text(event) -> str:
-    """How an event reads on a terminal: a calculator call and its result as [calculator: 2+2 = 4]."""
+    """How an event reads on a terminal: a calculator call and its result as a line of its own,
+    [calculator: 2+2 = 4], so the answer that follows starts on the next line."""
     if event.kind == "tool_call":
         return f"[calculator: {event.text}"
     if event.kind == "tool_output":
-        return f" = {event.text}]"
+        return f" = {event.text}]\n"
     return event.text
 
 
@@ -86,7 +91,9 @@ def apply_settings(params, assignments: list[str]):
         elif key in ("top_k", "max_tokens"):
             values[key] = int(raw)
         else:
-            raise ValueError(f"unknown setting {key!r}")
+            close = difflib.get_close_matches(key, SETTINGS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (one of {', '.join(SETTINGS)})"
+            raise ValueError(f"unknown setting {key!r}{hint}")
     return SamplingParams.from_dict(values), tools
 
 
@@ -213,16 +220,18 @@ def run(args: argparse.Namespace) -> int:
     console = Console(highlight=False)
     console.print(f"[bold]picochat[/bold] {engine.model_name} ({engine.num_params / 1e6:.1f}M params, "
                   f"{engine.device}) - /help for commands, ctrl+d to leave", highlight=False)
-    console.print(f"[dim]{describe(params, use_tools)}[/dim]", highlight=False, markup=False)
+    console.print(describe(params, use_tools), style="dim", highlight=False, markup=False)
     Chat(engine, params, console, use_tools).loop(read=console.input if sys.stdin.isatty() else input)
     return 0
 
 
 def one_shot(engine, params, prompt: str, use_tools: bool) -> int:
-    """The answer's text on stdout, thoughts and calculator calls on stderr."""
+    """The answer's text on stdout, thoughts and calculator calls on stderr, each written (and
+    flushed) as it comes: on a terminal the calculator's line shows before the answer it helped."""
     for event in engine.stream_chat([{"role": "user", "content": prompt}], params, use_tools=use_tools):
         if event.kind != "done":
             stream = sys.stdout if event.kind == "text" else sys.stderr
+            (sys.stderr if stream is sys.stdout else sys.stdout).flush()
             stream.write(shown_text(event))
             stream.flush()
     sys.stdout.write("\n")

@@ -174,20 +174,23 @@ class Reporter:
         self.writer, self.bar, self.last = writer, bar, 0.0
         self.task_id = None
         self.task = ""
+        self.unit = "examples"
         self.stop_requested = False
 
-    def start(self, task: str, total: int | None) -> None:
-        self.task = task
+    def start(self, task: str, total: int | None, unit: str = "examples") -> None:
+        """unit: what total counts (a multiple-choice task scores every choice of every question:
+        --limit 50 is 200 choices, not 200 examples)."""
+        self.task, self.unit = task, unit
         self.task_id = self.bar.add_task(task, total=total)
         if self.writer:
-            self.writer.progress(0, total, unit="examples", task=task)
+            self.writer.progress(0, total, unit=unit, task=task)
 
     def __call__(self, done: int, total: int) -> None:
         self.bar.update(self.task_id, completed=done, total=total)
         now = time.monotonic()
         if self.writer and (now - self.last > 0.5 or done >= total):
             self.last = now
-            self.writer.progress(done, total, unit="examples", task=self.task)
+            self.writer.progress(done, total, unit=self.unit, task=self.task)
             if "stop" in self.writer.poll_control():
                 self.stop_requested = True
         if self.stop_requested:
@@ -204,16 +207,16 @@ def run_task(task: str, items: list, checkpoint, device, args, report: Reporter)
         from workbench.evals.bpb import bpb_for_checkpoint
 
         tokens = args.bpb_tokens or checkpoint.config.train.eval_tokens
-        report.start(task, 1)
+        report.start(task, 1, unit="pass")
         value = bpb_for_checkpoint(checkpoint, max_tokens=tokens, device=str(device))
         report(1, 1)
         return TaskResult(task="bpb", accuracy=None, n=tokens, chance=None, details={"bpb": value, "tokens": tokens})
     if task == "core":
-        report.start(task, core.row_count(items, args.limit))
+        report.start(task, core.row_count(items, args.limit), unit="rows")
         return core.evaluate(checkpoint.model, checkpoint.tokenizer, items, device, max_len, args.limit, report)
     if task in common.MULTIPLE_CHOICE_TASKS:
         total = sum(len(item.choices) for item in items) + (len(items) if chat else 0)
-        report.start(task, total)
+        report.start(task, total, unit=f"choices of {len(items)} questions")
         return multiple_choice.evaluate(task, checkpoint.model, checkpoint.tokenizer, items, device, max_len,
                                         chat, report)
     from workbench.engine import Engine
@@ -222,7 +225,7 @@ def run_task(task: str, items: list, checkpoint, device, args, report: Reporter)
     if task == "gsm8k":
         report.start(task, len(items))
         return gsm8k.evaluate(engine, checkpoint.tokenizer, items, chat, max_new_tokens, args.seed, report)
-    report.start(task, 2 * len(items))
+    report.start(task, 2 * len(items), unit=f"steps ({len(items)} problems: answer, test)")
     return humaneval.evaluate(engine, checkpoint.tokenizer, items, chat, max_new_tokens, args.seed, report)
 
 
@@ -329,7 +332,9 @@ def run(args: argparse.Namespace) -> int:
         summary = f"{stopped}; " + (summary or "no task finished")
         print(f"eval {stopped} (stop requested); finished tasks are saved", file=sys.stderr)
     if writer:
-        writer.finish("done", summary)
-    print_table(results, f"{path.parent.parent.name}/{path.name}")
+        writer.finish("stopped" if stopped else "done", summary)
+    # RUN/step_N, or RUN/int8/step_N for an INT8 copy: the title says which was evaluated
+    label = path.name if path.parent.name == "checkpoints" else f"{path.parent.name}/{path.name}"
+    print_table(results, f"{path.parent.parent.name}/{label}")
     print(f"results: {path / 'evals.json'}" + (f"; progress and records: {folder / 'metrics.jsonl'}" if folder else ""))
     return 0

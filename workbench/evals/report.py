@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -139,16 +140,40 @@ def software() -> dict[str, Any]:
 # the stages
 
 
+FINISHED = re.compile(r"^\w+ (done|stopped|failed)\b")  # a worker's last event (RunWriter.finish)
+
+
 def wall_seconds(records: list[dict[str, Any]]) -> float | None:
-    """Time covered by the records, leaving out gaps over SESSION_GAP_SECONDS (stopped, then resumed)."""
-    times = sorted(r["t"] for r in records if isinstance(r.get("t"), (int, float)))
-    if not times:
+    """Time covered by the records while a worker was at work: left out are gaps over
+    SESSION_GAP_SECONDS, pauses (from a "paused at" event to the next record), and the time
+    between a worker's end (its finish event) or a crash and the next worker (its "sys" record)."""
+    timed = sorted(((r["t"], r) for r in records if runs.is_number(r.get("t"))), key=lambda pair: pair[0])
+    if not timed:
         return None
     total = 0.0
-    for before, after in zip(times, times[1:], strict=False):
-        if after - before <= SESSION_GAP_SECONDS:
-            total += after - before
+    for (before, earlier), (after, later) in zip(timed, timed[1:], strict=False):
+        message = str(earlier.get("message", "")) if earlier.get("kind") == "event" else ""
+        if (after - before > SESSION_GAP_SECONDS or later.get("kind") == "sys"
+                or message.startswith("paused at") or FINISHED.match(message)):
+            continue
+        total += after - before
     return total
+
+
+def evals_of(records: list[dict[str, Any]], checkpoints: set[str]) -> list[dict[str, Any]]:
+    """The records of the newest eval of each of these checkpoints (an eval worker's records start
+    with an event naming its checkpoint): not those of earlier evals or of other checkpoints."""
+    sessions: dict[str, list[dict[str, Any]]] = {}
+    current: list[dict[str, Any]] | None = None
+    for record in records:
+        if record.get("kind") == "event" and isinstance(record.get("checkpoint"), str):
+            name = str(Path(record["checkpoint"]).resolve())
+            current = [] if name in checkpoints else None
+            if current is not None:
+                sessions[name] = current  # a later eval of the checkpoint replaces an earlier one
+        if current is not None:
+            current.append(record)
+    return [record for session in sessions.values() for record in session]
 
 
 def _last(records: list[dict[str, Any]], kind: str, key: str) -> Any:
@@ -256,8 +281,12 @@ def gather(run_dir: str | Path) -> dict[str, Any]:
     base = base_run_dir(run_dir)
     folders = stage_folders(base)
     stages: dict[str, Any] = {}
+    evals = eval_results(folders)
+    evaluated = {str(Path(entry["checkpoint"]).resolve()) for entry in evals}
     for name, folder in folders.items():
         records = runs.read_metrics(folder)
+        if name == "eval":  # only the evals of the checkpoints reported
+            records = evals_of(records, evaluated)
         present = [s for s in STAGES if any(r.get("stage") == s for r in records)]
         for stage in present:
             if stage == "eval" and "eval" in stages:  # eval records from several folders: add up
@@ -269,7 +298,6 @@ def gather(run_dir: str | Path) -> dict[str, Any]:
                 stages[stage] = stage_summary(stage, records, folder)
     config_text = _read(str(base / "config.toml"))
     status = runs.read_status(base) or {}
-    evals = eval_results(folders)
     total = sum(s.get("wall_seconds") or 0 for s in stages.values())
     return {
         "run": base.name,
@@ -375,7 +403,17 @@ def main_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             add(f"{task}, well-formed thoughts", "",
                 [_fmt_percent(newest_evals.get(s, {}).get(task, {}).get("well_formed_share")) for s in columns])
     steps = {s: {r.get("_step") for r in newest_evals.get(s, {}).values()} - {None} for s in columns}
-    header = ["metric", "chance"] + [f"{s} (step {max(steps[s])})" if steps[s] else s for s in columns]
+
+    def column(stage: str) -> str:
+        """The stage and its steps; the step its evals measured when that is another."""
+        trained = stage_value(stage, "steps")
+        evaluated = max(steps[stage]) if steps[stage] else None
+        if evaluated is None or trained in (None, evaluated):
+            shown = trained if trained is not None else evaluated
+            return f"{stage} (step {shown})" if shown is not None else stage
+        return f"{stage} (step {trained}; evals of step {evaluated})"
+
+    header = ["metric", "chance"] + [column(s) for s in columns]
     return header, rows
 
 

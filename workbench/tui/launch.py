@@ -67,8 +67,21 @@ def display_path(path: Path) -> str:
 # ---- which stage comes next ----
 
 
+def running_stage(cfg: config_module.Config) -> str | None:
+    """The stage a live worker of this config is running now (None: none is)."""
+    for folder in dict.fromkeys(cfg.stage_dir(stage) for stage in STAGES):
+        status = runs.read_status(folder)
+        if status and runs.effective_state(status) in LIVE_STATES and status.get("stage") in STAGES:
+            return status["stage"]
+    return None
+
+
 def suggested_stage(cfg: config_module.Config) -> str:
-    """The first stage the run still needs: prepare, tokenizer, pretrain, then sft, then grpo."""
+    """The first stage the run still needs: prepare, tokenizer, pretrain, then sft, then grpo;
+    while a stage is running, that stage (nothing after it can start before it ends)."""
+    running = running_stage(cfg)
+    if running is not None:
+        return running
     if not (cfg.data_dir / "manifest.json").is_file():
         return "prepare"
     if not cfg.tokenizer_path.is_file():
@@ -77,6 +90,58 @@ def suggested_stage(cfg: config_module.Config) -> str:
         if not runs.list_checkpoints(cfg.stage_dir(stage)):
             return stage
     return "eval"
+
+
+# ---- a new run's config: in the user's folder, with a name of its own ----
+
+
+def user_config_dir() -> Path:
+    """Where new configs go: ./configs of the folder the TUI was started in (never the package)."""
+    return Path.cwd() / "configs"
+
+
+def first_run_config() -> Path:
+    """The config the welcome panel starts: ./configs/tiny.toml when there is one, else the
+    embedded default (launch_first_run copies it into ./configs first)."""
+    local = user_config_dir() / "tiny.toml"
+    return local if local.is_file() else config_module.default_config_path()
+
+
+def new_config(runs_dir: Path, stem: str = "new") -> Path:
+    """Write ./configs/STEM.toml (or STEM-2, STEM-3, ...): the tiny config as a run of its own,
+    [run] name = the file's stem and out_dir = RUNS_DIR/that name, the first name free both as
+    a config and as a run folder; its other paths absolute when ./configs is not the checkout's,
+    so it still finds the bundled data. Returns the path."""
+    folder = user_config_dir()
+    name, number = stem, 2
+    while (folder / f"{name}.toml").exists() or (Path(runs_dir) / name).exists():
+        name, number = f"{stem}-{number}", number + 1
+    default = config_module.default_config_path()
+    text = default.read_text(encoding="utf-8")
+    text, _ = rebase_paths(text, config_base_dir(default), config_base_dir(folder / "x.toml"))
+    cfg, errors = config_module.parse(text, str(default))
+    if errors:
+        raise BadInput(errors[0])
+    out_dir = Path(runs_dir) / name
+    text = _replace_literal(text, "run", "name", cfg.run.name, json.dumps(name))
+    text = _replace_literal(text, "run", "out_dir", cfg.run.out_dir, json.dumps(str(out_dir)))
+    path = folder / f"{name}.toml"
+    runs.atomic_write_text(path, text)
+    return path
+
+
+def launch_first_run(runs_dir: Path) -> Launched:
+    """The welcome panel's enter: prepare, tokenizer and pretraining of the tiny config in one
+    detached worker (`picochat speedrun CONFIG --until pretrain`), into RUNS_DIR/tiny (or a free
+    name) unless ./configs/tiny.toml says otherwise."""
+    config_path = first_run_config()
+    if config_path == config_module.default_config_path() and user_config_dir() != config_path.parent:
+        config_path = new_config(runs_dir, "tiny")
+    cfg = config_module.load(config_path)
+    if runs.list_checkpoints(cfg.out_dir):
+        raise BadInput(f"{display_path(cfg.out_dir)} already has checkpoints: open it from Runs, or n for a new run")
+    argv = runs.picochat_command("speedrun", str(config_path.resolve()), "--until", "pretrain")
+    return _spawn("tiny run (prepare, tokenizer, pretrain)", argv, cfg.out_dir, cfg.out_dir / "train.log")
 
 
 # ---- launching ----
@@ -102,7 +167,7 @@ def launch_stage(stage: str, config_path: Path) -> Launched:
     if stage in TRAINING_STAGES and checkpoints:
         # The worker would refuse too, but only in its log: say it here, with the way forward.
         raise BadInput(f"{display_path(run_dir)} already has checkpoints (newest {checkpoints[-1].name}): "
-                       f"resume it (r on Checkpoints), or give [run] another name")
+                       f"resume it (r on Checkpoints), or give [run] name another value")
     argv = runs.picochat_command(stage, str(Path(config_path).resolve()))
     return _spawn(stage, argv, run_dir, run_dir / "train.log")
 

@@ -16,14 +16,24 @@ from workbench import runs
 
 X_AXES = ("step", "tokens", "time")
 
-# metric name -> (record kind, field)
+# metric name -> (record kind, field). "time" on the x axis is elapsed training time (pauses and the
+# gaps between a stop and a resume left out), the same clock as the dashboard's "elapsed".
 METRICS: dict[str, tuple[str, str]] = {
     "loss": ("train", "loss"),
     "val_bpb": ("eval", "val_bpb"),
-    "lr": ("train", "lr"),
+    "lr_multiplier": ("train", "lr_multiplier"),
     "tokens_per_second": ("train", "tokens_per_second"),
     "mfu": ("train", "mfu"),
     "grad_norm": ("train", "grad_norm"),
+    # SFT: its held-out replies ("eval" records)
+    "end_rate": ("eval", "end_rate"),
+    "sft_accuracy": ("eval", "accuracy"),
+    # GRPO: per step ("grpo" records)
+    "reward_mean": ("grpo", "reward_mean"),
+    "reward_std": ("grpo", "reward_std"),
+    "grpo_accuracy": ("grpo", "accuracy"),
+    "zero_variance_fraction": ("grpo", "zero_variance_fraction"),
+    "completion_length": ("grpo", "completion_length"),
 }
 
 
@@ -191,52 +201,83 @@ class Series:
 
 
 class RunMetrics:
-    """Everything the dashboard shows about one run, kept up to date by reading only the new bytes
-    of metrics.jsonl (runs.MetricsTail) on each poll."""
+    """Everything the dashboard shows about one run, built from its metrics records as they
+    arrive (the watcher reads them; `poll` reads the folder itself, for scripts and tests)."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
         self.name = self.run_dir.name
-        self.tail = runs.MetricsTail(self.run_dir / "metrics.jsonl")
+        self.tail: runs.MetricsTail | None = None
         self.series: dict[str, Series] = {name: Series() for name in METRICS}
-        self.first_time: float | None = None
         self.tokens = 0.0
         self.best_val_bpb: float | None = None
         self.last_sample: dict[str, Any] | None = None
         self.last_train: dict[str, Any] | None = None
         self.last_progress: dict[str, Any] | None = None
+        self.last_tokenizer: dict[str, Any] | None = None
         self.sys: dict[str, Any] | None = None
+        self.stage: str | None = None  # of the newest record that names one
+        self.eval_checkpoint: str | None = None  # an eval folder: the checkpoint its newest eval is of
         self.records = 0
-        self.pauses: list[list[float | None]] = []  # [paused at, resumed at (None: still paused)]
+        # The training clock: seconds spent training, up to the newest train record at clock_t.
+        self.clock = 0.0
+        self.clock_t: float | None = None
+        self.paused_since: float | None = None
 
     @property
     def bad_lines(self) -> int:
-        return self.tail.bad_lines
+        return self.tail.bad_lines if self.tail else 0
 
     def poll(self) -> int:
-        """Read new records; returns how many arrived (0: nothing to redraw)."""
+        """Read new records from the run folder; returns how many arrived."""
+        if self.tail is None:
+            self.tail = runs.MetricsTail(self.run_dir / "metrics.jsonl")
         try:
             truncated = self.tail.path.stat().st_size < self.tail.offset
-        except FileNotFoundError:
+        except OSError:
             truncated = False
         if truncated:  # MetricsTail starts over when the file was truncated or replaced: so do we
+            tail = self.tail
             self.__init__(self.run_dir)
+            self.tail = tail
         records = self.tail.read()
+        self.extend(records)
+        return len(records)
+
+    def extend(self, records: list[dict[str, Any]]) -> None:
         for record in records:
             self.add(record)
         self.records += len(records)
-        return len(records)
+
+    def elapsed(self, t: float | None) -> float:
+        """Training seconds at wall time t: the clock, plus the time since its last train record
+        unless the run is paused (t None: the clock itself)."""
+        if t is None or self.clock_t is None or self.paused_since is not None:
+            return self.clock
+        return self.clock + max(0.0, t - self.clock_t)
+
+    def _tick(self, record: dict[str, Any], t: float) -> None:
+        """Advance the clock to a train record: by the time since the previous one, or, after a
+        new worker started (a resume) or a pause, by the step's own duration only."""
+        if self.clock_t is None:
+            step_seconds = _number(record.get("step_seconds"))
+            self.clock += step_seconds if step_seconds is not None else 0.0
+        else:
+            self.clock += max(0.0, t - self.clock_t)
+        self.clock_t = t
 
     def add(self, record: dict[str, Any]) -> None:
         kind = record.get("kind")
         t = _number(record.get("t"))
         step = _number(record.get("step"))
-        if t is not None and self.first_time is None:
-            self.first_time = t
+        if isinstance(record.get("stage"), str) and kind != "event":
+            self.stage = record["stage"]
         if kind == "train":
             self.last_train = record
-            if self.pauses and self.pauses[-1][1] is None and t is not None:
-                self.pauses[-1][1] = t  # training again (a worker killed while paused, resumed)
+            if self.paused_since is not None:  # training again (a worker killed while paused, resumed)
+                self.paused_since, self.clock_t = None, None
+            if t is not None:
+                self._tick(record, t)
             tokens = _number(record.get("tokens"))
             if tokens is not None:
                 self.tokens = tokens
@@ -244,37 +285,32 @@ class RunMetrics:
             self.last_sample = record
         elif kind == "progress":
             self.last_progress = record
+        elif kind == "tokenizer":
+            self.last_tokenizer = record
         elif kind == "sys":
             self.sys = record
+            self.clock_t = None  # a new worker (a resume): the gap before it is no training time
         elif kind == "event" and t is not None:
             self.track_pause(str(record.get("message", "")), t)
+        if kind == "event" and isinstance(record.get("checkpoint"), str):
+            self.eval_checkpoint = record["checkpoint"]
         if kind == "eval":
             bpb = _number(record.get("val_bpb"))
             if bpb is not None and (self.best_val_bpb is None or bpb < self.best_val_bpb):
                 self.best_val_bpb = bpb
+        x_time = self.elapsed(t)
         for name, (metric_kind, field_name) in METRICS.items():
             if kind != metric_kind:
                 continue
             value = _number(record.get(field_name))
             if value is None or step is None:
                 continue
-            self.series[name].append(step, self.tokens, (t or 0.0) - (self.first_time or 0.0), value)
+            self.series[name].append(step, self.tokens, x_time, value)
 
     def track_pause(self, message: str, t: float) -> None:
         """The training loop logs "paused at step N" and "resumed at step N" / "stop requested ..."
-        events: the intervals between them are left out of the elapsed time."""
-        open_pause = self.pauses and self.pauses[-1][1] is None
-        if message.startswith("paused at") and not open_pause:
-            self.pauses.append([t, None])
-        elif open_pause and message.startswith(("resumed at", "stop requested", "stopped at")):
-            self.pauses[-1][1] = t
-
-    def active_seconds(self, started: float, end: float) -> float:
-        """Seconds between started (when the current worker started) and end that the run was not
-        paused (a pause still open at `end` counts up to `end`)."""
-        paused = 0.0
-        for pause_start, pause_end in self.pauses:
-            if pause_start < started:  # an earlier worker's pause: it ended when that worker did
-                continue
-            paused += max(0.0, min(pause_end if pause_end is not None else end, end) - pause_start)
-        return max(0.0, end - started - paused)
+        events: the clock stands still in between."""
+        if message.startswith("paused at") and self.paused_since is None:
+            self.clock, self.paused_since = self.elapsed(t), t
+        elif self.paused_since is not None and message.startswith(("resumed at", "stop requested", "stopped at")):
+            self.paused_since, self.clock_t = None, t

@@ -18,9 +18,10 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Collapsible, Footer, Header, Input, Label, Markdown, Select, Static
+from textual.widgets import Collapsible, Footer, Input, Label, Markdown, Select, Static
 
-from workbench.tui.screens.checkpoints import all_checkpoints, checkpoint_name
+from workbench.tui.model import checkpoint_label
+from workbench.tui.widgets.common import NavBar
 
 SAMPLING_FIELDS = (  # input id -> (sampling key, label, default, type)
     ("temperature", "temperature", "0.8", float),
@@ -51,7 +52,7 @@ class ChatScreen(Screen):
     ]
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield NavBar("chat")
         with Horizontal(id="chat-top"):
             yield Select([], prompt="pick a checkpoint", id="chat-checkpoint")
             for key, label, default, _ in SAMPLING_FIELDS:
@@ -61,7 +62,7 @@ class ChatScreen(Screen):
         yield Static(id="chat-status")
         yield VerticalScroll(id="chat-log")
         yield Input(placeholder="message (enter sends; escape stops the answer)", id="chat-input")
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self.process: subprocess.Popen | None = None
@@ -80,9 +81,9 @@ class ChatScreen(Screen):
         self.stop_model()
 
     def sync_with_app(self) -> None:
-        checkpoints = all_checkpoints(self.app.runs_dir)
+        checkpoints = self.app.model.checkpoint_paths()
         picker = self.query_one("#chat-checkpoint", Select)
-        picker.set_options([(f"{p.parent.parent.name}/{checkpoint_name(p)}", str(p)) for p in checkpoints])
+        picker.set_options([(checkpoint_label(p), str(p)) for p in checkpoints])
         wanted = self.app.chat_checkpoint or self.checkpoint
         if wanted is None and checkpoints:
             wanted = checkpoints[-1]
@@ -107,7 +108,7 @@ class ChatScreen(Screen):
         self.app.chat_checkpoint = checkpoint
         self.use_sampling_of(checkpoint)
         self.generation += 1
-        self.set_status(f"loading {checkpoint.parent.parent.name}/{checkpoint.name}…")
+        self.set_status(Text(f"loading {checkpoint_label(checkpoint)}…"))
         command = getattr(self.app, "chat_worker_command", worker_command)(checkpoint)
         try:
             self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

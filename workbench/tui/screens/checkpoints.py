@@ -1,6 +1,7 @@
-"""Checkpoint browser: every checkpoint of every run with step, tokens, val bpb and size; mark two
-to see how their configs differ; chat with one, evaluate it, resume training from it, export it,
-or delete it."""
+"""Checkpoint browser: every checkpoint of every run (INT8 copies too) with step, tokens, val bpb
+(training's, else what an eval or quantize measured) and the size of its weights beside the whole
+folder (which holds the optimizer state too); mark two to see how their configs differ; chat with
+one, evaluate it, resume training from it, export it, or delete it. Rows come from the app's model."""
 
 from __future__ import annotations
 
@@ -12,24 +13,23 @@ import tomli_w
 from rich.markup import escape
 from rich.syntax import Syntax
 from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Footer, Static
 
 from workbench import runs
 from workbench.errors import BadInput
 from workbench.tui.actions import resume_training
 from workbench.tui.launch import launch_quantize
+from workbench.tui.model import CheckpointInfo, ModelChanged, checkpoint_name
 from workbench.tui.screens.runs import format_count
+from workbench.tui.widgets.common import KeyTable, NavBar
 from workbench.tui.widgets.dialogs import ConfirmDialog, PromptDialog
 
-COLUMNS = ("", "run", "checkpoint", "stage", "step", "tokens", "val bpb", "size", "evals")
-
-
-def folder_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+COLUMNS = ("", "run", "checkpoint", "stage", "step", "tokens", "val bpb", "weights", "folder", "evals")
 
 
 def format_size(size: int) -> str:
@@ -37,23 +37,6 @@ def format_size(size: int) -> str:
         if size >= scale:
             return f"{size / scale:.1f} {unit}"
     return f"{size} B"
-
-
-def all_checkpoints(runs_dir: Path) -> list[Path]:
-    """Every checkpoint of every run, by run name then step, with the INT8 copies
-    `picochat quantize` writes to RUN/int8/step_N after the run's own checkpoints."""
-    found = []
-    for info in sorted(runs.list_runs(runs_dir), key=lambda info: info.name):
-        found.extend(runs.list_checkpoints(info.path))
-        int8 = info.path / "int8"
-        if int8.is_dir():
-            found.extend(sorted(p for p in int8.iterdir() if p.name.startswith("step_") and (p / "meta.json").exists()))
-    return found
-
-
-def checkpoint_name(path: Path) -> str:
-    """step_000300, or int8/step_000300 for a quantized copy."""
-    return path.name if path.parent.name == "checkpoints" else f"{path.parent.name}/{path.name}"
 
 
 def config_as_toml(checkpoint: Path) -> str:
@@ -76,23 +59,23 @@ def config_diff(first: Path, second: Path) -> str:
 class CheckpointsScreen(Screen):
     TITLE = "Checkpoints"
     BINDINGS = [
-        Binding("space", "mark", "Mark (diff two)"),
+        Binding("space", "mark", "Mark 2: diff"),
         Binding("c", "chat", "Chat"),
-        Binding("e", "evaluate", "Evaluate"),
-        Binding("r", "resume", "Resume training"),
-        Binding("x", "export", "Export"),
+        Binding("e", "evaluate", "Eval"),
         Binding("i", "quantize", "INT8"),
+        Binding("r", "resume", "Resume"),
+        Binding("x", "export", "Export"),
         Binding("d", "delete", "Delete"),
     ]
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield NavBar("checkpoints")
         yield Static(id="ckpt-empty", classes="empty-state")
-        yield DataTable(id="ckpt-table", cursor_type="row", zebra_stripes=True)
+        yield KeyTable(id="ckpt-table", cursor_type="row", zebra_stripes=True)
         with VerticalScroll(id="ckpt-diff-box", classes="panel"):
             yield Static(Text("mark two checkpoints with space to compare their configs", style="dim"),
                          id="ckpt-diff")
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
@@ -100,61 +83,55 @@ class CheckpointsScreen(Screen):
             table.add_column(column, key=column)
         self.marked: list[Path] = []
         self.diff_text = ""
-        self.shown: tuple = ()
+        self.shown: list[CheckpointInfo] | None = None
         self.query_one("#ckpt-diff-box").border_title = "config diff"
-        self.set_interval(2.0, self.refresh_if_changed)
 
     def on_screen_resume(self) -> None:
         self.sync_with_app()
 
     def sync_with_app(self) -> None:
-        first_time = not self.shown
+        first_time = self.shown is None
         self.refresh_table()
         current = self.app.current_run
-        own = [p for p in all_checkpoints(self.app.runs_dir) if current and p.parent == current / "checkpoints"]
+        paths = self.app.model.checkpoint_paths()
+        own = [p for p in paths if current and p.parent == current / "checkpoints"]
         if first_time and own:  # start on the newest checkpoint of the run being looked at
-            self.query_one(DataTable).move_cursor(row=all_checkpoints(self.app.runs_dir).index(own[-1]))
+            self.query_one(DataTable).move_cursor(row=paths.index(own[-1]))
         self.query_one(DataTable).focus()
 
-    def state_on_disk(self, checkpoints: list[Path]) -> tuple:
-        """What the table shows depends on: the folders and their meta/evals files."""
-        stamps = []
-        for path in checkpoints:
-            for name in ("meta.json", "evals.json"):
-                try:
-                    stamps.append((path / name).stat().st_mtime)
-                except OSError:
-                    stamps.append(None)
-        return tuple(checkpoints), tuple(stamps)
-
-    def refresh_if_changed(self) -> None:
+    @on(ModelChanged)
+    def model_changed(self, event: ModelChanged) -> None:
         """New checkpoints of a live run, an INT8 copy, new eval results: shown within seconds."""
-        if self.is_current and self.state_on_disk(all_checkpoints(self.app.runs_dir)) != self.shown:
+        if event.topic == "checkpoints":
             self.refresh_table()
 
     def refresh_table(self) -> None:
-        checkpoints = all_checkpoints(self.app.runs_dir)
-        self.shown = self.state_on_disk(checkpoints)
-        self.marked = [path for path in self.marked if path in checkpoints]
+        checkpoints = self.app.model.checkpoints
+        if checkpoints == self.shown:
+            return
+        self.shown = checkpoints
+        paths = [info.path for info in checkpoints]
+        self.marked = [path for path in self.marked if path in paths]
         table = self.query_one(DataTable)
         selected = self.selected()
         table.clear()
-        for path in checkpoints:
-            meta = runs.read_json_object(path / "meta.json") or {}
-            evals = runs.read_json_object(path / "evals.json") or {}
-            bpb = meta.get("val_bpb")
+        for info in checkpoints:
+            path, meta = info.path, info.meta
+            bpb = info.val_bpb
             # DataTable reads str cells as Rich markup: what the JSON files say is escaped to show as it is
             table.add_row("●" if path in self.marked else "", escape(path.parent.parent.name), checkpoint_name(path),
                           escape(str(meta.get("stage", "-"))), escape(str(meta.get("step", "-"))),
                           format_count(meta.get("tokens")),
-                          f"{bpb:.4f}" if runs.is_number(bpb) else "-",
-                          format_size(folder_size(path)), escape(", ".join(sorted(evals)) or "-"), key=str(path))
+                          f"{bpb:.4f}" if bpb is not None else "-",
+                          format_size(info.model_bytes) if info.model_bytes else "-",
+                          format_size(info.total_bytes), escape(", ".join(sorted(info.evals)) or "-"),
+                          key=str(path))
         empty = self.query_one("#ckpt-empty", Static)
         empty.display = not checkpoints
         empty.update(f"No checkpoints in {self.app.runs_dir} yet: a training run saves them every "
                      f"[train] save_every steps.")
-        if selected in checkpoints:
-            table.move_cursor(row=checkpoints.index(selected))
+        if selected in paths:
+            table.move_cursor(row=paths.index(selected))
 
     def selected(self) -> Path | None:
         table = self.query_one(DataTable)
@@ -171,6 +148,7 @@ class CheckpointsScreen(Screen):
             self.marked.remove(path)
         else:
             self.marked = (self.marked + [path])[-2:]
+        self.shown = None
         self.refresh_table()
         diff = self.query_one("#ckpt-diff", Static)
         if len(self.marked) == 2:
@@ -233,7 +211,7 @@ class CheckpointsScreen(Screen):
         def delete(confirmed: bool | None) -> None:
             if confirmed:
                 shutil.rmtree(path, ignore_errors=True)
-                self.notify(f"deleted {path}")
-                self.refresh_table()
+                self.notify(f"deleted {path}", markup=False)
+                self.app.watcher.read_now(everything=True)
 
         self.app.push_screen(ConfirmDialog(f"Delete checkpoint {path}?"), delete)

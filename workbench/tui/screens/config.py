@@ -2,9 +2,13 @@
 (errors with line numbers), save it, and launch any stage as a detached worker (ctrl+l, then a key
 per stage, or enter for the stage the run needs next).
 
-An invalid config can be saved (work in progress) but never launched. A new config starts as a
-copy of the embedded default saved next to it; a config saved into another folder gets its relative
-paths made absolute, so it still finds its data (assets/..., the run folder) from there.
+An invalid config can be saved (work in progress) but never launched. A new config (n on Runs) is a
+copy of the embedded default in ./configs with a run name of its own; the embedded default itself is
+never overwritten. A config saved into another folder gets its relative paths made absolute, so it
+still finds its data (assets/..., the run folder) from there.
+
+The editor takes keys only once focused (e, tab or a click; escape leaves it), so the number keys
+still switch screens; unsaved changes are asked about before quitting.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Header, Input, Select, Static, TextArea
+from textual.widgets import Button, Footer, Input, Select, Static, TextArea
 
 from workbench import config as config_module
 from workbench import runs
@@ -27,8 +31,10 @@ from workbench.tui.launch import (
     display_path,
     launch_stage,
     rebase_paths,
+    running_stage,
     suggested_stage,
 )
+from workbench.tui.widgets.common import NavBar
 from workbench.tui.widgets.dialogs import StageDialog
 
 STAGE_ABOUT = {
@@ -41,24 +47,17 @@ STAGE_ABOUT = {
 }
 
 
-def fresh_config_path(folder: Path) -> Path:
-    """folder/new.toml, or new-2.toml, new-3.toml... : never an existing file."""
-    path, number = folder / "new.toml", 2
-    while path.exists():
-        path, number = folder / f"new-{number}.toml", number + 1
-    return path
-
-
 class ConfigScreen(Screen):
     TITLE = "Config"
     BINDINGS = [
         Binding("ctrl+s", "save", "Save", priority=True),
         Binding("ctrl+l", "launch", "Launch stage", priority=True),
         Binding("ctrl+o", "focus_picker", "Open…", priority=True),
+        Binding("e", "edit", "Edit"),
     ]
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield NavBar("config")
         with Horizontal(id="config-top"):
             yield Select([], prompt="open a config…", id="config-picker")
             yield Input(placeholder="save as (path)", id="config-path")
@@ -68,10 +67,11 @@ class ConfigScreen(Screen):
             yield Button("Launch… (ctrl+l)", variant="success", id="config-launch")
             yield Button("Save (ctrl+s)", id="config-save")
             yield Static(id="config-next")
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self.errors: list[str] = []
+        self.saved_text: str | None = None  # the text as last loaded or saved
         self.loaded_base: Path | None = None  # where the text's relative paths were written to resolve from
         self.fill_picker()
 
@@ -91,7 +91,8 @@ class ConfigScreen(Screen):
                 self.load_file(current / "config.toml")
             else:
                 self.load_file(config_module.default_config_path())
-        self.query_one(TextArea).focus()
+        # Not the editor: typing goes into it only once asked for (e), so 1-7 keep switching screens.
+        self.query_one("#config-launch", Button).focus()
 
     def fill_picker(self) -> None:
         options = [(display_path(path), str(path)) for path in config_files(self.app.runs_dir)]
@@ -104,10 +105,8 @@ class ConfigScreen(Screen):
             self.notify(f"{path}: cannot read: {error}", severity="error")
             return
         self.loaded_base = config_base_dir(path)
-        if path.resolve() == config_module.default_config_path().resolve():
-            # Never edit the embedded default in place: a new run starts as a copy next to it.
-            path = fresh_config_path(path.parent)
         self.query_one("#config-path", Input).value = display_path(path)
+        self.saved_text = text
         self.query_one(TextArea).load_text(text)
         self.validate()
 
@@ -117,6 +116,8 @@ class ConfigScreen(Screen):
 
     def on_text_area_changed(self, event: TextArea.Changed) -> None:
         self.validate()
+        unsaved = self.saved_text is not None and event.text_area.text != self.saved_text
+        self.app.unsaved_config = (self.query_one("#config-path", Input).value or "the config") if unsaved else None
 
     def validate(self) -> list[str]:
         text = self.query_one(TextArea).text
@@ -140,6 +141,9 @@ class ConfigScreen(Screen):
             cfg = self.current_config()
         except BadInput:
             return Text("")
+        running = running_stage(cfg)
+        if running is not None:
+            return Text.assemble((running, "bold"), (" is running (4: Dashboard)", "dim"))
         return Text.assemble(("next stage: ", "dim"), (suggested_stage(cfg), "bold"), ("  (ctrl+l, enter)", "dim"))
 
     def current_config(self) -> config_module.Config:
@@ -161,12 +165,19 @@ class ConfigScreen(Screen):
     def action_focus_picker(self) -> None:
         self.query_one("#config-picker", Select).focus()
 
+    def action_edit(self) -> None:
+        self.query_one(TextArea).focus()
+
     def action_save(self) -> Path | None:
         value = self.query_one("#config-path", Input).value.strip()
         if not value:
             self.notify("give the config a path first", severity="error")
             return None
         path = Path(value).expanduser()
+        if path.resolve() == config_module.default_config_path().resolve():
+            self.notify(f"{value} is the embedded default: save under another name (n on Runs writes a "
+                        f"copy of your own)", severity="error", markup=False, timeout=10)
+            return None
         editor = self.query_one(TextArea)
         text, rewritten = editor.text, []
         if self.loaded_base is not None and config_base_dir(path) != self.loaded_base:
@@ -181,32 +192,37 @@ class ConfigScreen(Screen):
             self.notify(f"made {', '.join(rewritten)} absolute: {path.parent} is another folder than the "
                         f"config came from")
         self.loaded_base = config_base_dir(path)
+        self.saved_text = text
+        self.app.unsaved_config = None
         self.app.current_config = path
-        self.notify(f"saved {display_path(path)}")
+        self.notify(f"saved {display_path(path)}", markup=False)
         return path
 
     def action_launch(self) -> None:
+        """Pick a stage first; the config is saved only once one is picked (escape saves nothing)."""
         if self.validate():
             self.notify("fix the config errors first: an invalid config cannot be launched", severity="error")
+            return
+        try:
+            cfg = self.current_config()
+            suggested, running = suggested_stage(cfg), running_stage(cfg)
+        except BadInput as error:
+            self.notify(str(error), severity="error", markup=False, timeout=15)
+            return
+        title = f"Launch a stage of {self.query_one('#config-path', Input).value}"
+        self.app.push_screen(StageDialog(title, STAGE_ABOUT, suggested, running=running), self.launch)
+
+    def launch(self, stage: str | None) -> None:
+        if stage is None:
             return
         path = self.action_save()
         if path is None:
             return
         try:
-            suggested = suggested_stage(config_module.load(path))
-        except BadInput as error:
-            self.notify(str(error), severity="error")
-            return
-        self.app.push_screen(StageDialog(f"Launch a stage of {display_path(path)}", STAGE_ABOUT, suggested),
-                             lambda stage: self.launch(stage, path))
-
-    def launch(self, stage: str | None, path: Path) -> None:
-        if stage is None:
-            return
-        try:
             launched = launch_stage(stage, path)
         except BadInput as error:
-            self.notify(str(error), severity="error")
+            # Long enough to read, and plain text: the message names "[run] name".
+            self.notify(str(error), severity="error", markup=False, timeout=20)
             return
         self.app.watch_launch(launched)
         next_screen = {"prepare": "data", "tokenizer": "data", "eval": "evals"}.get(stage, "dashboard")

@@ -1,51 +1,65 @@
-"""Live training dashboard: loss (raw and smoothed), validation bpb, learning rate, tokens/s, MFU and
-grad norm; headline numbers; the latest sample; the tail of train.log.
+"""Live training dashboard: the panels of the run's stage (pretraining: loss, val bpb, the learning
+rate multiplier, tokens/s, MFU, grad norm; SFT: end rate and accuracy of its held-out replies; GRPO:
+reward mean and spread, accuracy, zero-variance fraction, completion length), headline numbers with
+the device, threads and memory, the latest sample and the tail of train.log.
 
-Polls the run folder twice a second while visible, reading only the new bytes of metrics.jsonl, and
-redraws the plots only when something arrived or a setting changed.
+Everything comes from the app's model (the watcher thread reads the folders); this screen only
+redraws, and only when something arrived or a setting changed. Every run has one colour in every
+panel; all panels share one x range. A small terminal shows fewer, taller plots and pages them
+(left / right).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
 from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal
+from textual.events import Resize
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Static
+from textual.widgets import Footer, Static
 
 from workbench import runs
 from workbench.tui.actions import control_run
+from workbench.tui.model import ModelChanged
 from workbench.tui.screens.runs import STATE_STYLES, format_count
 from workbench.tui.series import X_AXES, RunMetrics
+from workbench.tui.widgets.common import NavBar
 from workbench.tui.widgets.dialogs import PickDialog
-from workbench.tui.widgets.plot import Line, MetricPlot
+from workbench.tui.widgets.plot import Line, MetricPlot, run_color, run_style
 
-PLOTS = {  # widget id -> (metric, title)
-    "plot-loss": ("loss", "loss"),
-    "plot-val": ("val_bpb", "val bpb"),
-    "plot-lr": ("lr", "learning rate (x base)"),
-    "plot-tps": ("tokens_per_second", "tokens/s"),
-    "plot-mfu": ("mfu", "MFU %"),
-    "plot-grad": ("grad_norm", "grad norm"),
+# stage -> the panels, in order: (metric, title). Six each: a 3x2 grid on a wide terminal.
+PANELS = {
+    "pretrain": (("loss", "loss"), ("val_bpb", "val bpb"), ("lr_multiplier", "learning rate (x base)"),
+                 ("tokens_per_second", "tokens/s"), ("mfu", "MFU %"), ("grad_norm", "grad norm")),
+    "sft": (("loss", "loss"), ("val_bpb", "val bpb"), ("end_rate", "end rate (replies that end)"),
+            ("sft_accuracy", "accuracy (held-out)"), ("lr_multiplier", "learning rate (x base)"),
+            ("grad_norm", "grad norm")),
+    "grpo": (("reward_mean", "reward mean ± std"), ("grpo_accuracy", "accuracy"),
+             ("zero_variance_fraction", "zero-variance groups"), ("completion_length", "completion length"),
+             ("loss", "loss"), ("lr_multiplier", "learning rate (x base)")),
 }
+PLOT_COUNT = 6
+ALL_METRICS = {metric: title for panels in PANELS.values() for metric, title in panels}  # one plot widget each
+LOG_METRICS = ("loss", "val_bpb", "grad_norm")
 SMOOTHING_STEPS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
-LOG_TAIL_BYTES = 8192
+PLOT_MIN_WIDTH = 40
+PLOT_MIN_HEIGHT = 9
+BOTTOM_MIN_HEIGHT = 34  # below this many rows the sample and log panels give their room to plots
 
 
-def read_log_tail(path: Path, lines: int) -> str | None:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, 2)
-            size = handle.tell()
-            handle.seek(max(0, size - LOG_TAIL_BYTES))
-            text = handle.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return None
-    return "\n".join(text.splitlines()[-lines:])
+def grid_shape(width: int, height: int) -> tuple[int, int, bool]:
+    """(columns, rows, bottom panels shown) of the plot grid for a terminal of this size."""
+    bottom = height >= BOTTOM_MIN_HEIGHT
+    plot_height = height - 4 - (10 if bottom else 0)  # navigation bar, headline, footer
+    columns = max(1, min(3, width // PLOT_MIN_WIDTH))
+    rows = max(1, min(2, plot_height // PLOT_MIN_HEIGHT))
+    return columns, rows, bottom
 
 
 class DashboardScreen(Screen):
@@ -53,35 +67,38 @@ class DashboardScreen(Screen):
     BINDINGS = [
         Binding("l", "toggle_log", "Log y"),
         Binding("x", "cycle_x", "X axis"),
-        Binding("left_square_bracket", "smoothing(-1)", "Smooth -"),
-        Binding("right_square_bracket", "smoothing(1)", "Smooth +"),
+        Binding("left_square_bracket", "smoothing(-1)", "Smooth -", key_display="["),
+        Binding("right_square_bracket", "smoothing(1)", "Smooth +", key_display="]"),
         Binding("o", "overlay", "Overlay"),
-        Binding("s", "control('stop')", "Stop"),
         Binding("p", "control('pause')", "Pause"),
         Binding("u", "control('resume')", "Unpause"),
+        Binding("s", "control('stop')", "Stop"),
+        Binding("right", "page(1)", "More plots", show=False),
+        Binding("left", "page(-1)", "Earlier plots", show=False),
     ]
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield NavBar("dashboard")
         yield Static(id="dash-headline")
         with Grid(id="dash-plots"):
-            for plot_id, (_, title) in PLOTS.items():
-                yield MetricPlot(title, id=plot_id)
+            for metric, title in ALL_METRICS.items():
+                yield MetricPlot(title, id=f"plot-{metric}")
         with Horizontal(id="dash-bottom"):
             yield Static(id="dash-sample", classes="panel")
             yield Static(id="dash-log", classes="panel")
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self.run_dir: Path | None = None
-        self.metrics: dict[Path, RunMetrics] = {}  # the run first, then overlaid runs
         self.overlay: list[Path] = []
         self.log_y = False
         self.x_axis = "step"
         self.smoothing_index = SMOOTHING_STEPS.index(0.9)
+        self.page = 0
+        self.per_page = PLOT_COUNT
+        self.shown_stage = "pretrain"
         self.query_one("#dash-sample", Static).border_title = "latest sample"
         self.query_one("#dash-log", Static).border_title = "train.log"
-        self.set_interval(0.5, self.poll)
 
     @property
     def smoothing(self) -> float:
@@ -91,102 +108,151 @@ class DashboardScreen(Screen):
         self.sync_with_app()
 
     def sync_with_app(self) -> None:
-        run_dir = self.app.current_run
-        if run_dir is None:
-            infos = runs.list_runs(self.app.runs_dir)
-            run_dir = infos[0].path if infos else None
-            self.app.current_run = run_dir
+        run_dir = self.app.current_run or self.app.default_run()
+        self.app.current_run = run_dir
         if run_dir != self.run_dir:
             self.run_dir = run_dir
             self.overlay = []
-            self.metrics = {}
         if self.app.pending_overlay is not None:  # opened on a sweep: its other runs overlaid
             self.overlay, self.app.pending_overlay = self.app.pending_overlay, None
-        self.poll(force=True)
+        self.app.follow("dashboard", self.runs_shown())
+        self.layout_plots()
+        self.redraw()
 
-    def poll(self, force: bool = False) -> None:
-        if not self.is_current:
-            return  # redraw only while visible
-        changed = force
-        for run_dir in self.runs_shown():
-            if run_dir not in self.metrics:
-                self.metrics[run_dir] = RunMetrics(run_dir)
-            changed |= self.metrics[run_dir].poll() > 0
-        self.update_headline()
-        self.update_log()
-        if changed:
-            self.update_sample()
-            self.update_plots()
+    @on(ModelChanged)
+    def model_changed(self, event: ModelChanged) -> None:
+        if event.topic == "folder" and event.path in self.runs_shown():
+            if event.path == self.run_dir and self.stage() != self.shown_stage:
+                self.layout_plots()  # the run's stage is known now (or changed): its panels
+            self.redraw(plots=True)
+        elif event.topic == "runs" and self.run_dir is None and self.app.default_run() is not None:
+            self.sync_with_app()  # the first run appeared
+
+    def on_resize(self, event: Resize) -> None:
+        self.layout_plots()
+        self.redraw()
 
     def runs_shown(self) -> list[Path]:
         return ([self.run_dir] if self.run_dir else []) + [p for p in self.overlay if p != self.run_dir]
 
+    def metrics_of(self, run_dir: Path) -> RunMetrics:
+        return self.app.metrics.get(run_dir) or RunMetrics(run_dir)
+
+    def stage(self) -> str:
+        """The stage whose panels to show: the run's own (status.json, else its records)."""
+        folder = self.app.model.folders.get(self.run_dir) if self.run_dir else None
+        stage = (folder.status or {}).get("stage") if folder else None
+        if stage not in PANELS and self.run_dir is not None:
+            stage = self.metrics_of(self.run_dir).stage
+        return stage if stage in PANELS else "pretrain"
+
+    # ---- layout ----
+
+    def layout_plots(self) -> None:
+        columns, rows, bottom = grid_shape(self.size.width or 80, self.size.height or 24)
+        grid = self.query_one("#dash-plots", Grid)
+        grid.styles.grid_size_columns, grid.styles.grid_size_rows = columns, rows
+        self.query_one("#dash-bottom").display = bottom
+        self.per_page = columns * rows
+        self.shown_stage = self.stage()
+        pages = math.ceil(PLOT_COUNT / self.per_page)
+        self.page = min(self.page, pages - 1)
+        shown = [metric for metric, _ in PANELS[self.stage()]][self.page * self.per_page:(self.page + 1) * self.per_page]
+        for metric in ALL_METRICS:
+            self.query_one(f"#plot-{metric}", MetricPlot).display = metric in shown
+
     # ---- the panels ----
+
+    def redraw(self, plots: bool = True) -> None:
+        self.update_headline()
+        self.update_log()
+        if plots:
+            self.update_sample()
+            self.update_plots()
 
     def update_headline(self) -> None:
         headline = self.query_one("#dash-headline", Static)
         if self.run_dir is None:
             headline.update(f"No run to show: no runs in {self.app.runs_dir}. Press 1 for Runs, "
-                            f"n there for a new run.")
+                            f"enter there starts the tiny run.")
             return
-        if not self.run_dir.is_dir():
+        folder = self.app.model.folders.get(self.run_dir)
+        if folder is not None and folder.status is None and not self.run_dir.is_dir():
             headline.update(Text(f"{self.run_dir}: run folder missing (deleted or moved)", style="bold red"))
             return
-        status = runs.read_status(self.run_dir) or {}
-        state = runs.effective_state(status or None)
-        metrics = self.metrics.get(self.run_dir)
+        status = (folder.status if folder else None) or {}
+        state = folder.state if folder else "missing"
+        metrics = self.metrics_of(self.run_dir)
         line = Text()
         line.append(f"{self.run_dir.name}  ", style="bold")
         line.append(state, style=STATE_STYLES.get(state, ""))
         total = status.get("total_steps")
         step = status.get("step", 0)
-        started = status.get("started")
-        finished = state in ("done", "failed", "crashed")
-        end = status.get("heartbeat") if finished else time.time()
-        elapsed = None
-        if started and end:  # time spent training: pauses are left out
-            elapsed = metrics.active_seconds(started, end) if metrics else end - started
-        if finished:
-            eta = "-"
-        elif state == "paused":
-            eta = "paused"
-        else:
-            eta = runs.format_duration(status.get("eta_seconds"))
-        best = status.get("best_val_bpb") or (metrics.best_val_bpb if metrics else None)
+        live = state in ("starting", "running", "stopping", "stalled")
+        elapsed = metrics.elapsed(time.time() if live else None)
+        eta = {"paused": "paused"}.get(state, runs.format_duration(status.get("eta_seconds")) if live else "-")
+        best = status.get("best_val_bpb") or metrics.best_val_bpb
         fields = [
-            ("stage", status.get("stage") or "-"),
+            ("stage", status.get("stage") or metrics.stage or "-"),
             ("step", (f"{step}/{total}" if total else str(step))
              + (f" ({runs.format_duration(status['time_budget'])} budget)"
-                if isinstance(status.get("time_budget"), (int, float)) else "")),
-            ("tokens", format_count(status.get("tokens") or (metrics.tokens if metrics else 0))),
-            ("elapsed", runs.format_duration(elapsed)),
+                if runs.is_number(status.get("time_budget")) else "")),
+            ("tokens", format_count(status.get("tokens") or metrics.tokens)),
+            ("elapsed", runs.format_duration(elapsed) if metrics.last_train else "-"),
             ("ETA", eta),
-            ("best val bpb", f"{best:.4f}" if isinstance(best, (int, float)) else "-"),
+            ("best val bpb", f"{best:.4f}" if runs.is_number(best) else "-"),
         ]
-        if metrics and metrics.last_train:
-            last = metrics.last_train
-            if isinstance(last.get("loss"), (int, float)):
-                fields.append(("loss", f"{last['loss']:.4f}"))
-            fields.append(("tok/s", format_count(last.get("tokens_per_second"))))
-            if isinstance(last.get("mfu"), (int, float)):
-                fields.append(("MFU", f"{last['mfu']:.1f}%"))
+        last = metrics.last_train or {}
+        if runs.is_number(last.get("loss")):
+            fields.append(("loss", f"{last['loss']:.4f}"))
+        if runs.is_number(last.get("tokens_per_second")):
+            fields.append(("tok/s", format_count(last["tokens_per_second"])))
+        if runs.is_number(last.get("mfu")):
+            fields.append(("MFU", f"{last['mfu']:.1f}%"))
         for name, value in fields:
-            line.append(f"   {name} ", style="dim")
+            line.append(f"  {name} ", style="dim")
             line.append(str(value))
-        settings = f"x: {self.x_axis}   smoothing: {self.smoothing:g}   log y: {'on' if self.log_y else 'off'}"
+        line.append("\n")
+        line.append_text(self.machine_line(metrics, folder))
+        settings = f"x {self.x_axis}  smoothing {self.smoothing:g}  log y {'on' if self.log_y else 'off'}"
+        pages = math.ceil(PLOT_COUNT / self.per_page)
+        if pages > 1:
+            settings += f"  plots {self.page + 1}/{pages} (←/→)"
+        line.append(f"  {settings}", style="dim")
         if self.overlay:
-            settings += f"   overlay: {', '.join(p.name for p in self.overlay)}"
-        line.append(f"\n{settings}", style="dim")
-        if metrics and metrics.bad_lines:
-            line.append(f"   {metrics.bad_lines} corrupt metrics line(s) skipped", style="bold yellow")
+            line.append("  overlay: ", style="dim")
+            for index, path in enumerate(self.runs_shown()):
+                line.append(f"■ {path.name} ", style=run_style(index))
+        if metrics.bad_lines or (folder and folder.bad_lines):
+            line.append(f"  {max(metrics.bad_lines, folder.bad_lines if folder else 0)} corrupt metrics "
+                        f"line(s) skipped", style="bold yellow")
         if status.get("message"):
             line.append(f"\n{status['message']}", style="italic")
         headline.update(line)
 
+    @staticmethod
+    def machine_line(metrics: RunMetrics, folder) -> Text:
+        """device, threads and memory as the run recorded them (its "sys" record) and as /proc
+        shows its worker now."""
+        line = Text()
+        system = metrics.sys or {}
+        device = system.get("device_name") or system.get("device")
+        parts = []
+        if isinstance(device, str) and device:
+            parts.append(device if system.get("device") in (None, "cpu", device) else f"{system['device']} {device}")
+        if runs.is_number(system.get("threads")):
+            parts.append(f"{system['threads']:.0f} threads")
+        if isinstance(system.get("dtype"), str):
+            parts.append(system["dtype"])
+        if folder is not None and folder.rss_bytes:
+            parts.append(f"{folder.rss_bytes / 2**20:.0f} MB resident")
+        if parts:
+            line.append("  ".join(parts), style="dim")
+        return line
+
     def update_sample(self) -> None:
         panel = self.query_one("#dash-sample", Static)
-        metrics = self.metrics.get(self.run_dir) if self.run_dir else None
-        sample = metrics.last_sample if metrics else None
+        sample = self.metrics_of(self.run_dir).last_sample if self.run_dir else None
         if not sample:
             panel.update(Text("no sample yet", style="dim"))
             return
@@ -198,50 +264,80 @@ class DashboardScreen(Screen):
 
     def update_log(self) -> None:
         panel = self.query_one("#dash-log", Static)
+        folder = self.app.model.folders.get(self.run_dir) if self.run_dir else None
+        if folder is None or folder.log_tail is None:
+            panel.update(Text("no train.log", style="dim"))
+            return
         # As many of the newest lines as the panel shows, cut at its width rather than wrapped, so
         # the last line written is always in view.
-        tail = read_log_tail(self.run_dir / "train.log", max(1, panel.content_size.height)) if self.run_dir else None
-        if tail is None:
-            panel.update(Text("no train.log", style="dim"))
-        else:
-            panel.update(Text(tail, no_wrap=True, overflow="ellipsis"))
+        lines = folder.log_tail.splitlines()[-max(1, panel.content_size.height):]
+        panel.update(Text("\n".join(lines), no_wrap=True, overflow="ellipsis"))
+
+    def panel_lines(self, metric: str) -> list[Line]:
+        """Every run's line in this panel, each in its run's colour."""
+        lines: list[Line] = []
+        for index, run_dir in enumerate(self.runs_shown()):
+            metrics = self.metrics_of(run_dir)
+            series = metrics.series[metric]
+            xs = series.xs(self.x_axis)
+            color = run_color(index)
+            label = run_dir.name if self.overlay else None
+            if metric == "loss":
+                # The run itself: raw faint (its spread per column) and smoothed bold; overlaid
+                # runs: smoothed only.
+                if index == 0:
+                    lines.append(Line("raw", xs, series.value, color="gray", envelope=True, mean_line=False))
+                lines.append(Line(label or f"ema {self.smoothing:g}", xs, series.smoothed(self.smoothing),
+                                  color=color))
+            elif metric == "reward_mean" and index == 0:
+                spread = metrics.series["reward_std"]
+                if len(spread) == len(series):
+                    lines.append(Line("± std", xs + xs, [m - s for m, s in zip(series.value, spread.value, strict=True)]
+                                      + [m + s for m, s in zip(series.value, spread.value, strict=True)],
+                                      color="gray", envelope=True, mean_line=False))
+                lines.append(Line(label, xs, series.value, color=color, envelope=True))
+            else:
+                lines.append(Line(label, xs, series.value, color=color, envelope=True))
+        return lines
 
     def update_plots(self) -> None:
-        for plot_id, (metric, _) in PLOTS.items():
-            lines: list[Line] = []
-            for index, run_dir in enumerate(self.runs_shown()):
-                series = self.metrics[run_dir].series[metric]
-                xs = series.xs(self.x_axis)
-                label = run_dir.name if self.overlay else metric
-                if metric == "loss":
-                    # The run itself: raw faint (its spread per column) and smoothed bold; overlaid
-                    # runs: smoothed only.
-                    if index == 0:
-                        lines.append(Line("raw", xs, series.value, color="gray", envelope=True, mean_line=False))
-                    lines.append(Line(f"{label} (ema {self.smoothing:g})" if not self.overlay else label,
-                                      xs, series.smoothed(self.smoothing)))
-                else:
-                    lines.append(Line(label, xs, series.value, envelope=True))
-            plot = self.query_one(f"#{plot_id}", MetricPlot)
-            plot.set_lines(lines, log_y=self.log_y and metric in ("loss", "val_bpb", "grad_norm"),
-                           x_label=self.x_axis if self.x_axis != "time" else "seconds")
+        panels = PANELS[self.stage()]
+        # One x range for every panel: from the first to the last point any run has on any panel.
+        lows, highs = [], []
+        for metric, _ in panels:
+            for run_dir in self.runs_shown():
+                xs = self.metrics_of(run_dir).series[metric].xs(self.x_axis)
+                if xs:
+                    lows.append(xs[0])
+                    highs.append(max(xs[-1], xs[0]))
+        x_range = (min(lows), max(highs)) if lows else None
+        for metric, _ in panels:
+            plot = self.query_one(f"#plot-{metric}", MetricPlot)
+            plot.set_lines(self.panel_lines(metric), log_y=self.log_y and metric in LOG_METRICS,
+                           x_label=self.x_axis, x_range=x_range)
 
     # ---- keys ----
 
     def action_toggle_log(self) -> None:
         self.log_y = not self.log_y
-        self.poll(force=True)
+        self.redraw()
 
     def action_cycle_x(self) -> None:
         self.x_axis = X_AXES[(X_AXES.index(self.x_axis) + 1) % len(X_AXES)]
-        self.poll(force=True)
+        self.redraw()
 
     def action_smoothing(self, delta: int) -> None:
         self.smoothing_index = min(max(self.smoothing_index + delta, 0), len(SMOOTHING_STEPS) - 1)
-        self.poll(force=True)
+        self.redraw()
+
+    def action_page(self, delta: int) -> None:
+        pages = math.ceil(PLOT_COUNT / self.per_page)
+        self.page = (self.page + delta) % pages
+        self.layout_plots()
+        self.redraw()
 
     def action_overlay(self) -> None:
-        others = [info.path for info in runs.list_runs(self.app.runs_dir) if info.path != self.run_dir]
+        others = [info.path for info in self.app.model.runs if info.path != self.run_dir]
         if not others:
             self.notify("no other runs to compare with", severity="warning")
             return
@@ -250,7 +346,8 @@ class DashboardScreen(Screen):
         def chosen(picked: list[str] | None) -> None:
             if picked is not None:
                 self.overlay = [names[name] for name in picked if name in names]
-                self.poll(force=True)
+                self.app.follow("dashboard", self.runs_shown())
+                self.redraw()
 
         self.app.push_screen(PickDialog("Overlay runs", list(names), [p.name for p in self.overlay]), chosen)
 

@@ -1,6 +1,7 @@
 """Dataset prep and tokenizer training: choose sources, run `picochat prepare` / `picochat
 tokenizer` as detached workers, watch their progress, and see what came out (documents, bytes,
-shards; vocabulary, chars/token and a sample of text with its token boundaries colored)."""
+shards; vocabulary, chars/token and a sample of text with its token boundaries colored). The run
+folder's status comes from the app's model (the app follows it)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,20 @@ from pathlib import Path
 from typing import Any
 
 from rich.text import Text
-from textual import work
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, Select, SelectionList, Static
+from textual.widgets import Button, Footer, Input, Label, ProgressBar, Select, Static
 
 from workbench import config as config_module
 from workbench import runs
 from workbench.errors import BadInput
 from workbench.tui.launch import config_files, display_path, launch_stage
+from workbench.tui.model import ModelChanged
 from workbench.tui.screens.runs import format_count
+from workbench.tui.widgets.common import NavBar, TickList
 
 TOKEN_COLORS = ("on #3b4252", "on #4c566a", "on #5e3a5a", "on #2e5a4a", "on #5a4a2e", "on #2e4a6a")
 SAMPLE_CHARS = 400
@@ -64,13 +67,13 @@ class DataScreen(Screen):
     ]
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield NavBar("data")
         with Horizontal(id="data-top"):
             with Vertical(id="data-choose"):
                 yield Label("config")
                 yield Select([], prompt="pick a config", id="data-config")
                 yield Label("sources (space ticks)")
-                yield SelectionList[str](id="data-sources")
+                yield TickList[str](id="data-sources")
                 yield Input(placeholder="add a source: file or folder, enter adds", id="data-add")
                 with Horizontal(classes="buttons"):
                     yield Button("Prepare (ctrl+r)", variant="success", id="data-prepare")
@@ -80,7 +83,7 @@ class DataScreen(Screen):
                 yield ProgressBar(id="data-progress", show_eta=False)
                 yield Static(id="data-result", classes="panel")
                 yield Static(id="data-sample", classes="panel")
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self.config_path: Path | None = None
@@ -88,7 +91,11 @@ class DataScreen(Screen):
         self.shown_result: tuple = ()
         self.query_one("#data-result").border_title = "result"
         self.query_one("#data-sample").border_title = "tokenized sample"
-        self.set_interval(1.0, self.poll)
+
+    @on(ModelChanged)
+    def model_changed(self, event: ModelChanged) -> None:
+        if self.cfg is not None and event.topic == "folder" and event.path == self.cfg.out_dir:
+            self.poll()
 
     def on_screen_resume(self) -> None:
         self.sync_with_app()
@@ -124,7 +131,8 @@ class DataScreen(Screen):
             self.query_one("#data-status", Static).update(Text(str(error), style="bold red"))
             return
         self.config_path = path
-        sources = self.query_one("#data-sources", SelectionList)
+        self.app.follow("data", [self.cfg.out_dir])
+        sources = self.query_one("#data-sources", TickList)
         sources.clear_options()
         sources.add_options([(source, source, True) for source in self.cfg.data.sources])
         self.shown_result = ()
@@ -137,7 +145,7 @@ class DataScreen(Screen):
         if not Path(source).expanduser().exists():
             self.notify(f"{source}: no such file or folder", severity="error")
             return
-        self.query_one("#data-sources", SelectionList).add_option((source, source, True))
+        self.query_one("#data-sources", TickList).add_option((source, source, True))
         event.input.value = ""
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
@@ -149,7 +157,7 @@ class DataScreen(Screen):
             self.notify("pick a valid config first", severity="error")
             return
         config_path = self.config_path
-        chosen = list(self.query_one("#data-sources", SelectionList).selected)
+        chosen = list(self.query_one("#data-sources", TickList).selected)
         if stage == "prepare" and chosen != self.cfg.data.sources:
             if not chosen:
                 self.notify("tick at least one source", severity="error")
@@ -162,23 +170,24 @@ class DataScreen(Screen):
         try:
             launched = launch_stage(stage, config_path)
         except BadInput as error:
-            self.notify(str(error), severity="error")
+            self.notify(str(error), severity="error", markup=False, timeout=15)
             return
         self.app.current_run = launched.run_dir
         self.app.watch_launch(launched)
         self.poll()
 
     def poll(self) -> None:
-        if not self.is_current or self.cfg is None:
+        if self.cfg is None:
             return
-        status = runs.read_status(self.cfg.out_dir)
+        folder = self.app.model.folders.get(self.cfg.out_dir)
+        status = folder.status if folder else None
         label = self.query_one("#data-status", Static)
         bar = self.query_one(ProgressBar)
         if status is None:
             label.update(Text(f"{self.cfg.out_dir.name}: nothing run yet", style="dim"))
             bar.display = False
         else:
-            state = runs.effective_state(status)
+            state = folder.state
             done, total = status.get("progress"), status.get("progress_total")
             unit = status.get("progress_unit") or ""
             text = f"{self.cfg.out_dir.name}: {status.get('stage', '?')} {state}"
@@ -196,15 +205,21 @@ class DataScreen(Screen):
         cfg = self.cfg
         manifest_path = cfg.data_dir / "manifest.json"
         tokenizer_path = cfg.tokenizer_path
+        metrics = self.app.metrics.get(cfg.out_dir)
+        trained = metrics.last_tokenizer if metrics else None
         stamp = tuple(p.stat().st_mtime if p.exists() else None for p in (manifest_path, tokenizer_path))
+        stamp += (id(trained),)
         if stamp == self.shown_result:
             return  # nothing new on disk
         self.shown_result = stamp
-        self.load_result(cfg, manifest_path, tokenizer_path)
+        self.load_result(cfg, manifest_path, tokenizer_path, trained)
 
     @work(thread=True, exclusive=True)
-    def load_result(self, cfg: config_module.Config, manifest_path: Path, tokenizer_path: Path) -> None:
-        """Reading parquet and the tokenizer takes a moment: off the UI thread."""
+    def load_result(self, cfg: config_module.Config, manifest_path: Path, tokenizer_path: Path,
+                    trained: dict[str, Any] | None) -> None:
+        """Reading parquet and the tokenizer takes a moment: off the UI thread. chars/token is the
+        one the tokenizer worker measured (its "tokenizer" record, the figure of its status line),
+        measured here on the sample only for a tokenizer trained elsewhere."""
         result = Text()
         try:
             from workbench.data import shards
@@ -226,10 +241,15 @@ class DataScreen(Screen):
 
                 tokenizer = Tokenizer.from_file(tokenizer_path)
                 text = self.sample_text(cfg)
-                stats = measure(tokenizer, [text])
                 result.append(f"tokenizer  {display_path(tokenizer_path)}\n", style="bold")
                 result.append(f"  vocab      {tokenizer.vocab_size}\n")
-                result.append(f"  chars/token {stats['chars_per_token']:.2f} (on the sample)\n")
+                if trained and runs.is_number(trained.get("chars_per_token")):
+                    where = trained.get("measured_on")
+                    result.append(f"  chars/token {trained['chars_per_token']:.2f}"
+                                  + (f" (on the {where} split)\n" if isinstance(where, str) else "\n"))
+                else:
+                    stats = measure(tokenizer, [text])
+                    result.append(f"  chars/token {stats['chars_per_token']:.2f} (on the sample below)\n")
                 sample = colored_tokens(tokenizer, text)
             except (BadInput, ImportError, OSError) as error:
                 result.append(f"tokenizer: {error}\n", style="red")

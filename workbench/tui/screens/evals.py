@@ -1,5 +1,6 @@
-"""Eval runner: pick a checkpoint and tasks, run `picochat eval` as a detached worker, watch its
-progress, and see the results next to earlier results of the same run (each checkpoint's evals.json).
+"""Eval runner: pick a checkpoint (INT8 copies too) and tasks, run `picochat eval` as a detached
+worker, watch its progress (the app follows RUN-eval/), and see the results next to earlier results
+of the same run (each checkpoint's evals.json, from the app's model).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from rich.markup import escape
 from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -16,19 +18,24 @@ from textual.widgets import (
     Button,
     DataTable,
     Footer,
-    Header,
     Input,
     Label,
     ProgressBar,
     Select,
-    SelectionList,
     Static,
 )
 
 from workbench import runs
 from workbench.errors import BadInput
 from workbench.tui.launch import EVAL_TASKS, launch_eval
-from workbench.tui.screens.checkpoints import all_checkpoints, checkpoint_name
+from workbench.tui.model import ModelChanged, checkpoint_label, checkpoint_name, run_checkpoints
+from workbench.tui.widgets.common import KeyTable, NavBar, TickList
+
+
+def eval_folder(checkpoint: Path) -> Path:
+    """Where `picochat eval` of a checkpoint logs its progress: RUN-eval beside the run."""
+    run_dir = checkpoint.parent.parent
+    return run_dir.with_name(f"{run_dir.name}-eval")
 
 
 def score_text(result) -> str:
@@ -47,34 +54,33 @@ class EvalsScreen(Screen):
     BINDINGS = [Binding("ctrl+r", "run_eval", "Run eval", priority=True)]
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield NavBar("evals")
         with Horizontal(id="eval-top"):
             with Vertical(id="eval-choose"):
                 yield Label("checkpoint")
                 yield Select([], prompt="pick a checkpoint", id="eval-checkpoint")
                 yield Label("tasks (space ticks)")
-                yield SelectionList[str](*[(task, task, task == "bpb") for task in EVAL_TASKS], id="eval-tasks")
+                yield TickList[str](*[(task, task, task == "bpb") for task in EVAL_TASKS], id="eval-tasks")
                 yield Label("examples per task (0 = all)")
                 yield Input("50", type="integer", id="eval-limit")
                 yield Button("Run eval (ctrl+r)", variant="success", id="eval-run")
             with Vertical(id="eval-watch"):
                 yield Static(id="eval-status")
                 yield ProgressBar(id="eval-progress", show_eta=False)
-                yield DataTable(id="eval-results", zebra_stripes=True)
-        yield Footer(compact=True)
+                yield KeyTable(id="eval-results", zebra_stripes=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self.checkpoint: Path | None = None
-        self.tail: runs.MetricsTail | None = None
-        self.set_interval(1.0, self.poll)
+        self.launched_here = False  # an eval started from here: its progress stays shown after it ends
 
     def on_screen_resume(self) -> None:
         self.sync_with_app()
 
     def sync_with_app(self) -> None:
-        checkpoints = all_checkpoints(self.app.runs_dir)
+        checkpoints = self.app.model.checkpoint_paths()
         picker = self.query_one("#eval-checkpoint", Select)
-        picker.set_options([(f"{p.parent.parent.name}/{checkpoint_name(p)}", str(p)) for p in checkpoints])
+        picker.set_options([(checkpoint_label(p), str(p)) for p in checkpoints])
         wanted = self.app.eval_checkpoint or self.checkpoint
         if wanted is None and self.app.current_run is not None:
             own = [p for p in checkpoints if p.parent.parent == self.app.current_run]
@@ -84,7 +90,14 @@ class EvalsScreen(Screen):
         if wanted is not None and wanted in checkpoints:
             picker.value = str(wanted)
             self.set_checkpoint(wanted)
-        self.poll()
+        self.show_status()
+
+    @on(ModelChanged)
+    def model_changed(self, event: ModelChanged) -> None:
+        if event.topic == "checkpoints":
+            self.show_results()
+        elif event.topic == "folder" and self.checkpoint is not None and event.path == eval_folder(self.checkpoint):
+            self.show_status()
 
     def on_select_changed(self, event: Select.Changed) -> None:
         if event.select.id == "eval-checkpoint" and event.value is not Select.NULL:
@@ -101,57 +114,58 @@ class EvalsScreen(Screen):
         tasks = section.get("tasks")
         wanted = [task for task in tasks if task in EVAL_TASKS] if isinstance(tasks, list) else []
         if wanted:
-            tasks = self.query_one("#eval-tasks", SelectionList)
+            tasks = self.query_one("#eval-tasks", TickList)
             tasks.deselect_all()
             for task in wanted:
                 tasks.select(task)
         if isinstance(section.get("limit"), int):
             self.query_one("#eval-limit", Input).value = str(section["limit"])
-        run_dir = checkpoint.parent.parent
-        self.tail = runs.MetricsTail(run_dir.with_name(f"{run_dir.name}-eval") / "metrics.jsonl")
-        self.last_progress = None
+        self.launched_here = False
+        self.app.follow("evals", [eval_folder(checkpoint)])
         self.show_results()
-        self.poll()
+        self.show_status()
 
-    def poll(self) -> None:
-        if not self.is_current or self.checkpoint is None or self.tail is None:
-            if self.checkpoint is None:
-                self.query_one("#eval-status", Static).update(
-                    Text("no checkpoints yet: train a run first (Config screen, stage pretrain)", style="dim"))
-            return
-        arrived = False
-        for record in self.tail.read():
-            if record.get("stage") != "eval":
-                continue
-            arrived = True
-            if record.get("kind") == "progress":
-                self.last_progress = record
-        progress = self.query_one(ProgressBar)
+    def show_status(self) -> None:
+        """The progress of the eval of this checkpoint that runs now, else what to do: never the
+        progress of another checkpoint's eval."""
         status = self.query_one("#eval-status", Static)
-        progress.display = bool(self.last_progress)  # no idle animation when nothing runs
-        if self.last_progress:
-            done, total = self.last_progress.get("done") or 0, self.last_progress.get("total")
+        progress = self.query_one(ProgressBar)
+        if self.checkpoint is None:
+            status.update(Text("no checkpoints yet: train a run first (Config screen, stage pretrain)", style="dim"))
+            progress.display = False
+            return
+        folder = self.app.model.folders.get(eval_folder(self.checkpoint))
+        metrics = self.app.metrics.get(eval_folder(self.checkpoint))
+        record = metrics.last_progress if metrics else None
+        ours = record is not None and metrics.eval_checkpoint == str(self.checkpoint.resolve())
+        live = folder is not None and folder.state in ("starting", "running", "stopping")
+        if record and ours and (live or self.launched_here):
+            done, total = record.get("done") or 0, record.get("total")
+            progress.display = True
             progress.update(total=total or None, progress=done)
-            status.update(Text(f"eval of {self.checkpoint.parent.parent.name}: {done}/{total or '?'} "
-                               f"{self.last_progress.get('unit', '')} {self.last_progress.get('task', '')}"))
+            state = "" if live else f" ({folder.state if folder else 'ended'})"
+            status.update(Text(f"eval of {checkpoint_label(self.checkpoint)}: {done:.0f}/{total or '?'} "
+                               f"{record.get('unit', '')} of {record.get('task', '')}{state}"))
         else:
-            status.update(Text(f"{self.checkpoint.parent.parent.name}/{self.checkpoint.name}: pick tasks, ctrl+r runs"))
-        if arrived:
-            self.show_results()
+            progress.display = False  # no idle animation when nothing runs
+            status.update(Text(f"{checkpoint_label(self.checkpoint)}: pick tasks, ctrl+r runs them"))
 
     def show_results(self) -> None:
-        """One row per checkpoint of the run that has evals.json, one column per task."""
+        """One row per checkpoint of the run that has evals.json (INT8 copies too), one column per task."""
         table = self.query_one("#eval-results", DataTable)
         table.clear(columns=True)
         if self.checkpoint is None:
             return
-        results = {path: runs.read_json_object(path / "evals.json")
-                   for path in runs.list_checkpoints(self.checkpoint.parent.parent)}
-        results = {path: data for path, data in results.items() if data}
+        model = self.app.model
+        results = {}
+        for path in run_checkpoints(self.checkpoint.parent.parent):
+            info = model.checkpoint(path)
+            if info is not None and info.evals:
+                results[path] = info.evals
         tasks = sorted({task for data in results.values() for task in data})
         table.add_columns("checkpoint", *[escape(task) for task in tasks])  # str labels are markup
         for path, data in results.items():
-            name = Text(path.name, style="bold" if path == self.checkpoint else "")
+            name = Text(checkpoint_name(path), style="bold" if path == self.checkpoint else "")
             table.add_row(name, *[score_text(data.get(task)) for task in tasks])
         if not results:
             table.add_column("no results yet")
@@ -164,7 +178,7 @@ class EvalsScreen(Screen):
         if self.checkpoint is None:
             self.notify("pick a checkpoint first", severity="error")
             return
-        tasks = list(self.query_one("#eval-tasks", SelectionList).selected)
+        tasks = list(self.query_one("#eval-tasks", TickList).selected)
         limit_text = self.query_one("#eval-limit", Input).value.strip() or "0"
         if not limit_text.isdigit():
             self.notify(f"examples per task must be a whole number, got {limit_text!r}", severity="error")
@@ -172,7 +186,7 @@ class EvalsScreen(Screen):
         try:
             launched = launch_eval(self.checkpoint, tasks, int(limit_text))
         except BadInput as error:
-            self.notify(str(error), severity="error")
+            self.notify(str(error), severity="error", markup=False)
             return
-        self.last_progress = None
+        self.launched_here = True
         self.app.watch_launch(launched)

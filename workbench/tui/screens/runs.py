@@ -1,7 +1,8 @@
-"""Runs (home): every run folder with its state, stage, step, loss, speed and ETA.
+"""Runs (home): every run folder with its state, stage, step, loss, speed and ETA; `/` filters
+them by name. With no runs yet, a welcome panel offers the tiny run (enter starts it).
 
-Polled once a second from the run folders themselves, so it shows runs started by another TUI,
-by `picochat ... --detach` or before this TUI was opened.
+The rows come from the app's model (the watcher reads the run folders), so they show runs started
+by another TUI, by `picochat ... --detach` or before this TUI was opened.
 """
 
 from __future__ import annotations
@@ -11,20 +12,23 @@ from pathlib import Path
 
 from rich.markup import escape
 from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Footer, Input, Static
 
-from workbench import config as config_module
 from workbench import runs, sweep
+from workbench.errors import BadInput
 from workbench.tui.actions import control_run, resume_training
-from workbench.tui.launch import LIVE_STATES
+from workbench.tui.launch import LIVE_STATES, display_path, first_run_config, launch_first_run, new_config
+from workbench.tui.model import ModelChanged
+from workbench.tui.widgets.common import KeyTable, NavBar
 from workbench.tui.widgets.dialogs import ConfirmDialog
 
 STATE_STYLES = {
     "running": "bold green", "starting": "green", "paused": "yellow", "stopping": "yellow",
-    "done": "cyan", "failed": "bold red", "crashed": "bold red", "stalled": "bold magenta",
+    "done": "cyan", "stopped": "yellow", "failed": "bold red", "crashed": "bold red", "stalled": "bold magenta",
     "missing": "dim", "unknown": "dim",
 }
 COLUMNS = ("run", "state", "stage", "step", "loss", "tok/s", "ETA", "message")
@@ -39,7 +43,7 @@ def format_count(value: float | None) -> str:
     return f"{value:.0f}"
 
 
-def run_row(info: runs.RunInfo) -> tuple:
+def run_row(info: runs.RunInfo, message_width: int = 70) -> tuple:
     step = f"{info.step}/{info.total_steps}" if info.total_steps else str(info.step)
     loss = f"{info.loss:.4f}" if isinstance(info.loss, (int, float)) else "-"
     eta = runs.format_duration(info.eta_seconds) if info.state in LIVE_STATES else "-"
@@ -50,39 +54,50 @@ def run_row(info: runs.RunInfo) -> tuple:
         message = "worker gone without finishing; r resumes from the newest checkpoint"
     # DataTable reads str cells as Rich markup: a run folder's words are escaped to show as they are
     return (escape(info.name), Text(info.state, style=STATE_STYLES.get(info.state, "")), escape(info.stage or "-"),
-            step, loss, format_count(info.tokens_per_second), eta, escape(message[:70]))
+            step, loss, format_count(info.tokens_per_second), eta, escape(cut(message, message_width)))
 
 
 SWEEP_KEY = "sweep:"  # row key prefix of a sweep's header row (the other rows' keys are run folders)
 
 
-def sweep_row(info: sweep.SweepInfo) -> tuple:
+def cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:max(1, width - 1)] + "…"
+
+
+def sweep_row(info: sweep.SweepInfo, message_width: int = 70) -> tuple:
     best = info.best
     result = f"best val bpb {best['val_bpb']:.4f}: {best.get('label', best['name'])}" if best else "no point scored yet"
     return (Text(info.name, style="bold"), Text(info.state, style=STATE_STYLES.get(info.state, "yellow")),
-            Text("sweep"), f"{info.done}/{len(info.points)}", "-", "-", "-", Text(f"{result}; o overlays its runs"))
+            Text("sweep"), f"{info.done}/{len(info.points)}", "-", "-", "-",
+            Text(cut(f"{result}; o overlays its runs", message_width)))
 
 
-def grouped_rows(infos: list[runs.RunInfo], sweeps: list[sweep.SweepInfo]) -> list[tuple[str, tuple]]:
+def grouped_rows(infos: list[runs.RunInfo], sweeps: list[sweep.SweepInfo],
+                 message_width: int = 70) -> list[tuple[str, tuple]]:
     """(row key, row) in the runs' order (newest first), except that a sweep's runs come together,
-    indented under a header row for the sweep, where its newest run would be."""
+    indented under a header row for the sweep, where its newest run would be. Messages are cut to
+    message_width, so the table fits the terminal."""
     by_name = {info.name: info for info in infos}
     member_of = {name: found for found in sweeps for name in found.run_names}
-    entries = [(SWEEP_KEY + str(found.path), sweep_row(found)) for found in sweeps
+    entries = [(SWEEP_KEY + str(found.path), sweep_row(found, message_width)) for found in sweeps
                if not any(name in by_name for name in found.run_names)]  # no run folder yet: on top
     shown: set[Path] = set()
     for info in infos:
         found = member_of.get(info.name)
         if found is None:
-            entries.append((str(info.path), run_row(info)))
+            entries.append((str(info.path), run_row(info, message_width)))
         elif found.path not in shown:
             shown.add(found.path)
-            entries.append((SWEEP_KEY + str(found.path), sweep_row(found)))
+            entries.append((SWEEP_KEY + str(found.path), sweep_row(found, message_width)))
             for name in found.run_names:
                 if name in by_name:
-                    row = run_row(by_name[name])
+                    row = run_row(by_name[name], message_width)
                     entries.append((str(by_name[name].path), (Text("  " + by_name[name].name), *row[1:])))
     return entries
+
+
+def matches(row_key: str, row: tuple, text: str) -> bool:
+    return not text or text.lower() in str(row[0]).lower() or text.lower() in Path(row_key).name.lower()
 
 
 class RunsScreen(Screen):
@@ -90,48 +105,65 @@ class RunsScreen(Screen):
     BINDINGS = [
         Binding("enter", "open_run", "Open", show=True),
         Binding("n", "new_run", "New run"),
-        Binding("s", "control('stop')", "Stop"),
         Binding("p", "control('pause')", "Pause"),
         Binding("u", "control('resume')", "Unpause"),
+        Binding("s", "control('stop')", "Stop"),
         Binding("r", "resume_training", "Resume training"),
         Binding("d", "delete_run", "Delete"),
+        Binding("slash", "filter", "Filter", key_display="/"),
         Binding("o", "overlay_sweep", "Overlay sweep", show=False),  # a sweep row says so
+        Binding("escape", "clear_filter", "Clear filter, close", show=False),
     ]
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield NavBar("runs")
         yield Static(id="runs-empty", classes="empty-state")
-        yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
-        yield Footer(compact=True)
+        # disabled while hidden: nothing focuses it until / asks
+        yield Input(placeholder="filter runs by name (enter keeps it, escape clears)", id="runs-filter",
+                    disabled=True)
+        yield KeyTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
         for column in COLUMNS:
             table.add_column(column, key=column)
         self._rows: list[tuple] = []
+        self.filter_text = ""
+        self.query_one("#runs-filter", Input).display = False
         self.refresh_runs()
-        self.set_interval(1.0, self.refresh_runs)
 
     def on_screen_resume(self) -> None:
         self.refresh_runs()
-        self.query_one(DataTable).focus()
+        table = self.query_one(DataTable)
+        if table.display:
+            table.focus()
+
+    @on(ModelChanged)
+    def model_changed(self, event: ModelChanged) -> None:
+        if event.topic == "runs":
+            self.refresh_runs()
+
+    def on_resize(self) -> None:
+        self.refresh_runs()
 
     def refresh_runs(self) -> None:
-        if not self.is_current:
-            return  # nobody is looking: skip the disk reads
-        infos = runs.list_runs(self.app.runs_dir)
-        entries = grouped_rows(infos, sweep.list_sweeps(self.app.runs_dir))
-        rows = [row for _, row in entries]
+        model = self.app.model
+        width = max(16, (self.size.width or 80) - 66)  # what the other columns leave of the terminal
+        entries = [(key, row) for key, row in grouped_rows(model.runs, model.sweeps, width)
+                   if key.startswith(SWEEP_KEY) or matches(key, row, self.filter_text)]
         table = self.query_one(DataTable)
         empty = self.query_one("#runs-empty", Static)
-        empty.display = not entries
-        table.display = bool(entries)
-        if not entries:
-            where = self.app.runs_dir
-            missing = "" if where.is_dir() else f"The runs folder {where} does not exist yet.\n"
-            empty.update(f"No runs in {where}.\n{missing}\n"
-                         f"Press [b]n[/b] for a new run from configs/tiny.toml (edit it, then launch a stage),\n"
-                         f"or start one from a shell:  picochat pretrain configs/tiny.toml --detach")
+        welcome = model.listed and not model.runs and not model.sweeps
+        empty.display = welcome
+        table.display = not welcome
+        if table.display and self.focused is None:
+            table.focus()
+        if welcome:
+            empty.update(self.welcome_text())
+            if self.focused is table:
+                self.set_focus(None)  # enter is the welcome's, not the hidden table's
+        rows = [row for _, row in entries]
         if rows == self._rows:
             return
         self._rows = rows
@@ -143,6 +175,24 @@ class RunsScreen(Screen):
         if selected in keys:
             table.move_cursor(row=keys.index(selected))
 
+    def welcome_text(self) -> Text:
+        where = self.app.runs_dir
+        config = first_run_config()
+        text = Text()
+        text.append("Welcome to picochat\n\n", style="bold")
+        if not where.is_dir():
+            text.append(f"No runs yet: {where} does not exist.\n\n")
+        else:
+            text.append(f"No runs in {where} yet.\n\n")
+        text.append("enter", style="bold reverse")
+        text.append(f"  start the tiny run: prepare, tokenizer and pretraining of {display_path(config)}\n"
+                    f"       (a 2-layer model on bundled text, minutes on a laptop CPU), then watch it\n\n")
+        text.append("n", style="bold reverse")
+        text.append("      a new run: edit a copy of that config first (ctrl+l launches a stage)\n\n")
+        text.append("?", style="bold reverse")
+        text.append("      every key of a screen        q  quit (training goes on without the TUI)\n\n", )
+        text.append("From a shell:  picochat speedrun configs/tiny.toml --until pretrain", style="dim")
+        return text
     def selected_key(self) -> str | None:
         table = self.query_one(DataTable)
         if not table.row_count:
@@ -162,12 +212,15 @@ class RunsScreen(Screen):
         run_dir = self.selected_run()
         if run_dir is None:
             return None
-        return next((found for found in sweep.list_sweeps(self.app.runs_dir) if run_dir.name in found.run_names), None)
+        return next((found for found in self.app.model.sweeps if run_dir.name in found.run_names), None)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self.action_open_run()
 
     def action_open_run(self) -> None:
+        if self.app.model.listed and not self.app.model.runs and not self.app.model.sweeps:
+            self.start_first_run()
+            return
         key = self.selected_key()
         if key and key.startswith(SWEEP_KEY):
             self.action_overlay_sweep()
@@ -186,8 +239,48 @@ class RunsScreen(Screen):
             return
         self.app.open_run(folders[0], overlay=folders[1:])
 
+    def start_first_run(self) -> None:
+        try:
+            launched = launch_first_run(self.app.runs_dir)
+        except BadInput as error:
+            self.notify(str(error), severity="error", markup=False, timeout=15)
+            return
+        self.app.watch_launch(launched)
+        self.app.open_run(launched.run_dir)
+
     def action_new_run(self) -> None:
-        self.app.open_config(config_module.default_config_path())
+        try:
+            path = new_config(self.app.runs_dir)
+        except (BadInput, OSError) as error:
+            self.notify(str(error), severity="error", markup=False, timeout=15)
+            return
+        self.notify(f"wrote {display_path(path)}: a run of its own ([run] name {path.stem}); edit it, "
+                    f"then ctrl+l launches a stage", markup=False)
+        self.app.open_config(path)
+
+    def action_filter(self) -> None:
+        box = self.query_one("#runs-filter", Input)
+        box.display, box.disabled = True, False
+        box.focus()
+
+    @on(Input.Changed, "#runs-filter")
+    def filter_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value.strip()
+        self.refresh_runs()
+
+    @on(Input.Submitted, "#runs-filter")
+    def filter_kept(self, event: Input.Submitted) -> None:
+        self.query_one(DataTable).focus()
+        event.input.display = bool(self.filter_text)  # kept on view while it filters
+        event.input.disabled = True
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#runs-filter", Input)
+        if box.display:
+            box.value, box.display, box.disabled = "", False, True
+            self.query_one(DataTable).focus()
+        else:
+            self.app.action_close_panel()  # escape closes the keys panel here as everywhere
 
     def action_control(self, command: str) -> None:
         if (run_dir := self.selected_run()) is not None:
@@ -208,14 +301,14 @@ class RunsScreen(Screen):
         if run_dir is None:
             return
         state = runs.effective_state(runs.read_status(run_dir))
-        if state in ("running", "starting", "paused", "stopping"):
+        if state in LIVE_STATES:
             self.notify(f"{run_dir.name} is {state}: stop it (s) before deleting", severity="error")
             return
 
         def delete(confirmed: bool | None) -> None:
             if confirmed:
                 shutil.rmtree(run_dir, ignore_errors=True)
-                self.notify(f"deleted {run_dir}")
-                self.refresh_runs()
+                self.notify(f"deleted {run_dir}", markup=False)
+                self.app.watcher.read_now(everything=True)
 
         self.app.push_screen(ConfirmDialog(f"Delete run folder {run_dir} and all its checkpoints?"), delete)

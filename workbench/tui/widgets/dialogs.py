@@ -87,17 +87,24 @@ class StageDialog(ModalScreen[str | None]):
     BINDINGS = [Binding("escape", "cancel", "Cancel")] + [
         Binding(key, f"pick('{stage}')", stage, show=False) for stage, key in KEYS.items()]
 
-    def __init__(self, title: str, stages: dict[str, str], suggested: str):
+    def __init__(self, title: str, stages: dict[str, str], suggested: str, running: str | None = None):
         super().__init__(classes="dialog")
-        self.title_text, self.stages, self.suggested = title, stages, suggested
+        self.title_text, self.stages, self.suggested, self.running = title, stages, suggested, running
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog-box"):
             yield Label(f"{self.title_text}\n(a key, or enter for the highlighted one; escape cancels)",
                         classes="dialog-question")
-            yield OptionList(*[Option(f"{self.KEYS[stage]}  {stage:<10} {about}"
-                                      + ("  <- next" if stage == self.suggested else ""), id=stage)
+            if self.running:
+                yield Label(f"{self.running} is running now: what comes after it can start once it ends",
+                            classes="dialog-question warning")
+            yield OptionList(*[Option(f"{self.KEYS[stage]}  {stage:<10} {about}" + self.mark(stage), id=stage)
                                for stage, about in self.stages.items()], id="stages")
+
+    def mark(self, stage: str) -> str:
+        if stage == self.running:
+            return "  <- running"
+        return "  <- next" if stage == self.suggested and self.running is None else ""
 
     def on_mount(self) -> None:
         options = self.query_one(OptionList)

@@ -12,6 +12,7 @@ times a scatter of the same points). So:
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -22,10 +23,52 @@ from rich.text import Text
 from textual.app import RenderResult
 from textual_plotext import PlotextPlot
 
+from workbench.runs import format_duration
 from workbench.tui.series import Summary
 
-COLORS = ("cyan", "orange", "green", "magenta", "red", "blue", "yellow")
+COLORS = ("cyan", "orange", "green", "magenta", "red", "blue", "yellow")  # run i of a dashboard: COLORS[i]
 DOTS_PER_COLUMN = 2  # braille cells are two dots wide
+TICK_COLUMNS = 12  # about one x tick per this many columns
+TICK_ROWS = 3  # about one y tick per this many rows
+
+
+def run_color(index: int) -> str:
+    """The colour of the index-th run shown: the same in every panel."""
+    return COLORS[index % len(COLORS)]
+
+
+def run_style(index: int) -> str:
+    """The same colour as rich spells it (for the run's name in the headline, the overlay legend)."""
+    return {"orange": "dark_orange"}.get(run_color(index), run_color(index))
+
+
+def human_count(value: float) -> str:
+    """12k, 1.2M, 47.1k, 0.25: three significant digits at most, the unit a letter."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.3g}{unit}"
+    return f"{value:.3g}"
+
+
+def human_seconds(value: float) -> str:
+    """45s, 5m30s, 1h05m."""
+    return f"{value:.0f}s" if abs(value) < 60 else format_duration(value)
+
+
+def nice_ticks(low: float, high: float, count: int) -> list[float]:
+    """About `count` round values (1, 2 or 5 times a power of ten apart) from low to high."""
+    if not (math.isfinite(low) and math.isfinite(high)) or high <= low:
+        return [low] if math.isfinite(low) else []
+    ticks = _ticks(low, high, count)
+    return ticks if len(ticks) >= 2 else _ticks(low, high, 2 * count + 2)
+
+
+def _ticks(low: float, high: float, count: int) -> list[float]:
+    raw = (high - low) / max(1, count)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    first = math.ceil(low / step) * step
+    return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
 
 
 SGR = re.compile(r"\x1b\[([0-9;]*)m")
@@ -80,14 +123,18 @@ class MetricPlot(PlotextPlot):
         self.lines: list[Line] = []
         self.log_y = False
         self.x_label = "step"
+        self.x_range: tuple[float, float] | None = None
         self._summaries: dict[tuple[int, int, int], Summary] = {}
         self._cache_key: tuple | None = None
         self._cached: RenderResult | None = None
         self._last_point_count = 0
         self._cached_lists: list[tuple[list[float], list[float]]] = []
 
-    def set_lines(self, lines: list[Line], *, log_y: bool = False, x_label: str = "step") -> None:
-        self.lines, self.log_y, self.x_label = lines, log_y, x_label
+    def set_lines(self, lines: list[Line], *, log_y: bool = False, x_label: str = "step",
+                  x_range: tuple[float, float] | None = None) -> None:
+        """x_label "time" labels the x axis in seconds (5m30s), anything else in counts (12k);
+        x_range: the x axis every panel of the dashboard shares."""
+        self.lines, self.log_y, self.x_label, self.x_range = lines, log_y, x_label, x_range
         if self._key() != self._cache_key or not self._same_lists():
             self.refresh()
 
@@ -99,7 +146,7 @@ class MetricPlot(PlotextPlot):
         """What the picture depends on: the same key means the same picture."""
         lines = tuple((line.label, id(line.xs), id(line.ys), len(line.ys), line.color, line.envelope,
                        line.mean_line) for line in self.lines)
-        return lines, self.log_y, self.x_label, self.size, self.app.theme
+        return lines, self.log_y, self.x_label, self.x_range, self.size, self.app.theme
 
     def _summary(self, line: Line, columns: int) -> Summary:
         key = (id(line.xs), id(line.ys), columns)
@@ -114,6 +161,7 @@ class MetricPlot(PlotextPlot):
             xs, ys = [x for x, _ in kept], [y for _, y in kept]
         if ys:
             draw(xs, ys, label=label, color=color, marker="braille")
+            self._y_seen.extend((min(ys), max(ys)))
         return len(ys)
 
     def render(self) -> RenderResult:
@@ -123,8 +171,8 @@ class MetricPlot(PlotextPlot):
         plt = self.plt
         plt.clear_figure()
         plt.title(self.title)
-        plt.xlabel(self.x_label)
         columns = max(8, self.size.width)
+        self._y_seen: list[float] = []
         drawn = 0
         used = set()
         for index, line in enumerate(self.lines):
@@ -145,12 +193,31 @@ class MetricPlot(PlotextPlot):
         if drawn == 0:
             result: RenderResult = Text(f"{self.title}\n\n  no data yet", style="dim")
         else:
-            if self.log_y:
-                plt.yscale("log")
+            self._axes()
             result = self._build()
         self._cache_key, self._cached = key, result
         self._cached_lists = [(line.xs, line.ys) for line in self.lines]
         return result
+
+    def _axes(self) -> None:
+        """Human ticks (12k, 1.2M, 5m30s) on the shared x range; y ticks the same way (plotext's
+        own are raw numbers like 47104 or 22.8)."""
+        plt = self.plt
+        if self.x_range is not None:
+            low, high = self.x_range
+            if high <= low:
+                low, high = low - 1, high + 1
+            plt.xlim(low, high)
+            ticks = nice_ticks(low, high, max(2, self.size.width // TICK_COLUMNS))
+            label = human_seconds if self.x_label == "time" else human_count
+            plt.xticks(ticks, [label(tick) for tick in ticks])
+        if self.log_y:
+            plt.yscale("log")
+        elif self._y_seen:
+            low, high = min(self._y_seen), max(self._y_seen)
+            ticks = nice_ticks(low, high, max(2, (self.size.height - 4) // TICK_ROWS))
+            if len(ticks) >= 2:
+                plt.yticks(ticks, [human_count(tick) for tick in ticks])
 
     def _build(self) -> Text:
         """PlotextPlot.render, with our faster ANSI conversion."""
