@@ -90,11 +90,12 @@ def test_batch_rows_joining_at_different_steps_match_their_answers_alone(engine)
 
 
 def test_a_greedy_request_gets_the_same_answer_beside_others(server):
-    """HTTP: a greedy request alone, then again beside three others with other settings (sampled,
-    top_k, top_p = 0, a seed, a repetition penalty, n = 2): the same answer."""
+    """HTTP: a greedy request and a seeded sampled one alone, then again beside each other and two
+    more with other settings (top_k, top_p = 0, a repetition penalty, n = 2): the same answers."""
     greedy = {"messages": user("First Citizen: speak"), "max_tokens": 40, "temperature": 0}
-    others = [{"messages": user("Hello"), "max_tokens": 40, "temperature": 1.2, "extra_body": {"top_k": 5},
-               "seed": 1},
+    seeded = {"messages": user("Hello"), "max_tokens": 40, "temperature": 1.2, "extra_body": {"top_k": 5},
+              "seed": 1}
+    others = [seeded,
               {"messages": user("We are accounted poor"), "max_tokens": 40, "temperature": 0.9, "top_p": 0,
                "extra_body": {"repetition_penalty": 1.3}, "n": 2},
               {"messages": user("x"), "max_tokens": 40, "temperature": 1.0, "top_p": 0.5, "seed": 7}]
@@ -106,13 +107,28 @@ def test_a_greedy_request_gets_the_same_answer_beside_others(server):
     async def main():
         client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=60)
         async with client:
-            alone = await ask(client, greedy)
+            alone = [await ask(client, greedy), await ask(client, seeded)]
             together = await asyncio.gather(ask(client, greedy), *(ask(client, body) for body in others))
         return alone, together
 
     alone, together = asyncio.run(main())
-    assert together[0] == alone
+    assert together[:2] == alone
     assert len(together[2]) == 2
+
+
+def test_rows_sampled_together_draw_from_their_own_generators():
+    """One sample_next call over rows of different requests: each row's token depends on its own
+    generator only, as if sampled alone."""
+    from workbench.engine.sampling import make_generator, sample_next
+
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+    params = SamplingParams(temperature=1.0, top_k=20, top_p=0.9)
+    together = sample_next(logits, params, [make_generator(seed, "cpu") for seed in (1, 2, 3)])
+    alone = [sample_next(logits[i:i + 1], params, [make_generator(seed, "cpu")]).item()
+             for i, seed in enumerate((1, 2, 3))]
+    assert together.tolist() == alone
+    draws = {sample_next(logits[:1], params, [make_generator(seed, "cpu")]).item() for seed in range(40)}
+    assert len(draws) > 3
 
 
 def test_n_choices_share_one_prefill_and_differ(server):

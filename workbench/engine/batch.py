@@ -10,8 +10,9 @@ holds them as members; `step()` moves every member on by one token:
    prefill for n choices) and their first tokens are sampled;
 3. each step feeds every joined row through one batched decode step, each row at its own position
    (GPT.decode_step with per-row positions: masks hide what lies past a row's end), and each
-   member's RowGroup samples its rows with its own settings (temperature, top_k, top_p, seed,
-   repetition penalty, stop strings);
+   member's rows are sampled with its own settings (temperature, top_k, top_p, seed, repetition
+   penalty, stop strings): members with the same settings in one call, each row drawing from its
+   member's own seeded generator, so a seeded answer does not depend on who else is in the batch;
 4. a member whose rows are all finished (or whose context is full, or that was cancelled) leaves
    at once: the last rows of the cache move into its slots, so the batch stays dense.
 
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from workbench.engine.sampling import SamplingParams
+from workbench.engine.sampling import SamplingParams, sample_next
 
 if TYPE_CHECKING:  # for the annotations only: engine.py imports this module
     from workbench.engine.engine import Event, RowGroup
@@ -116,12 +117,15 @@ class Batch:
 
     def _decode(self, decoding: list[Member], updates: list[tuple[Member, int, list[Event]]], ended: list[Member]) -> None:
         try:
-            if self.shared is not None:
+            if self.shared is not None:  # a member's rows are its slots of the shared step's logits
                 logits = self.shared.step(decoding)
-                rows_of = {id(member): logits.index_select(0, self.shared.slot_tensor(member))
-                           for member in decoding}
-            else:
-                rows_of = {id(member): member.source.step(member.feed) for member in decoding}
+                rows_of = {id(member): member.slots for member in decoding}
+            else:  # each member's own source, one after another
+                logits = torch.cat([member.source.step(member.feed) for member in decoding])
+                starts = [0]
+                for member in decoding:
+                    starts.append(starts[-1] + member.rows)
+                rows_of = {id(member): list(range(starts[i], starts[i + 1])) for i, member in enumerate(decoding)}
         except Exception as error:  # the shared step failed: nobody's cache can be trusted
             for member in decoding:
                 self._fail(member, error, ended)
@@ -130,7 +134,7 @@ class Batch:
             return
         for member in decoding:
             member.length += 1
-            self._advance(member, rows_of[id(member)], updates, ended)
+        self._advance(decoding, logits, rows_of, updates, ended)
 
     def _prefill(self, others_decoding: bool, updates: list[tuple[Member, int, list[Event]]], ended: list[Member]) -> None:
         """Prefill chunks, oldest member first, up to `prefill_chunk` tokens while others decode
@@ -149,7 +153,7 @@ class Batch:
                 if others_decoding:
                     return  # the rest of this prompt goes in the next steps
                 continue
-            self._advance(member, logits, updates, ended)
+            self._advance([member], logits, {id(member): list(range(member.rows))}, updates, ended)
             others_decoding = others_decoding or member.state == "decoding"
 
     def _prefill_chunk(self, member: Member, budget: int) -> tuple[torch.Tensor | None, int]:
@@ -177,29 +181,61 @@ class Batch:
             member.state, member.length = "decoding", len(prompt)
             return logits.expand(member.rows, -1), used
 
-    def _advance(self, member: Member, logits: torch.Tensor, updates: list[tuple[Member, int, list[Event]]], ended: list[Member]) -> None:
-        """Sample the member's rows from their logits; it leaves when they are all finished or
-        its context is full."""
-        group = member.group
-        try:
-            member.feed, produced = group.advance(logits)
-            room = None if self.max_len is None else self.max_len - member.length
-            if not group.finished and room is not None and room <= 0:
-                produced += group.finish_length()
-        except Exception as error:
-            self._fail(member, error, ended)
-            return
-        by_row: dict[int, list[Event]] = {}
-        for index, events in produced:
-            by_row.setdefault(index, []).extend(events)
-        for index, row in enumerate(group.rows):
-            if row.finished and index not in member.done_sent:
-                member.done_sent.add(index)
-                by_row.setdefault(index, []).append(row.done_event(len(member.prompt_ids)))
-        updates.extend((member, index, events) for index, events in sorted(by_row.items()))
-        if group.finished:
-            self._leave(member)
-            ended.append(member)
+    def _advance(self, members: list[Member], logits: torch.Tensor, rows_of: dict[int, list[int]],
+                 updates: list[tuple[Member, int, list[Event]]], ended: list[Member]) -> None:
+        """Sample the members' rows (a member's: rows_of[id(member)] of logits) and feed them
+        their tokens; a member leaves when its rows are all finished or its context is full."""
+        sampled = self._sample(members, logits, rows_of, ended)
+        for member in members:
+            if member.state == "ended":  # its sampling failed
+                continue
+            group = member.group
+            try:
+                member.feed, produced = group.advance(None, sampled.get(id(member), []))
+                room = None if self.max_len is None else self.max_len - member.length
+                if not group.finished and room is not None and room <= 0:
+                    produced += group.finish_length()
+            except Exception as error:
+                self._fail(member, error, ended)
+                continue
+            by_row: dict[int, list[Event]] = {}
+            for index, events in produced:
+                by_row.setdefault(index, []).extend(events)
+            for index, row in enumerate(group.rows):
+                if row.finished and index not in member.done_sent:
+                    member.done_sent.add(index)
+                    by_row.setdefault(index, []).append(row.done_event(len(member.prompt_ids)))
+            updates.extend((member, index, events) for index, events in sorted(by_row.items()))
+            if group.finished:
+                self._leave(member)
+                ended.append(member)
+
+    def _sample(self, members: list[Member], logits: torch.Tensor, rows_of: dict[int, list[int]],
+                ended: list[Member]) -> dict[int, list[int]]:
+        """Sampled tokens for every row of the members that need any, one sample_next call per
+        set of settings: each row draws from its member's generator."""
+        alike: dict[tuple, list[Member]] = {}
+        for member in members:
+            if member.group.needs_sample:
+                params = member.group.params
+                key = (params.temperature, params.top_k, params.top_p, params.repetition_penalty)
+                alike.setdefault(key, []).append(member)
+        sampled: dict[int, list[int]] = {}
+        for same in alike.values():
+            try:
+                states = [member.group.sampler(logits) for member in same]
+                rows = torch.tensor([row for member in same for row in rows_of[id(member)]], device=logits.device)
+                generators = [generator for member, (generator, _) in zip(same, states, strict=True)
+                              for _ in range(member.rows)]
+                seen = None if states[0][1] is None else torch.cat([seen for _, seen in states])
+                tokens = sample_next(logits.index_select(0, rows), same[0].group.params, generators, seen).tolist()
+            except Exception as error:
+                for member in same:
+                    self._fail(member, error, ended)
+                continue
+            for member in same:
+                sampled[id(member)], tokens = tokens[:member.rows], tokens[member.rows:]
+        return sampled
 
     def _fail(self, member: Member, error: BaseException, ended: list[Member]) -> None:
         member.error = error
@@ -243,9 +279,6 @@ class _SharedCache:
         self.capacity = self.size = 0
         self.lengths: list[int] = []  # per slot in use
         self.owner: list[tuple[Member, int]] = []
-
-    def slot_tensor(self, member: Member) -> torch.Tensor:
-        return torch.tensor(member.slots, dtype=torch.long, device=self.device)
 
     def _reserve(self, rows: int) -> None:
         """Room for `rows` rows, growing by doubling (a copy of what is there)."""

@@ -347,7 +347,8 @@ class RowGroup:
     it to the row, and returns the tokens to feed the model next (a finished row repeats its last
     token: padding whose answer is never read) and the events, as (row index, events). The one
     step of every generation loop: GenerationRun's, and a server batch's, which steps many groups
-    of different prompts and settings at once (engine/batch.py)."""
+    of different prompts and settings at once (engine/batch.py) and samples the rows of groups
+    with the same settings in one call (`advance(sampled=...)`, with `sampler()`'s state)."""
 
     def __init__(self, tokenizer, prompt_ids: list[int], params: SamplingParams, num_samples: int = 1,
                  use_tools: bool = True, tool_text=None):
@@ -361,14 +362,26 @@ class RowGroup:
     def finished(self) -> bool:
         return all(row.finished for row in self.rows)
 
-    def advance(self, logits: torch.Tensor) -> tuple[list[int], list[tuple[int, list[Event]]]]:
-        rows, params = self.rows, self.params
+    @property
+    def needs_sample(self) -> bool:
+        return any(not row.finished and not row.forced for row in self.rows)
+
+    def sampler(self, logits: torch.Tensor) -> tuple[torch.Generator, torch.Tensor | None]:
+        """The group's generator and seen-token mask (made on the first logits' device)."""
         if self.generator is None:
-            self.generator = make_generator(params.seed, logits.device)
-            if params.repetition_penalty != 1.0:
-                self.seen = torch.zeros(len(rows), logits.size(-1), dtype=torch.bool, device=logits.device)
-        needs_sample = any(not row.finished and not row.forced for row in rows)
-        sampled = sample_next(logits, params, self.generator, self.seen).tolist() if needs_sample else None
+            self.generator = make_generator(self.params.seed, logits.device)
+            if self.params.repetition_penalty != 1.0:
+                self.seen = torch.zeros(len(self.rows), logits.size(-1), dtype=torch.bool, device=logits.device)
+        return self.generator, self.seen
+
+    def advance(self, logits: torch.Tensor | None, sampled: list[int] | None = None
+                ) -> tuple[list[int], list[tuple[int, list[Event]]]]:
+        """sampled: the rows' sampled tokens, drawn already (a batch's shared sampling); else
+        they are drawn here from logits."""
+        rows = self.rows
+        if sampled is None and self.needs_sample:
+            generator, seen = self.sampler(logits)
+            sampled = sample_next(logits, self.params, generator, seen).tolist()
         feed, produced = [], []
         for index, row in enumerate(rows):
             if row.finished:

@@ -70,13 +70,14 @@ def make_generator(seed: int | None, device) -> torch.Generator:
 def sample_next(
     logits: torch.Tensor,
     params: SamplingParams,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """logits [N, V] (float) -> next token ids [N].
 
     `seen` is an optional bool mask [N, V] of tokens to penalize with the repetition penalty
-    (CTRL-style: positive logits divided by the penalty, negative ones multiplied).
+    (CTRL-style: positive logits divided by the penalty, negative ones multiplied). `generator`
+    may be one per row (rows of different requests sampled in one call, each from its own seed).
     """
     logits = logits.float()
     if params.repetition_penalty != 1.0 and seen is not None:
@@ -93,7 +94,7 @@ def sample_next(
         candidates_logits, candidates = torch.sort(logits, dim=-1, descending=True)
     else:
         probs = torch.softmax(logits, dim=-1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return _draw(probs, generator).squeeze(-1)
     if params.top_p < 1.0:
         probs = torch.softmax(candidates_logits, dim=-1)
         before = torch.cumsum(probs, dim=-1) - probs  # mass of the better candidates
@@ -101,5 +102,16 @@ def sample_next(
         beyond[..., 0] = False  # the best candidate always stays: top_p = 0 samples it alone
         candidates_logits = candidates_logits.masked_fill(beyond, float("-inf"))
     probs = torch.softmax(candidates_logits, dim=-1)
-    choice = torch.multinomial(probs, 1, generator=generator)
-    return candidates.gather(-1, choice).squeeze(-1)
+    return candidates.gather(-1, _draw(probs, generator)).squeeze(-1)
+
+
+def _draw(probs: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
+    """One index per row of probs [N, K] -> [N, 1]. With a generator per row: the first index
+    whose cumulative probability passes a uniform draw from that row's generator."""
+    if not isinstance(generator, list):
+        return torch.multinomial(probs, 1, generator=generator)
+    uniform = torch.cat([torch.rand(1, generator=row, device=probs.device) for row in generator])
+    below = probs.cumsum(dim=-1) < uniform[:, None]
+    # rounding can leave the whole sum below the draw: then the last index that has any probability
+    last = probs.size(-1) - 1 - (probs.flip(-1) > 0).int().argmax(dim=-1, keepdim=True)
+    return torch.minimum(below.sum(dim=-1, keepdim=True), last)
