@@ -1,5 +1,7 @@
-"""The chat page in headless Chromium (Debian's chromium, driven by Playwright): a streamed answer
-from the real tiny model, regenerate, stop mid-way, and the Markdown renderer."""
+"""The chat page in headless Chromium (Debian's chromium, driven by Playwright) against the real server
+and the real tiny model: streaming, regenerate, stop, the model gate on Send, IME-safe Enter, labels and
+keyboard access, the phone drawer, autoscroll, and renaming, copying and deleting chats.
+The Markdown rendering of answers is in test_chat_page_markdown.py (same fixtures)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,10 @@ from workbench.serve.app import BackgroundServer, create_app, describe_model
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-smooth-scrolling"]
+STORE = "picochat.conversations"  # where the page keeps conversations (localStorage)
+PHONE = {"width": 390, "height": 844}
 
 pytestmark = [
     pytest.mark.browser,
@@ -46,10 +51,11 @@ def browser():
 
 
 @pytest.fixture
-def page(browser, server):
-    context = browser.new_context()
-    # Nothing may leave this machine: any request that is not to our server fails the test.
-    outside = []
+def open_page(browser, server):
+    """open_page(viewport=..., dark=..., conversations=[...], routes={pattern: handler}) -> a page of the
+    chat, in a fresh browser context, with `conversations` in its storage. Nothing may leave this
+    machine: any request that is not to our server fails the test."""
+    contexts, outside = [], []
 
     def only_our_server(route):
         if route.request.url.startswith(server.url):
@@ -58,13 +64,47 @@ def page(browser, server):
             outside.append(route.request.url)
             route.abort()
 
-    context.route("**/*", only_our_server)
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    page.goto(server.url + "/")
-    yield page
-    context.close()
+    def open_(viewport=None, dark=False, conversations=None, routes=None, touch=False):
+        context = browser.new_context(viewport=viewport or {"width": 1280, "height": 800}, has_touch=touch,
+                                      color_scheme="dark" if dark else "light")
+        contexts.append(context)
+        context.route("**/*", only_our_server)
+        for pattern, handler in (routes or {}).items():
+            context.route(pattern, handler)
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        page.goto(server.url + "/")
+        if conversations is not None:
+            page.evaluate("([key, value]) => localStorage.setItem(key, JSON.stringify(value))",
+                          [STORE, conversations])
+            page.reload()
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
     assert outside == [], f"the page tried to reach {outside}"
+
+
+@pytest.fixture
+def page(open_page):
+    return open_page()
+
+
+def chat(title, *pairs):
+    """A stored conversation: chat("Title", ("question", "answer"), ...)."""
+    messages = []
+    for question, answer in pairs:
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return {"id": title.lower().replace(" ", "-"), "title": title, "messages": messages}
+
+
+def stored(page):
+    return page.evaluate("key => JSON.parse(localStorage.getItem(key))", STORE)
+
+
+def wait_ready(page):
+    page.locator("#send:not([disabled])").wait_for()
 
 
 def last_answer(page):
@@ -76,6 +116,7 @@ def test_send_regenerate_and_stop(page, engine):
 
     page.locator("#model-name").filter(has_text="tiny-test").wait_for()
     assert "params" in page.inner_text("#model-size")
+    wait_ready(page)
 
     # sampling settings travel with the request
     page.click("#settings-toggle")
@@ -84,21 +125,29 @@ def test_send_regenerate_and_stop(page, engine):
     page.fill("#system", "Be brief.")
     page.click("#settings-toggle")
 
-    # a message to the real model: its answer arrives streamed, then the usage line
+    # the capped request still leaves no room for the prompt: the server's refusal is shown
     page.fill("#input", "Hello there")
     with page.expect_request("**/v1/chat/completions") as sent:
         page.press("#input", "Enter")
     body = sent.value.post_data_json
-    assert body["temperature"] == 0 and body["max_tokens"] == 64 and body["stream"] is True
+    assert body["temperature"] == 0 and body["max_tokens"] == 63 and body["stream"] is True
     assert body["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
     page.locator(".message.user").filter(has_text="Hello there").wait_for()
+    refused = page.locator('.message.assistant[data-state="error"]')
+    refused.wait_for()
+    assert "context" in refused.locator(".error").inner_text()
+    assert page.locator("#history li").first.locator(".open").inner_text() == "Hello there"
+
+    # regenerate replaces the answer rather than adding one; the real model's answer arrives streamed,
+    # then the usage line
+    page.click("#settings-toggle")
+    page.fill("#max_tokens", "8")
+    page.click("#settings-toggle")
+    with page.expect_request("**/v1/chat/completions") as sent:
+        page.click("#regenerate")
+    assert sent.value.post_data_json["max_tokens"] == 8
     page.locator('.message.assistant[data-state="done"]').wait_for()
     assert "tokens" in last_answer(page).locator(".meta").inner_text()
-    assert page.locator("#history li").first.inner_text() == "Hello there"
-
-    # regenerate replaces the answer rather than adding one
-    page.click("#regenerate")
-    page.locator('.message.assistant[data-state="done"]').wait_for()
     assert page.locator(".message.assistant").count() == 1
 
     # an answer that would never end: it streams in, Stop ends it, and the server stops generating
@@ -111,6 +160,7 @@ def test_send_regenerate_and_stop(page, engine):
     page.wait_for_function(
         "n => document.querySelector('.message.assistant[data-state=streaming] .content').innerText.length > n",
         arg=first)  # still growing: streamed, not delivered at the end
+    assert streaming.get_attribute("aria-busy") == "true"
     assert page.is_visible("#stop") and not page.is_visible("#send")
     page.click("#stop")
     stopped = page.locator('.message.assistant[data-state="stopped"]')
@@ -124,6 +174,7 @@ def test_send_regenerate_and_stop(page, engine):
 def test_thoughts_fold_and_tool_calls_stand_out(page):
     from test_serve import SCRIPTED
 
+    wait_ready(page)
     page.fill("#input", SCRIPTED)
     page.click("#send")
     answer = page.locator('.message.assistant[data-state="done"]')
@@ -136,15 +187,168 @@ def test_thoughts_fold_and_tool_calls_stand_out(page):
     assert answer.locator(".content strong").inner_text() == "5"
 
 
-def test_markdown_is_rendered_and_html_escaped(page):
-    source = ("# Title\n\nSome **bold**, *italic* and `code <b>`.\n\n- one\n- two\n\n"
-              "```python\nprint('<hi>')\n```\n"
-              "```tool_call\n2+3\n```\n```tool_output\n5\n```\n<img src=x onerror=alert(1)>")
-    html = page.evaluate("source => Markdown.render(source)", source)
-    assert "<h1>Title</h1>" in html
-    assert "<strong>bold</strong>" in html and "<em>italic</em>" in html
-    assert "<code>code &lt;b&gt;</code>" in html
-    assert "<ul><li>one</li><li>two</li></ul>" in html
-    assert '<pre data-language="python"><code>print(&#39;&lt;hi&gt;&#39;)</code></pre>' in html
-    assert 'class="tool tool-call"' in html and 'class="tool tool-output"' in html
-    assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+def test_send_waits_until_the_model_has_answered(open_page):
+    held = []
+    page = open_page(routes={"**/v1/models": lambda route: held.append(route)})  # /v1/models gets no answer yet
+    page.wait_for_function("() => document.readyState === 'complete'")
+    assert page.is_disabled("#send")
+    assert "model" in page.inner_text("#status").lower()  # the reader is told what Send waits for
+    chats = []
+    page.on("request", lambda request: chats.append(request) if "/chat/completions" in request.url else None)
+    page.fill("#input", "too early")
+    page.press("#input", "Enter")
+    page.wait_for_timeout(200)
+    assert chats == [] and page.input_value("#input") == "too early"  # kept, not lost
+
+    assert len(held) == 1
+    held[0].fulfill(status=503, json={"error": {"message": "loading", "type": "server_error"}})
+    page.locator("#status", has_text="retrying").wait_for()  # a failed answer leaves Send off and retries
+    assert page.is_disabled("#send")
+    page.context.unroute("**/v1/models")
+    wait_ready(page)
+    assert page.inner_text("#model-name") == "tiny-test"
+    with page.expect_request("**/v1/chat/completions"):
+        page.press("#input", "Enter")
+
+
+def test_enter_while_an_ime_is_composing_does_not_send(page):
+    wait_ready(page)
+    chats = []
+    page.on("request", lambda request: chats.append(request) if "/chat/completions" in request.url else None)
+    page.focus("#input")
+    ime = page.context.new_cdp_session(page)
+    ime.send("Input.imeSetComposition", {"text": "にほん", "selectionStart": 3, "selectionEnd": 3})
+    page.keyboard.press("Enter")  # picks the candidate: keydown arrives with isComposing
+    page.wait_for_timeout(200)
+    assert chats == [] and page.locator(".message").count() == 0
+    ime.send("Input.insertText", {"text": "日本"})  # the composition ends
+    with page.expect_request("**/v1/chat/completions") as sent:
+        page.keyboard.press("Enter")  # now Enter sends
+    assert sent.value.post_data_json["messages"][-1]["content"] == "日本"
+
+
+def test_controls_have_names_roles_and_keyboard_access(open_page):
+    page = open_page(conversations=[chat("Alpha", ("a", "first answer")), chat("Beta", ("b", "second answer"))])
+    wait_ready(page)
+    assert page.get_by_role("textbox", name="Message").count() == 1  # the textarea has a label
+    assert page.get_by_role("navigation", name="Chats").count() == 1
+    assert page.get_by_role("log").count() == 1
+    nameless = page.evaluate("""() => [...document.querySelectorAll('button, input, textarea')]
+        .filter(e => e.offsetParent !== null)
+        .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())
+        .map(e => e.outerHTML)""")
+    assert nameless == []
+
+    # from the top of the page, Tab reaches the history and Enter opens a chat
+    page.locator("body").focus()
+    for _ in range(15):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent") == "Beta":
+            break
+    else:
+        pytest.fail("Tab never reached the chat 'Beta' in the history")
+    page.keyboard.press("Enter")
+    page.locator(".message.assistant", has_text="second answer").wait_for()
+    assert page.locator("#history .open", has_text="Beta").get_attribute("aria-current") == "page"
+
+
+def test_phone_width_drawer_gives_history_and_new_chat(open_page):
+    page = open_page(viewport=PHONE, touch=True, conversations=[chat("Alpha", ("a", "first answer"))])
+    wait_ready(page)
+    assert not page.is_visible("#new-chat") and not page.is_visible("#history")
+    toggle = page.get_by_role("button", name="Chats")
+    assert toggle.get_attribute("aria-expanded") == "false"
+
+    toggle.click()
+    assert toggle.get_attribute("aria-expanded") == "true"
+    page.locator("#new-chat").wait_for()  # on screen once the drawer has slid in, not off-canvas
+    page.wait_for_function("""() => { const box = document.getElementById('new-chat').getBoundingClientRect();
+                                      return box.left >= 0 && box.right <= innerWidth; }""")
+    page.locator("#history .open", has_text="Alpha").click()  # picking a chat shows it and closes the drawer
+    page.locator(".message.assistant", has_text="first answer").wait_for()
+    page.locator("#new-chat").wait_for(state="hidden")
+
+    toggle.click()
+    page.keyboard.press("Escape")  # Escape closes it as well, and gives the focus back
+    page.locator("#new-chat").wait_for(state="hidden")
+    assert page.evaluate("document.activeElement.id") == "menu-toggle"
+
+    toggle.click()
+    page.click("#new-chat")
+    page.locator("#new-chat").wait_for(state="hidden")
+    assert page.locator(".message").count() == 0
+
+    desktop = open_page()  # at desktop width the history is simply there
+    assert desktop.is_visible("#new-chat") and not desktop.is_visible("#menu-toggle")
+
+
+def test_autoscroll_follows_only_a_reader_at_the_bottom(open_page, engine):
+    from test_serve import ENDLESS
+
+    page = open_page(viewport={"width": 640, "height": 420})
+    wait_ready(page)
+    gap = "(() => { const m = document.getElementById('messages'); return m.scrollHeight - m.scrollTop - m.clientHeight; })()"
+    height = "document.getElementById('messages').scrollHeight"
+    engine.closed.clear()
+    page.fill("#input", ENDLESS)
+    page.click("#send")
+    page.wait_for_function(
+        "() => { const m = document.getElementById('messages'); return m.scrollHeight > m.clientHeight + 300; }")
+    assert page.evaluate(gap) < 30  # a reader at the bottom is followed
+    assert not page.is_visible("#jump-latest")
+
+    page.mouse.move(320, 150)
+    page.mouse.wheel(0, -250)  # the reader scrolls up to read
+    page.wait_for_function(f"{gap} > 100")
+    page.wait_for_timeout(100)
+    where = page.evaluate("document.getElementById('messages').scrollTop")
+    page.wait_for_function(f"n => {height} > n + 200", arg=page.evaluate(height))  # the answer grows on
+    assert page.evaluate("document.getElementById('messages').scrollTop") == where  # ...and leaves them there
+    assert page.is_visible("#jump-latest")
+
+    page.click("#jump-latest")
+    page.wait_for_function(f"{gap} < 30")
+    page.locator("#jump-latest").wait_for(state="hidden")
+    page.wait_for_function(f"n => {height} > n + 100", arg=page.evaluate(height))
+    assert page.evaluate(gap) < 30  # following again
+    page.click("#stop")
+    assert engine.closed.wait(timeout=20)
+
+
+def test_rename_copy_and_delete_chats(open_page):
+    alpha = chat("Alpha", ("What is 2+2?", "It is **4**."))
+    page = open_page(conversations=[alpha, chat("Beta", ("b", "second answer"))])
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    wait_ready(page)
+
+    # rename: the title becomes an input; Enter keeps the new name, which survives a reload
+    page.get_by_role("button", name="Rename Alpha").click()
+    field = page.get_by_role("textbox", name="Chat name")
+    assert field.input_value() == "Alpha"
+    field.fill("Arithmetic")
+    field.press("Enter")
+    page.locator("#history .open", has_text="Arithmetic").wait_for()
+    page.reload()
+    assert [c["title"] for c in stored(page)] == ["Arithmetic", "Beta"]
+    page.get_by_role("button", name="Rename Beta").click()
+    page.get_by_role("textbox", name="Chat name").fill("never mind")
+    page.keyboard.press("Escape")  # Escape keeps the old name
+    page.locator("#history .open", has_text="Beta").wait_for()
+
+    # copy a whole chat, and one answer as its Markdown source
+    page.get_by_role("button", name="Copy Arithmetic").click()
+    page.locator("#status", has_text="Copied").wait_for()
+    assert page.evaluate("navigator.clipboard.readText()") == "You: What is 2+2?\n\ntiny-test: It is **4**."
+    page.locator("#history .open", has_text="Arithmetic").click()
+    last_answer(page).get_by_role("button", name="Copy").click()
+    page.wait_for_function("async () => (await navigator.clipboard.readText()) === 'It is **4**.'")
+
+    # delete asks first; No keeps the chat, Yes removes it and leaves an empty chat on screen
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.get_by_role("button", name="Delete Arithmetic").click()
+    assert [c["title"] for c in stored(page)] == ["Arithmetic", "Beta"]
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete Arithmetic").click()
+    page.locator("#history .open", has_text="Arithmetic").wait_for(state="detached")
+    assert [c["title"] for c in stored(page)] == ["Beta"]
+    assert page.locator(".message").count() == 0

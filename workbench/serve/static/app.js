@@ -6,18 +6,53 @@ const $ = (id) => document.getElementById(id);
 const STORE = "picochat.conversations";
 const SETTINGS = "picochat.settings";
 const SETTING_IDS = ["temperature", "top_p", "top_k", "max_tokens", "seed", "system", "api-key"];
+const KEPT_CONVERSATIONS = 50;
+const MODEL_RETRY_SECONDS = [1, 2, 5, 10]; // then every 10 s
+const BOTTOM_SLACK_PX = 24; // a reader this close to the bottom is "at the bottom" and gets followed
 
-let model = null; // the /v1/models card
-let conversations = load(STORE, []);
+let model = null; // the /v1/models card; Send stays off until it has come
+let conversations = loadConversations();
 let current = null; // the conversation on screen
 let controller = null; // AbortController of the answer being streamed
+let following = true; // whether the log sticks to the bottom as an answer grows
+
+// ---- storage ----
 
 function load(key, fallback) {
   try { return JSON.parse(localStorage.getItem(key)) ?? fallback; } catch { return fallback; }
 }
-function save() {
-  localStorage.setItem(STORE, JSON.stringify(conversations.slice(0, 50)));
+
+// Whatever is in storage (an older page's format, another tab's half-written state, hand edits)
+// comes back as well-formed conversations or not at all.
+function loadConversations() {
+  const saved = load(STORE, []);
+  if (!Array.isArray(saved)) return [];
+  const text = (value) => (typeof value === "string" ? value : "");
+  return saved
+    .filter((c) => c && typeof c === "object" && Array.isArray(c.messages))
+    .map((c, index) => ({
+      id: text(c.id) || `saved-${index}`,
+      title: text(c.title) || "Untitled",
+      named: c.named === true,
+      messages: c.messages
+        .filter((m) => m && (m.role === "user" || m.role === "assistant") && typeof m.content === "string")
+        .map((m) => ({
+          role: m.role, content: m.content, reasoning: text(m.reasoning), meta: text(m.meta),
+          error: text(m.error), model: text(m.model),
+          // an answer still streaming when its tab closed ended there
+          state: m.state === "streaming" ? "stopped" : (text(m.state) || "done"),
+        })),
+    }));
 }
+
+function save() {
+  try {
+    localStorage.setItem(STORE, JSON.stringify(conversations.slice(0, KEPT_CONVERSATIONS)));
+  } catch (error) {
+    setStatus(`Could not save the chats in this browser: ${error.message}`);
+  }
+}
+
 function headers() {
   const key = $("api-key").value.trim();
   return { "Content-Type": "application/json", ...(key ? { Authorization: `Bearer ${key}` } : {}) };
@@ -33,90 +68,252 @@ function formatParams(n) {
   return `${(n / 1e3).toFixed(1)}K params`;
 }
 
+let modelAttempt = 0; // only the latest /v1/models request may set the model
+let modelFailures = 0;
+let modelRetry = null;
+
 async function loadModel() {
-  const response = await fetch("/v1/models", { headers: headers() });
+  const attempt = ++modelAttempt;
+  clearTimeout(modelRetry);
+  model = null;
+  updateControls();
+  setStatus("Waiting for the model…");
+  let response;
+  let body = null;
+  try {
+    response = await fetch("/v1/models", { headers: headers() });
+    body = await response.json().catch(() => null);
+  } catch (error) {
+    if (attempt === modelAttempt) retryModel(`Could not reach the server (${error.message})`);
+    return;
+  }
+  if (attempt !== modelAttempt) return;
   if (response.status === 401) {
     setStatus("This server needs an API key: enter it in Settings.");
     toggleSettings(true);
     return;
   }
-  const body = await response.json();
-  model = body.data[0];
+  const card = response.ok && body && Array.isArray(body.data) ? body.data[0] : null;
+  if (!card || typeof card.id !== "string") {
+    retryModel(`The server did not name its model (HTTP ${response.status})`);
+    return;
+  }
+  modelFailures = 0;
+  model = card;
   $("model-name").textContent = model.id;
   const context = model.context_length ? ` · context ${model.context_length} tokens` : "";
   $("model-size").textContent = `${formatParams(model.params)}${context}`;
-  if (model.context_length) $("max_tokens").max = model.context_length;
+  if (model.context_length) $("max_tokens").max = model.context_length - 1;
   setStatus("");
+  updateControls();
+}
+
+function retryModel(problem) {
+  const seconds = MODEL_RETRY_SECONDS[Math.min(modelFailures++, MODEL_RETRY_SECONDS.length - 1)];
+  setStatus(`${problem}; retrying in ${seconds} s…`);
+  modelRetry = setTimeout(loadModel, seconds * 1000);
+}
+
+function modelName(message) {
+  return message.model || (model ? model.id : "picochat");
 }
 
 // ---- conversations ----
 
 function newConversation() {
-  current = { id: `${Date.now()}`, title: "New chat", messages: [] };
-  renderMessages();
-  renderHistory();
+  current = { id: `${Date.now()}-${Math.random().toString(36).slice(2, 8)}`, title: "New chat", named: false,
+              messages: [] };
+  showConversation();
 }
 
-function renderHistory() {
-  const list = $("history");
-  list.replaceChildren();
-  for (const conversation of conversations) {
-    const item = document.createElement("li");
-    item.textContent = conversation.title;
-    item.className = current && conversation.id === current.id ? "current" : "";
-    item.onclick = () => { if (!controller) { current = conversation; renderMessages(); renderHistory(); } };
-    list.append(item);
+function openConversation(conversation) {
+  if (conversation === current) { closeDrawer(); return; }
+  if (controller) {
+    setStatus("An answer is still coming: press Stop to leave this chat.");
+    return;
   }
+  current = conversation;
+  showConversation();
+}
+
+function showConversation() {
+  following = true;
+  renderMessages();
+  renderHistory();
+  closeDrawer();
 }
 
 function remember() {
   if (!conversations.includes(current)) conversations.unshift(current);
   const first = current.messages.find((m) => m.role === "user");
-  if (first) current.title = first.content.slice(0, 40);
+  if (first && !current.named) current.title = first.content.slice(0, 40);
   save();
   renderHistory();
+}
+
+function renderHistory() {
+  $("history").replaceChildren(...conversations.map(historyItem));
+}
+
+function historyItem(conversation) {
+  const item = document.createElement("li");
+  item.dataset.id = conversation.id;
+  const open = document.createElement("button");
+  open.type = "button";
+  open.className = "open";
+  open.textContent = conversation.title;
+  open.title = conversation.title;
+  if (conversation === current) open.setAttribute("aria-current", "page");
+  open.addEventListener("click", () => openConversation(conversation));
+  const actions = $("chat-actions").content.cloneNode(true);
+  const action = (name, label, handler) => {
+    const button = actions.querySelector(`.${name}`);
+    button.setAttribute("aria-label", `${label} ${conversation.title}`);
+    button.title = label;
+    button.addEventListener("click", handler);
+  };
+  action("rename", "Rename", () => startRename(item, conversation));
+  action("copy", "Copy", () => copyText(transcript(conversation)));
+  action("delete", "Delete", () => deleteConversation(conversation));
+  item.append(open, actions);
+  return item;
+}
+
+function focusInHistory(conversation, selector) {
+  const item = [...$("history").children].find((li) => li.dataset.id === conversation.id);
+  if (item) item.querySelector(selector).focus();
+}
+
+function startRename(item, conversation) {
+  const field = document.createElement("input");
+  field.className = "rename-field";
+  field.value = conversation.title;
+  field.maxLength = 200;
+  field.setAttribute("aria-label", "Chat name");
+  item.querySelector(".open").replaceWith(field);
+  field.focus();
+  field.select();
+  let ended = false;
+  const end = (keep) => {
+    if (ended) return;
+    ended = true;
+    const title = field.value.trim();
+    if (keep && title && title !== conversation.title) {
+      conversation.title = title;
+      conversation.named = true; // the first question no longer names it
+      save();
+    }
+    renderHistory();
+    focusInHistory(conversation, ".rename");
+  };
+  field.addEventListener("keydown", (event) => {
+    if (event.isComposing || event.keyCode === 229) return;
+    if (event.key === "Enter") { event.preventDefault(); end(true); }
+    if (event.key === "Escape") { event.preventDefault(); event.stopPropagation(); end(false); }
+  });
+  field.addEventListener("blur", () => end(true));
+}
+
+function deleteConversation(conversation) {
+  if (controller && conversation === current) {
+    setStatus("An answer is still coming: press Stop before deleting this chat.");
+    return;
+  }
+  if (!window.confirm(`Delete the chat “${conversation.title}”?`)) return;
+  const index = conversations.indexOf(conversation);
+  conversations = conversations.filter((c) => c !== conversation);
+  save();
+  if (conversation === current) newConversation(); else renderHistory();
+  const next = conversations[Math.min(index, conversations.length - 1)];
+  if (next) focusInHistory(next, ".open"); else $("new-chat").focus();
+  setStatus(`Deleted “${conversation.title}”.`);
+}
+
+function transcript(conversation) {
+  return conversation.messages
+    .map((m) => `${m.role === "user" ? "You" : modelName(m)}: ${m.content}`)
+    .join("\n\n");
+}
+
+async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch {
+    // no clipboard API outside secure contexts (a plain-http LAN address): the old way still works
+    const scratch = document.createElement("textarea");
+    scratch.value = text;
+    scratch.setAttribute("readonly", "");
+    scratch.className = "visually-hidden";
+    document.body.append(scratch);
+    scratch.select();
+    const copied = document.execCommand("copy");
+    scratch.remove();
+    if (!copied) { setStatus("This browser would not copy: select the text instead."); return; }
+  }
+  setStatus("Copied to the clipboard.");
 }
 
 // ---- rendering ----
 
 function messageElement(message) {
-  const element = document.createElement("div");
+  const element = document.createElement("article");
   element.className = `message ${message.role}`;
   const role = document.createElement("div");
   role.className = "role";
-  role.textContent = message.role === "user" ? "You" : (model ? model.id : "picochat");
+  role.textContent = message.role === "user" ? "You" : modelName(message);
   element.append(role);
   if (message.role === "assistant") {
     const thought = document.createElement("details");
     thought.className = "thought";
-    thought.innerHTML = "<summary>Thought</summary><div class=\"thought-text\"></div>";
-    const content = document.createElement("div");
-    content.className = "content";
-    const meta = document.createElement("div");
-    meta.className = "meta muted";
-    element.append(thought, content, meta);
-  } else {
-    const content = document.createElement("div");
-    content.className = "content";
-    element.append(content);
+    const summary = document.createElement("summary");
+    summary.textContent = "Thought";
+    const thoughtText = document.createElement("div");
+    thoughtText.className = "thought-text";
+    thought.append(summary, thoughtText);
+    element.append(thought);
   }
-  updateMessage(element, message);
+  const content = document.createElement("div");
+  content.className = "content";
+  const footer = document.createElement("div");
+  footer.className = "footer";
+  const meta = document.createElement("span");
+  meta.className = "meta muted";
+  const copy = document.createElement("button");
+  copy.type = "button";
+  copy.className = "copy-message";
+  copy.textContent = "Copy";
+  copy.addEventListener("click", () => copyText(message.content));
+  footer.append(meta, copy);
+  element.append(content, footer);
+  showMessage(element, message);
   return element;
 }
 
-function updateMessage(element, message) {
-  element.dataset.state = message.state || "done";
+// The parts of a message element that change while it streams, except its content.
+function showState(element, message) {
+  const state = message.state || "done";
+  element.dataset.state = state;
+  element.setAttribute("aria-busy", String(state === "streaming"));
+  element.querySelector(".meta").textContent = message.meta || "";
+  element.querySelector(".copy-message").hidden = state === "streaming";
+  const thought = element.querySelector(".thought");
+  if (thought) {
+    thought.hidden = !message.reasoning;
+    thought.querySelector(".thought-text").textContent = message.reasoning || "";
+  }
+}
+
+// The whole message, content included: rendered in one go, or, for an answer that was streaming,
+// finished by its StreamView.
+function showMessage(element, message, view = null) {
+  showState(element, message);
   const content = element.querySelector(".content");
   if (message.role === "user") {
     content.textContent = message.content;
     return;
   }
-  content.innerHTML = Markdown.render(message.content);
-  const thought = element.querySelector(".thought");
-  thought.hidden = !message.reasoning;
-  thought.querySelector(".thought-text").textContent = message.reasoning || "";
-  const meta = element.querySelector(".meta");
-  meta.textContent = message.meta || "";
+  if (view) view.finish(message.content);
+  else content.innerHTML = Markdown.render(message.content);
   if (message.error) {
     const error = document.createElement("div");
     error.className = "error";
@@ -126,11 +323,34 @@ function updateMessage(element, message) {
 }
 
 function renderMessages() {
+  $("messages").replaceChildren(...current.messages.map(messageElement));
+  followLatest();
+  updateControls();
+}
+
+function appendMessage(message) {
+  const element = messageElement(message);
+  $("messages").append(element);
+  return element;
+}
+
+// ---- following the latest text ----
+
+function atBottom() {
   const box = $("messages");
-  box.replaceChildren(...current.messages.map(messageElement));
-  box.scrollTop = box.scrollHeight;
-  const last = current.messages[current.messages.length - 1];
-  $("regenerate").hidden = !(last && last.role === "assistant") || controller !== null;
+  return box.scrollHeight - box.scrollTop - box.clientHeight <= BOTTOM_SLACK_PX;
+}
+
+// After the log grew: a reader at the bottom stays there; one who scrolled up is left in peace and
+// offered a way down.
+function followLatest() {
+  if (following) $("messages").scrollTop = $("messages").scrollHeight;
+  $("jump-latest").hidden = following || atBottom();
+}
+
+function jumpToLatest() {
+  following = true;
+  followLatest();
 }
 
 // ---- talking to the server ----
@@ -142,16 +362,16 @@ function requestBody() {
     .filter((m) => m.state !== "streaming" && m.content.trim())
     .map((m) => ({ role: m.role, content: m.content }));
   return {
-    model: model ? model.id : "picochat",
+    model: model.id,
     messages: system ? [{ role: "system", content: system }, ...history] : history,
     stream: true,
     stream_options: { include_usage: true },
     temperature: number("temperature"),
     top_p: number("top_p"),
     top_k: number("top_k"),
-    // never more than the context holds (the server would refuse it)
-    max_tokens: model && model.context_length && number("max_tokens")
-      ? Math.min(number("max_tokens"), model.context_length) : number("max_tokens"),
+    // never more than the context holds beside a prompt of one token (the server would refuse it)
+    max_tokens: model.context_length && number("max_tokens")
+      ? Math.min(number("max_tokens"), model.context_length - 1) : number("max_tokens"),
     seed: number("seed"),
   };
 }
@@ -181,23 +401,26 @@ async function* serverEvents(response) {
 }
 
 async function generate() {
-  const answer = { role: "assistant", content: "", reasoning: "", state: "streaming" };
   const body = requestBody();
+  const answer = { role: "assistant", content: "", reasoning: "", state: "streaming", model: model.id };
   current.messages.push(answer);
   remember();
-  renderMessages();
-  const element = $("messages").lastElementChild;
+  following = true; // a new question: its answer is what the reader wants to see
+  const element = appendMessage(answer);
+  const view = new Markdown.StreamView(element.querySelector(".content"));
+  followLatest();
   controller = new AbortController();
-  setBusy(true);
+  updateControls();
   const started = performance.now();
   let firstToken = null;
-  let redraw = 0;
+  // At most one repaint per frame, and each repaint renders only the unfinished last block.
+  let frame = 0;
   const draw = () => {
-    if (redraw) return;
-    redraw = requestAnimationFrame(() => {
-      redraw = 0;
-      updateMessage(element, answer);
-      $("messages").scrollTop = $("messages").scrollHeight;
+    frame ||= requestAnimationFrame(() => {
+      frame = 0;
+      view.update(answer.content);
+      showState(element, answer);
+      followLatest();
     });
   };
   try {
@@ -236,20 +459,41 @@ async function generate() {
       answer.error = error.message;
     }
   } finally {
-    if (redraw) cancelAnimationFrame(redraw);
-    redraw = 0;
+    cancelAnimationFrame(frame);
     controller = null;
-    setBusy(false);
-    updateMessage(element, answer);
+    showMessage(element, answer, view);
+    followLatest();
     remember();
-    renderMessages();
+    updateControls();
   }
 }
 
-function setBusy(busy) {
+function updateControls() {
+  const busy = controller !== null;
   $("send").hidden = busy;
+  $("send").disabled = !model;
   $("stop").hidden = !busy;
-  $("regenerate").hidden = true;
+  const last = current && current.messages[current.messages.length - 1];
+  $("regenerate").hidden = busy || !model || !(last && last.role === "assistant");
+}
+
+// ---- the drawer (phone width: the history slides in over the chat) ----
+
+const phoneWidth = window.matchMedia("(max-width: 40rem)");
+
+function openDrawer() {
+  document.body.classList.add("drawer-open");
+  $("menu-toggle").setAttribute("aria-expanded", "true");
+  $("backdrop").hidden = false;
+  $("new-chat").focus();
+}
+
+function closeDrawer() {
+  if (!document.body.classList.contains("drawer-open")) return;
+  document.body.classList.remove("drawer-open");
+  $("menu-toggle").setAttribute("aria-expanded", "false");
+  $("backdrop").hidden = true;
+  $("menu-toggle").focus();
 }
 
 // ---- wiring ----
@@ -263,7 +507,7 @@ function toggleSettings(open) {
 function restoreSettings() {
   const saved = load(SETTINGS, {});
   for (const id of SETTING_IDS) {
-    if (saved[id] !== undefined) $(id).value = saved[id];
+    if (typeof saved[id] === "string") $(id).value = saved[id];
     $(id).addEventListener("change", () => {
       const now = load(SETTINGS, {});
       now[id] = $(id).value;
@@ -276,28 +520,49 @@ function restoreSettings() {
 $("composer").addEventListener("submit", (event) => {
   event.preventDefault();
   const text = $("input").value.trim();
-  if (!text || controller) return;
+  if (!text || controller || !model) return;
   $("input").value = "";
-  current.messages.push({ role: "user", content: text });
+  const question = { role: "user", content: text };
+  current.messages.push(question);
+  appendMessage(question);
   generate();
 });
 $("input").addEventListener("keydown", (event) => {
-  if (event.key === "Enter" && !event.shiftKey) {
-    event.preventDefault();
-    $("composer").requestSubmit();
-  }
+  // Enter that picks an input-method candidate (Japanese, Chinese, Korean...) is not a send.
+  if (event.key !== "Enter" || event.shiftKey || event.isComposing || event.keyCode === 229) return;
+  event.preventDefault();
+  $("composer").requestSubmit();
 });
 $("stop").addEventListener("click", () => controller && controller.abort());
 $("regenerate").addEventListener("click", () => {
-  if (controller) return;
+  if (controller || !model) return;
   const last = current.messages[current.messages.length - 1];
-  if (last && last.role === "assistant") current.messages.pop();
+  if (last && last.role === "assistant") {
+    current.messages.pop();
+    $("messages").lastElementChild.remove();
+  }
   generate();
 });
-$("new-chat").addEventListener("click", () => { if (!controller) newConversation(); });
+$("new-chat").addEventListener("click", () => {
+  if (controller) setStatus("An answer is still coming: press Stop to start a new chat.");
+  else newConversation();
+});
+$("messages").addEventListener("scroll", () => {
+  following = atBottom();
+  $("jump-latest").hidden = following;
+});
+$("jump-latest").addEventListener("click", jumpToLatest);
+$("menu-toggle").addEventListener("click", () => {
+  if (document.body.classList.contains("drawer-open")) closeDrawer(); else openDrawer();
+});
+$("backdrop").addEventListener("click", closeDrawer);
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Escape") closeDrawer();
+});
+phoneWidth.addEventListener("change", closeDrawer);
 $("settings-toggle").addEventListener("click", () => toggleSettings());
 $("settings").addEventListener("submit", (event) => event.preventDefault());
 
 restoreSettings();
 newConversation();
-loadModel().catch((error) => setStatus(`Could not reach the server: ${error.message}`));
+loadModel();
