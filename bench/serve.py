@@ -120,7 +120,7 @@ async def run_level(url: str, model: str, clients: int, requests: int, tokens: i
         seconds = time.perf_counter() - started
     return {"requests_per_second": requests / seconds, "ttft_mean": statistics.mean(ttfts),
             "ttft_p50": statistics.median(ttfts), "ttft_p95": percentile(ttfts, 95),
-            "tokens_per_second": produced / seconds, "requests": requests}
+            "tokens_per_second": produced / seconds, "tokens": produced, "requests": requests}
 
 
 def percentile(values: list[float], percent: float) -> float:
@@ -158,6 +158,13 @@ def load() -> str:
     return f"load {os.getloadavg()[0]:.1f}"
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time the server process has used (user + system): on a shared machine, tokens per
+    server CPU second compare where tokens per second cannot."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", nargs="?", help="checkpoint or run folder (default: make a random one)")
@@ -182,11 +189,14 @@ def main() -> None:
             single = None
             for clients in args.clients:
                 requests = args.requests or max(8, 2 * clients)
+                cpu_before = cpu_seconds(process.pid)
                 result = asyncio.run(run_level(url, model, clients, requests, args.tokens, headers))
+                per_cpu = result["tokens"] / (cpu_seconds(process.pid) - cpu_before)
                 single = single or (result["tokens_per_second"] if clients == 1 else None)
                 ratio = f" (x {result['tokens_per_second'] / single:.1f})" if single else ""
                 print(f"serve {model} c={clients}: {result['tokens_per_second']:.0f} tok/s{ratio} | "
-                      f"{result['requests_per_second']:.2f} req/s | ttft p50 {result['ttft_p50'] * 1000:.0f} ms "
+                      f"{per_cpu:.0f} tok per server cpu-s | {result['requests_per_second']:.2f} req/s | "
+                      f"ttft p50 {result['ttft_p50'] * 1000:.0f} ms "
                       f"p95 {result['ttft_p95'] * 1000:.0f} ms | {requests} requests x {args.tokens} tokens "
                       f"({device}, {load()})", flush=True)
             ttfts = asyncio.run(beside_a_megabyte(url, model, args.tokens, headers))
