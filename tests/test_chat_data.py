@@ -165,3 +165,92 @@ def test_sft_batches_are_resumable_and_rows_stay_whole(tokenizer):
 
     val, stats = chat.val_batches(data.val, tokenizer, 128, batch_size=16)
     assert sum(b[0].shape[0] for b in val) == len(data.val) == stats.conversations
+
+
+# ---- the RustGPT fork's format: a JSON list of "User: ... Assistant: ..." strings ----
+
+
+def test_a_json_list_of_prefixed_strings_is_chat_data(tmp_path, tokenizer):
+    path = tmp_path / "chat.json"
+    path.write_text(json.dumps([
+        "User: Hello Assistant: Hello, how can I help?",
+        "User: What is 2+2? Assistant: 4. User: Thanks! Assistant: You are welcome.",
+        "no prefixes at all",
+        "Assistant: I speak first",
+        "User: hi Assistant:   ",
+        "Intro User: hi Assistant: hey",
+        GOOD,  # objects may share the list
+    ]), encoding="utf-8")
+    conversations, report = chat.load_chat_file(path)
+    assert conversations[0] == [{"role": "user", "content": "Hello"},
+                                {"role": "assistant", "content": "Hello, how can I help?"}]
+    assert [m["content"] for m in conversations[1]] == ["What is 2+2?", "4.", "Thanks!", "You are welcome."]
+    assert len(conversations) == 3 and report.lines == 7
+    assert report.skipped == Counter({"no turn prefixes": 1, "wrong alternation": 1, "empty content": 1,
+                                      "text before the first turn prefix": 1})
+    assert "3 conversations from 7 items" in report.summary() and "(first at item 3)" in report.summary()
+    # converted like JSONL conversations: rendered with the loss on the assistant's turns only
+    stats = chat.RenderStats()
+    ids, mask = chat.render_row(tokenizer, conversations[0], 128, stats)
+    assert tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if m]) == \
+        "Hello, how can I help?<|assistant_end|>"
+
+    # the same strings as JSONL lines, with other prefixes ([sft] turn_prefixes)
+    lines = write_jsonl(tmp_path / "qa.jsonl", [json.dumps("Q: Hi there A: Hello!"), json.dumps("User: x Assistant: y")])
+    conversations, report = chat.load_chat_file(lines, ("Q:", "A:"))
+    assert conversations == [[{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"}]]
+    assert report.skipped == Counter({"no turn prefixes": 1})
+
+
+def test_unusable_json_chat_files_are_one_line_of_bad_input(tmp_path):
+    path = tmp_path / "chat.json"
+    for text, message in (('{"User": "x"}', "expected a JSON list of conversations"),
+                          ('[\n"User: a Assistant: b",\n', r"chat\.json:3: invalid JSON"),
+                          ("[" * 100_000, r"chat\.json:1: nested too deeply"),
+                          ('["no prefix"]', "no valid chat conversations in 1 items: no turn prefixes")):
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(BadInput, match=message) as error:
+            chat.load_chat_file(path)
+        assert len(str(error.value).splitlines()) == 1
+    # JSON Lines saved as .json is read as JSONL
+    path.write_text(json.dumps(GOOD) + "\n" + json.dumps("User: a Assistant: b") + "\n", encoding="utf-8")
+    conversations, report = chat.load_chat_file(path)
+    assert len(conversations) == 2 and report.unit == "line"
+
+
+# ---- [sft] val_fraction, optional datasets, synthetic:chat ----
+
+
+def test_val_fraction_zero_trains_on_every_conversation(tmp_path):
+    facts = write_jsonl(tmp_path / "facts.jsonl", [{"messages": [{"role": "user", "content": f"Fact {i}?"},
+                                                                 {"role": "assistant", "content": f"F{i}."}]}
+                                                   for i in range(30)])
+    held = chat.load_datasets([str(facts)], Path, seed=0)
+    assert len(held.val) == 1  # 5 % of 30 by default
+    data = chat.load_datasets([str(facts)], Path, seed=0, val_fraction=0.0)
+    assert data.val == [] and data.probes == []
+    assert {next(data.train)[0]["content"] for _ in range(30)} == {f"Fact {i}?" for i in range(30)}
+
+
+def test_an_optional_dataset_that_is_missing_is_left_out_with_a_note(tmp_path):
+    missing = tmp_path / "absent" / "chat.jsonl"
+    data = chat.load_datasets(["synthetic:chat:1", f"{missing}?:0.5"], Path, seed=0)
+    assert data.notes == [f"optional dataset {missing} not found: training without it"]
+    assert [d.name for d in data.train.datasets] == ["synthetic:chat"]
+    present = write_jsonl(tmp_path / "chat.jsonl", [GOOD] * 3)
+    data = chat.load_datasets(["synthetic:chat:1", f"{present}?:0.5"], Path, seed=0)
+    assert not data.notes and [d.name for d in data.train.datasets] == ["synthetic:chat", str(present)]
+    with pytest.raises(BadInput, match="none of the optional datasets exists"):
+        chat.load_datasets([f"{missing}?:0.5"], Path, seed=0)
+    with pytest.raises(BadInput, match="chat data not found"):  # without the mark it must exist
+        chat.load_datasets([f"{missing}:0.5"], Path, seed=0)
+
+
+def test_synthetic_chat_trains_and_validates_on_separate_streams(tokenizer):
+    data = chat.load_datasets(["synthetic:chat:1", "synthetic:arith:1"], Path, seed=0)
+    assert len(data.val) == 2 * chat.SYNTHETIC_VAL_SIZE
+    chats = [probe for probe in data.probes if probe[1] is None]
+    assert len(chats) == chat.SYNTHETIC_VAL_SIZE and chats[0][0][-1]["role"] == "user"
+    batches = chat.SftBatches(data.train, tokenizer, 128, 8)
+    inputs, targets = next(batches)
+    assert inputs.shape[0] == 8 and batches.stats.truncated == 0

@@ -132,6 +132,22 @@ def test_missing_file_is_bad_input(checkpoint_copy, name):
         load_checkpoint(checkpoint_copy)
 
 
+def test_a_folder_without_meta_json_loads_with_one_warning_but_never_resumes(checkpoint_copy, capsys):
+    from workbench.cli import main
+
+    (checkpoint_copy / "meta.json").unlink()
+    (checkpoint_copy / "optimizer.safetensors").unlink()  # weights + config + tokenizer, as picochat-rs ships
+    loaded = load_checkpoint(checkpoint_copy)
+    assert loaded.meta == {} and loaded.step == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"warning: {checkpoint_copy}: no meta.json")
+    with pytest.raises(BadInput, match=r"meta\.json: missing from the checkpoint, so training cannot resume"):
+        load_checkpoint(checkpoint_copy, with_optimizer=True)
+    assert main(["chat", str(checkpoint_copy), "-p", "Hello", "--temperature", "0", "--max-tokens", "4",
+                 "--device", "cpu"]) == 0
+    assert capsys.readouterr().err.count("warning:") == 1
+
+
 def test_garbage_files_are_bad_input(checkpoint_copy):
     (checkpoint_copy / "meta.json").write_text("{not json")
     with pytest.raises(BadInput, match=r"meta\.json"):

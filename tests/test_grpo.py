@@ -105,6 +105,51 @@ def test_clipping_and_kl():
     assert stats["kl"] == pytest.approx(math.exp(-1) + 1 - 1) and float(moved) > 0
 
 
+def test_loss_normalizations_weight_long_and_short_completions_as_named():
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])  # a 4-token and a 1-token completion
+    token = grpo.loss_weights(mask, "token")
+    assert torch.allclose(token, mask / 5)  # every token alike: the long answer holds 4/5 of the weight
+    sequence = grpo.loss_weights(mask, "sequence")
+    assert torch.allclose(sequence.sum(dim=1), torch.tensor([0.5, 0.5]))  # each completion alike
+    constant = grpo.loss_weights(mask, "constant", max_new_tokens=8)
+    assert torch.allclose(constant, mask / 16)
+    logprobs = torch.full((2, 4), -1.0, requires_grad=True)
+    loss, _ = grpo.policy_loss(logprobs, mask, torch.tensor([1.0, -1.0]), weights=sequence)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0) and logprobs.grad[1, 0] == pytest.approx(0.5)
+
+
+def test_paired_interval_of_a_change_in_accuracy():
+    before = [False] * 60 + [True] * 40
+    after = [True] * 20 + [False] * 40 + [True] * 40  # 20 prompts fixed, none broken
+    change, low, high = grpo.paired_difference(before, after)
+    assert change == pytest.approx(0.2) and 0.1 < low < 0.2 < high < 0.3
+    same, low, high = grpo.paired_difference(before, before)
+    assert (same, low, high) == (0.0, 0.0, 0.0)
+    noisy = [True, False] * 50
+    change, low, high = grpo.paired_difference(noisy, noisy[1:] + noisy[:1])  # every prompt flips
+    assert change == 0 and low < -0.15 and high > 0.15
+    assert grpo.proportion_interval([True] * 50 + [False] * 50) == pytest.approx(1.959964 * 0.05)
+
+
+def test_a_mixture_of_tasks_draws_by_weight_and_scores_each_prompt_by_its_task(tiny_config):
+    import dataclasses
+
+    cfg = dataclasses.replace(tiny_config, grpo=dataclasses.replace(
+        tiny_config.grpo, tasks=["arith:3", "tool:1"], held_out=10))
+    task = grpo.build_task(cfg)
+    prompts = [task.prompt_at(i) for i in range(400)]
+    assert prompts[:20] == [task.prompt_at(i) for i in range(20)]  # a pure function of the index
+    share = sum(p.task == "arith" for p in prompts) / len(prompts)
+    assert 0.68 < share < 0.82, share
+    assert [t.name for t in task.evaluated()] == ["arith", "tool"] and len(task.held_out) == 20
+    tool_prompt = next(p for p in prompts if p.task == "tool")
+    plain = f"The answer is {tool_prompt.answer}.<|assistant_end|>"
+    assert task.scorer_for(tool_prompt).reward(plain, tool_prompt.answer) == 0.5  # tool's reward: no call
+    arith_prompt = next(p for p in prompts if p.task == "arith")
+    assert task.scorer_for(arith_prompt).reward(f"The answer is {arith_prompt.answer}.", arith_prompt.answer) == 1
+
+
 def test_build_batch_masks_prompt_and_forced_tool_output():
     group = grpo.Group(grpo.Prompt([{"role": "user", "content": "q"}], 3), prompt_ids=[1, 2, 3])
     group.completions = [[10, 11, 12, 13, 14], [20]]
@@ -140,7 +185,7 @@ def test_file_tasks_read_the_shared_data(tiny_config):
         prompt = task.prompt_at(0)
         assert prompt.messages[0]["role"] == "user" and prompt.answer is not None
         assert task.prompt_at(5) == task.prompt_at(5)  # deterministic: a resumed run sees the same prompts
-        assert len(task.held_out) == grpo.HELD_OUT_PROMPTS
+        assert len(task.held_out) == cfg.grpo.held_out
     arc = grpo.arc_prompts(Path(tiny_config.eval.data_dir, "arc", "ai2-format", "ARC-Easy-Dev.jsonl"))
     assert all(p.answer in "ABCDE" for p in arc) and "A. " in arc[0].messages[0]["content"]
 
@@ -199,3 +244,33 @@ def test_tiny_grpo_run_raises_the_reward_and_resumes(make_tiny_config, tiny_chec
     resumed = runs.read_metrics(cut.stage_dir("grpo"), kind="grpo")
     assert [r["step"] for r in resumed] == list(range(16, 31))
     assert [r["reward_mean"] for r in resumed] == [r["reward_mean"] for r in records[15:]]
+
+
+@pytest.mark.slow
+def test_iterations_per_batch_make_the_clip_bite_and_the_end_is_compared_with_the_start(make_tiny_config,
+                                                                                        tiny_checkpoint):
+    from workbench import runs
+
+    prompts = [grpo.Prompt([{"role": "user", "content": word}], None) for word in ("Speak.", "Say it.", "Go.")]
+    task = grpo.Task("no-e", lambda index: prompts[index % 3], prompts * 4, no_letter_e,
+                     lambda t, a: no_letter_e(t, a) == 1)
+    settings = {"init_from": str(tiny_checkpoint), "steps": 3, "group_size": 6, "prompts_per_step": 2,
+                "max_new_tokens": 6, "lr_scale": 0.5, "save_every": 3, "clip_epsilon": 0.05}
+    once = make_tiny_config(grpo=settings)
+    grpo.grpo(once, verbose=False, task=task)
+    assert all(r["clip_fraction"] == 0 for r in runs.read_metrics(once.stage_dir("grpo"), kind="grpo")
+               if r["updated"])  # one iteration: the ratio is always 1
+
+    repeated = make_tiny_config(grpo={**settings, "iterations_per_batch": 3, "loss_normalization": "sequence"})
+    result = grpo.grpo(repeated, verbose=False, task=task)
+    records = [r for r in runs.read_metrics(repeated.stage_dir("grpo"), kind="grpo") if r["updated"]]
+    assert records and any(r["clip_fraction"] > 0 for r in records)
+
+    # the end is measured against the frozen start on the same 12 held-out prompts, paired
+    start, end = runs.read_metrics(repeated.stage_dir("grpo"), kind="eval")
+    assert start["step"] == 0 and start["no-e_held_out"] == 12 and "no-e_greedy_gain" not in start
+    change = end["no-e_greedy_accuracy"] - start["no-e_greedy_accuracy"]
+    assert end["no-e_greedy_gain"] == pytest.approx(change)
+    assert end["no-e_greedy_gain_low"] <= change <= end["no-e_greedy_gain_high"]
+    assert result.gains["no-e"][0] == pytest.approx(change)
+    assert "no-e held-out greedy accuracy" in runs.read_status(repeated.stage_dir("grpo"))["message"]

@@ -83,3 +83,27 @@ def test_sft_teaches_the_chat_format_and_resumes_exactly(make_tiny_config, tiny_
     a = load_checkpoint(result.last_checkpoint).model.state_dict()
     b = load_checkpoint(resumed.last_checkpoint).model.state_dict()
     assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_thirty_facts_from_a_folder_without_meta_json_train_on_all_without_evaluations(
+        make_tiny_config, tiny_checkpoint, tmp_path, capsys):
+    bare = tmp_path / "bare"  # weights + config + tokenizer, as picochat-rs ships a model
+    bare.mkdir()
+    for name in ("model.safetensors", "config.json", "tokenizer.json"):
+        shutil.copy(tiny_checkpoint / name, bare / name)
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Fact {i}?"},
+                                                      {"role": "assistant", "content": f"F{i}."}]}) + "\n"
+                             for i in range(30)))
+    cfg = make_tiny_config(sft={"init_from": str(bare), "datasets": [str(facts)], "steps": 4, "device_batch_size": 8,
+                                "val_fraction": 0.0, "eval_every": 0, "save_every": 4})
+    result = sft(cfg, verbose=False)
+    assert result.step == 4 and not result.stopped
+    run_dir = cfg.stage_dir("sft")
+    assert runs.read_metrics(run_dir, kind="eval") == []  # eval_every = 0: never
+    events = [r["message"] for r in runs.read_metrics(run_dir, kind="event")]
+    assert "no evaluations: [sft] eval_every = 0" in events
+    meta = json.loads((result.last_checkpoint / "meta.json").read_text())
+    assert meta["sft_state"]["mixture"]["counts"] == {str(facts): 32}  # nothing held out of the 30
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and f"{bare}: no meta.json" in err

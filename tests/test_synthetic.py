@@ -58,3 +58,19 @@ def test_conversation_has_a_calculator_call_and_a_checkable_answer():
     assert tool_reward(reply, problem.answer) == 1.0
     assert synthetic.reward(reply, problem) == 1.0
     assert synthetic.reward(f"The answer is {problem.answer + 1}.", problem) == 0.0
+
+
+def test_chat_family_greets_introduces_itself_and_answers_simple_questions():
+    from workbench.data.chat import normalize_conversation
+
+    conversations = synthetic.chats(300, seed=5)
+    assert conversations == synthetic.chats(300, seed=5) and conversations != synthetic.chats(300, seed=6)
+    assert synthetic.chats(5, seed=5, start=20) == conversations[20:25]
+    for conversation in conversations:
+        normalize_conversation(conversation)  # valid chat: user first, alternating, assistant last
+    replies = [c["messages"][-1]["content"] for c in conversations]
+    assert any(r in synthetic.GREETING_REPLIES for r in replies)
+    assert synthetic.IDENTITY_REPLY in replies
+    assert any(r.startswith("The capital of") for r in replies) and "A cat meows." in replies
+    assert len(set(replies)) > 60  # not a handful of canned lines
+    assert any(len(c["messages"]) == 4 for c in conversations)  # a greeting, then a question

@@ -2,21 +2,28 @@
 
 A chat JSONL line is {"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}
 (other fields are ignored; a GSM8K line {"question", "answer"} is read as one exchange). A system
-message folds into the first user turn. Malformed lines (bad JSON, missing roles, unknown roles,
-wrong user/assistant alternation, empty content, no assistant reply, bytes that are not UTF-8,
-JSON nested too deeply) are counted by reason and skipped; `LoadReport.summary()` says what was
-skipped where. A UTF-8 byte order mark is allowed. A file with no usable line, a UTF-16 or binary
-file, and anything but a regular file (a FIFO would hang the reader) are BadInput.
+message folds into the first user turn. A line may also be one string of prefixed turns, as the
+RustGPT fork's chat data is: "User: Hello Assistant: Hello, how can I help?" ([sft] turn_prefixes,
+a prefix counts at the start or after whitespace). A .json file holds a list of either kind (read
+whole, up to MAX_JSON_BYTES); JSON Lines saved as .json also works. Malformed lines or items
+(bad JSON, missing roles, unknown roles, wrong user/assistant alternation, empty content, no
+assistant reply, a string without turn prefixes, bytes that are not UTF-8, JSON nested too deeply)
+are counted by reason and skipped; `LoadReport.summary()` says what was skipped where. A UTF-8
+byte order mark is allowed. A file with no usable line, a UTF-16 or binary file, and anything but
+a regular file (a FIFO would hang the reader) are BadInput.
 
 GSM8K answers carry calculator annotations "48/2 = <<48/2=24>>24 clips": each becomes a tool call
 in the assistant's content parts (text, {"type": "python", "text": "48/2"}, {"type":
 "python_output", "text": "24"}, text), so the model learns to call the calculator; the closing
 "#### 72" line stays as the answer line.
 
-Datasets are mixed by weight ("path:weight" or "synthetic:arith:weight" in [sft] datasets) by a
-seeded sampler whose position (a draw count per dataset) is part of the checkpoint, so a resumed
-SFT run sees the same conversations an uninterrupted one would. Each file dataset holds out a few
-conversations for validation; synthetic data validates on a separate seed.
+Datasets are mixed by weight ("path:weight", "synthetic:arith:weight" or "synthetic:chat:weight"
+in [sft] datasets) by a seeded sampler whose position (a draw count per dataset) is part of the
+checkpoint, so a resumed SFT run sees the same conversations an uninterrupted one would. A path
+ending in "?" ("../shared/x.jsonl?:0.5") is optional: when it is missing the mixture goes on
+without it, with a note. Each file dataset holds out [sft] val_fraction of its conversations for
+validation (none below 20 conversations, and none at 0: train on all 30 facts); synthetic data
+validates on a separate seed.
 
 Batches: one conversation per row (never split across rows), rendered by
 Tokenizer.render_conversation, truncated to seq_len + 1 tokens (counted), padded to the longest
@@ -44,10 +51,14 @@ ROLES = ("system", "user", "assistant")
 PART_TYPES = ("text", "thinking", "python", "python_output")
 CALCULATOR_ANNOTATION = re.compile(r"<<([^<>=]*)=([^<>]*)>>")
 SYNTHETIC_PREFIX = "synthetic:"
-VAL_FRACTION = 0.05  # of each file dataset, held out for validation
+VAL_FRACTION = 0.05  # of each file dataset, held out for validation ([sft] val_fraction)
+MIN_CONVERSATIONS_FOR_VAL = 20  # smaller file datasets train on everything
 MAX_VAL_PER_DATASET = 100
 SYNTHETIC_VAL_SIZE = 100
 SYNTHETIC_VAL_SEED_OFFSET = 1_000_003  # validation problems come from their own seed
+OPTIONAL_MARK = "?"
+DEFAULT_TURN_PREFIXES = ("User:", "Assistant:")
+MAX_JSON_BYTES = 256 << 20  # a .json chat file is parsed whole; larger data belongs in JSONL
 
 
 class ChatFormatError(ValueError):
@@ -104,11 +115,29 @@ def _content_of(message: dict[str, Any], role: str) -> str | list[dict[str, str]
     return parts
 
 
-def normalize_conversation(record: Any) -> list[dict[str, Any]]:
+def split_prefixed_turns(text: str, turn_prefixes=DEFAULT_TURN_PREFIXES) -> list[dict[str, str]]:
+    """"User: Hello Assistant: Hi!" -> [{"role": "user", "content": "Hello"}, {"role": "assistant",
+    "content": "Hi!"}]. A prefix counts at the start of the text or after whitespace; text before
+    the first prefix, or no prefix at all, is a ChatFormatError (alternation is checked later)."""
+    user, assistant = turn_prefixes
+    pattern = re.compile(r"(?:^|(?<=\s))(" + re.escape(user) + "|" + re.escape(assistant) + ")")
+    pieces = pattern.split(text)  # [before, prefix, content, prefix, content, ...]
+    if len(pieces) == 1:
+        raise ChatFormatError("no turn prefixes", f"expected {user!r} and {assistant!r}")
+    if pieces[0].strip():
+        raise ChatFormatError("text before the first turn prefix")
+    return [{"role": "user" if prefix == user else "assistant", "content": content.strip()}
+            for prefix, content in zip(pieces[1::2], pieces[2::2], strict=True)]
+
+
+def normalize_conversation(record: Any, turn_prefixes=DEFAULT_TURN_PREFIXES) -> list[dict[str, Any]]:
     """Validated messages: user/assistant alternating, starting with user, ending with assistant,
-    the system message folded into the first user turn. Raises ChatFormatError."""
+    the system message folded into the first user turn. A string is a conversation of prefixed
+    turns (split_prefixed_turns). Raises ChatFormatError."""
+    if isinstance(record, str):
+        record = {"messages": split_prefixed_turns(record, turn_prefixes)}
     if not isinstance(record, dict):
-        raise ChatFormatError("not an object")
+        raise ChatFormatError("not an object or a string")
     if "messages" not in record and isinstance(record.get("question"), str) and isinstance(record.get("answer"), str):
         record = {"messages": [{"role": "user", "content": record["question"]},
                                {"role": "assistant", "content": record["answer"]}]}
@@ -147,23 +176,74 @@ def normalize_conversation(record: Any) -> list[dict[str, Any]]:
 @dataclass
 class LoadReport:
     path: str
-    lines: int = 0
+    lines: int = 0  # lines of a JSONL file, items of a .json list
     kept: int = 0
     skipped: Counter = field(default_factory=Counter)
-    examples: dict[str, int] = field(default_factory=dict)  # reason -> first line number
+    examples: dict[str, int] = field(default_factory=dict)  # reason -> first line (item) number
+    unit: str = "line"
 
     def reasons(self) -> str:
-        return ", ".join(f"{reason}: {count} (first at line {self.examples[reason]})"
+        return ", ".join(f"{reason}: {count} (first at {self.unit} {self.examples[reason]})"
                          for reason, count in self.skipped.most_common())
 
     def summary(self) -> str:
-        text = f"{self.path}: {self.kept} conversations from {self.lines} lines"
+        text = f"{self.path}: {self.kept} conversations from {self.lines} {self.unit}s"
         if self.skipped:
             text += f"; skipped {sum(self.skipped.values())} ({self.reasons()})"
         return text
 
 
-def load_chat_jsonl(path: str | Path) -> tuple[list[list[dict[str, Any]]], LoadReport]:
+def load_chat_file(path: str | Path, turn_prefixes=DEFAULT_TURN_PREFIXES) -> tuple[list, LoadReport]:
+    """A .json list (load_chat_json) or a JSONL file (load_chat_jsonl), by the file's suffix."""
+    if Path(path).suffix.lower() == ".json":
+        return load_chat_json(path, turn_prefixes)
+    return load_chat_jsonl(path, turn_prefixes)
+
+
+def load_chat_json(path: str | Path, turn_prefixes=DEFAULT_TURN_PREFIXES) -> tuple[list, LoadReport]:
+    """Every valid conversation of a .json file holding a list of conversations (prefixed-turn
+    strings or {"messages": ...} objects), and a report counting bad items. A file that is not one
+    JSON value but JSON Lines is read as JSONL. BadInput when the file is unusable as a whole
+    (missing, not regular, over MAX_JSON_BYTES, not UTF-8, invalid JSON, not a list, no valid item)."""
+    path = Path(path)
+    with open_regular(path, "chat data") as handle:
+        try:
+            raw = handle.read(MAX_JSON_BYTES + 1)
+        except OSError as error:
+            raise BadInput(f"{path}: cannot read chat data ({error.strerror or error})") from None
+    if len(raw) > MAX_JSON_BYTES:
+        raise BadInput(f"{path}: a .json chat file over {MAX_JSON_BYTES >> 20} MiB; write it as JSONL "
+                       f"(one conversation per line)")
+    problem = sniff_head(raw[:SNIFF_BYTES])
+    if problem:
+        raise BadInput(f"{path}: {problem}")
+    try:
+        text = raw.removeprefix(BOM).decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise BadInput(f"{path}: not UTF-8 (byte {error.start})") from None
+    del raw
+    try:
+        items = parse_json(text)
+    except NestedTooDeeply as error:
+        raise BadInput(f"{path}:{error.lineno}: {error.msg}") from None
+    except json.JSONDecodeError as error:
+        if error.msg == "Extra data":  # JSON Lines saved as .json
+            return load_chat_jsonl(path, turn_prefixes)
+        raise BadInput(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from None
+    if not isinstance(items, list):
+        raise BadInput(f"{path}: expected a JSON list of conversations (\"User: ... Assistant: ...\" strings "
+                       f"or {{\"messages\": [...]}} objects), got a {type(items).__name__}")
+    report = LoadReport(str(path), lines=len(items), unit="item")
+    conversations = []
+    for number, item in enumerate(items, start=1):
+        try:
+            conversations.append(normalize_conversation(item, turn_prefixes))
+        except ChatFormatError as error:
+            _skip(report, error.reason, number)
+    return _finish(path, conversations, report)
+
+
+def load_chat_jsonl(path: str | Path, turn_prefixes=DEFAULT_TURN_PREFIXES) -> tuple[list, LoadReport]:
     """Every valid conversation of a chat JSONL file, and a report of what was skipped and why.
     BadInput when the file is missing, unreadable, not a regular file, not UTF-8 text as a whole
     (UTF-16, binary), or holds no valid conversation."""
@@ -187,7 +267,7 @@ def load_chat_jsonl(path: str | Path) -> tuple[list[list[dict[str, Any]]], LoadR
                     _skip(report, "not UTF-8", number)
                     continue
                 try:
-                    conversations.append(normalize_conversation(parse_json(line)))
+                    conversations.append(normalize_conversation(parse_json(line), turn_prefixes))
                 except NestedTooDeeply as error:
                     _skip(report, error.msg, number)
                 except json.JSONDecodeError:
@@ -196,9 +276,13 @@ def load_chat_jsonl(path: str | Path) -> tuple[list[list[dict[str, Any]]], LoadR
                     _skip(report, error.reason, number)
         except OSError as error:
             raise BadInput(f"{path}: cannot read chat data ({error.strerror or error})") from None
+    return _finish(path, conversations, report)
+
+
+def _finish(path: Path, conversations: list, report: LoadReport) -> tuple[list, LoadReport]:
     report.kept = len(conversations)
     if not conversations:
-        problem = f" in {report.lines} lines: {report.reasons()}" if report.skipped else " (empty file)"
+        problem = f" in {report.lines} {report.unit}s: {report.reasons()}" if report.skipped else " (empty file)"
         raise BadInput(f"{path}: no valid chat conversations{problem}")
     return conversations, report
 
@@ -229,19 +313,19 @@ class ChatDataset:
 
 
 class SyntheticDataset:
-    """An endless, deterministic stream of synthetic conversations (workbench.data.synthetic)."""
+    """An endless, deterministic stream of synthetic conversations (workbench.data.synthetic):
+    conversation_at(k) is a pure function, so a resumed sampler continues where it stopped."""
 
-    def __init__(self, name: str, difficulty: int | tuple[int, int], weight: float, seed: int):
-        self.name, self.difficulty, self.weight, self.seed = name, difficulty, weight, seed
+    def __init__(self, name: str, conversation_at, weight: float):
+        self.name, self.conversation_at, self.weight = name, conversation_at, weight
 
     def item(self, k: int) -> list[dict[str, Any]]:
-        from workbench.data.synthetic import problem_at
-
-        return problem_at(self.seed, k, self.difficulty).conversation()["messages"]
+        return self.conversation_at(k)
 
 
 def parse_dataset_spec(spec: str) -> tuple[str, float]:
-    """"path:weight" or "synthetic:NAME:weight" -> (source, weight); the weight defaults to 1."""
+    """"path:weight" or "synthetic:NAME:weight" -> (source, weight); the weight defaults to 1.
+    An optional path keeps its "?" mark ("x.jsonl?:0.5" -> ("x.jsonl?", 0.5))."""
     source, _, weight_text = spec.rpartition(":")
     try:
         weight = float(weight_text)
@@ -260,13 +344,31 @@ def synthetic_difficulty(name: str, spec: str) -> int | tuple[int, int]:
 
     found = re.fullmatch(r"arith(?:-(\d+))?", name)
     if not found:
-        raise BadInput(f"[sft] datasets: unknown synthetic dataset {name!r} in {spec!r} (known: arith, arith-D)")
+        raise BadInput(f"[sft] datasets: unknown synthetic dataset {name!r} in {spec!r} "
+                       f"(known: arith, arith-D, chat)")
     if found.group(1) is None:
         return (1, 3)
     level = int(found.group(1))
     if not 1 <= level <= MAX_DIFFICULTY:
         raise BadInput(f"[sft] datasets: difficulty must be 1..{MAX_DIFFICULTY} in {spec!r}")
     return level
+
+
+def synthetic_source(name: str, spec: str, weight: float, seed: int):
+    """A synthetic family by name -> (its dataset, held-out conversations, probes). Held-out data
+    comes from its own seed; arithmetic probes carry their answers, chat probes none."""
+    from workbench.data import synthetic
+
+    val_seed = seed + SYNTHETIC_VAL_SEED_OFFSET
+    if name == "chat":
+        held = [synthetic.chat_at(val_seed, i)["messages"] for i in range(SYNTHETIC_VAL_SIZE)]
+        dataset = SyntheticDataset(SYNTHETIC_PREFIX + name, lambda k: synthetic.chat_at(seed, k)["messages"], weight)
+        return dataset, held, [(messages[:-1], None) for messages in held]
+    difficulty = synthetic_difficulty(name, spec)
+    problems = synthetic.problems(SYNTHETIC_VAL_SIZE, difficulty, seed=val_seed)
+    dataset = SyntheticDataset(SYNTHETIC_PREFIX + name,
+                               lambda k: synthetic.problem_at(seed, k, difficulty).conversation()["messages"], weight)
+    return dataset, [p.conversation()["messages"] for p in problems], [(p.prompt(), p.answer) for p in problems]
 
 
 @dataclass
@@ -280,9 +382,11 @@ class ChatData:
     val: list[list[dict[str, Any]]]
     reports: list[LoadReport]
     probes: list[tuple[list[dict[str, Any]], float | None]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # optional datasets left out, and why
 
 
-def load_datasets(specs: list[str], resolve_path, seed: int) -> ChatData:
+def load_datasets(specs: list[str], resolve_path, seed: int, val_fraction: float = VAL_FRACTION,
+                  turn_prefixes=DEFAULT_TURN_PREFIXES) -> ChatData:
     """Build the mixture and the held-out validation conversations from [sft] datasets entries.
     `resolve_path` turns a config path into a Path (Config.resolve_path)."""
     if not specs:
@@ -291,27 +395,35 @@ def load_datasets(specs: list[str], resolve_path, seed: int) -> ChatData:
     val: list = []
     reports = []
     probe_lists = []
+    notes = []
     for spec in specs:
         source, weight = parse_dataset_spec(spec)
         if source.startswith(SYNTHETIC_PREFIX):
-            name = source[len(SYNTHETIC_PREFIX):]
-            difficulty = synthetic_difficulty(name, spec)
-            datasets.append(SyntheticDataset(source, difficulty, weight, seed))
-            held_problems = _synthetic_val(seed, difficulty)
-            val += [p.conversation()["messages"] for p in held_problems]
-            probe_lists.append([(p.prompt(), p.answer) for p in held_problems])
+            dataset, held_out, probes = synthetic_source(source[len(SYNTHETIC_PREFIX):], spec, weight, seed)
+            datasets.append(dataset)
+            val += held_out
+            probe_lists.append(probes)
             continue
-        conversations, report = load_chat_jsonl(resolve_path(source))
+        optional = source.endswith(OPTIONAL_MARK)
+        source = source.removesuffix(OPTIONAL_MARK)
+        path = resolve_path(source)
+        if optional and not path.exists():
+            notes.append(f"optional dataset {path} not found: training without it")
+            continue
+        conversations, report = load_chat_file(path, turn_prefixes)
         reports.append(report)
         order = list(range(len(conversations)))
         random.Random(f"val:{source}").shuffle(order)
-        held = min(MAX_VAL_PER_DATASET, int(len(conversations) * VAL_FRACTION)) if len(conversations) >= 20 else 0
+        enough = len(conversations) >= MIN_CONVERSATIONS_FOR_VAL
+        held = min(MAX_VAL_PER_DATASET, int(len(conversations) * val_fraction)) if enough else 0
         val += [conversations[i] for i in order[:held]]
         probe_lists.append([(conversations[i][:-1], _final_answer(conversations[i][-1])) for i in order[:held]])
         train = [conversations[i] for i in sorted(order[held:])]
         datasets.append(ChatDataset(source, train, weight, seed))
+    if not datasets:
+        raise BadInput(f"[sft] datasets: none of the optional datasets exists ({'; '.join(notes)})")
     probes = [probe for group in zip_longest(*probe_lists) for probe in group if probe is not None]
-    return ChatData(train=ChatMixture(datasets, seed), val=val, reports=reports, probes=probes)
+    return ChatData(train=ChatMixture(datasets, seed), val=val, reports=reports, probes=probes, notes=notes)
 
 
 def _final_answer(reply: dict[str, Any]) -> float | None:
@@ -321,12 +433,6 @@ def _final_answer(reply: dict[str, Any]) -> float | None:
     content = reply["content"]
     text = content if isinstance(content, str) else "".join(p["text"] for p in content if p["type"] == "text")
     return extract_number(text) if "####" in text else None
-
-
-def _synthetic_val(seed: int, difficulty):
-    from workbench.data.synthetic import problems
-
-    return problems(SYNTHETIC_VAL_SIZE, difficulty, seed=seed + SYNTHETIC_VAL_SEED_OFFSET)
 
 
 class ChatMixture:

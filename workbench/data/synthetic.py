@@ -1,4 +1,4 @@
-"""A synthetic task family: arithmetic word problems with verifiable answers.
+"""Synthetic task families: arithmetic word problems with verifiable answers, and simple chat.
 
     "Mia has 4 boxes with 12 shells in each box. She gives away 7. How many shells does she have now?"
     -> <|python_start|>4*12-7<|python_end|><|output_start|>41<|output_end|>The answer is 41.
@@ -151,3 +151,85 @@ def reward(completion_text: str, problem: Problem) -> float:
     from workbench.train.rewards import numeric_reward
 
     return numeric_reward(completion_text, problem.answer)
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic:chat: greetings and simple questions, for a model that should talk as well as add
+#
+# A newcomer's first prompts are "Hello", "Who are you?" and a simple question. Without chat data
+# of that kind an SFT model trained on arithmetic answers everything with a calculator call; the
+# shared self-instruct set helps where it exists, but a fresh clone may not have it. These are
+# short, deterministic exchanges (a pure function of seed and index, like the problems above) that
+# fit a 128-token context whole.
+
+GREETINGS = ["Hello", "Hi", "Hey", "Hello there", "Hi there", "Good morning", "Good evening", "Hey there"]
+GREETING_REPLIES = ["Hello! How can I help you today?", "Hi! What can I do for you?",
+                    "Hello! Ask me anything.", "Hi there! How can I help?"]
+IDENTITY_QUESTIONS = ["Who are you?", "What are you?", "What is your name?", "Tell me about yourself."]
+IDENTITY_REPLY = "I am picochat, a small language model. I can chat and solve simple word problems."
+HOW_ARE_YOU = (["How are you?", "How are you today?", "How is it going?"],
+               ["I am doing well, thank you! How can I help?", "I am fine, thanks for asking. What can I do for you?"])
+THANKS = (["Thank you!", "Thanks!", "Thanks a lot."], ["You are welcome!", "Glad I could help!"])
+GOODBYES = (["Bye!", "Goodbye.", "See you later."], ["Goodbye! Have a nice day.", "Bye! Come back any time."])
+
+CAPITALS = {"France": "Paris", "Italy": "Rome", "Spain": "Madrid", "Germany": "Berlin", "Japan": "Tokyo",
+            "England": "London", "Egypt": "Cairo", "Greece": "Athens", "Russia": "Moscow", "China": "Beijing",
+            "Canada": "Ottawa", "Peru": "Lima", "Norway": "Oslo", "Kenya": "Nairobi", "Ireland": "Dublin"}
+COLORS = {"the sky": "blue", "grass": "green", "snow": "white", "a banana": "yellow", "coal": "black",
+          "a strawberry": "red", "an orange": "orange", "a cloud": "white", "a lemon": "yellow", "blood": "red"}
+SOUNDS = {"dog": "barks", "cat": "meows", "cow": "moos", "duck": "quacks", "lion": "roars", "horse": "neighs",
+          "sheep": "bleats", "bird": "sings", "owl": "hoots", "pig": "oinks"}
+OPPOSITES = {"hot": "cold", "big": "small", "up": "down", "day": "night", "fast": "slow", "old": "young",
+             "happy": "sad", "open": "closed", "light": "dark", "early": "late", "full": "empty", "wet": "dry"}
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+
+
+def _fact(rng: random.Random) -> tuple[str, str]:
+    """One simple question with its one-sentence answer."""
+    kind = rng.randrange(6)
+    if kind == 0:
+        country, city = rng.choice(sorted(CAPITALS.items()))
+        return rng.choice([f"What is the capital of {country}?", f"Which city is the capital of {country}?"]), \
+            f"The capital of {country} is {city}."
+    if kind == 1:
+        thing, color = rng.choice(sorted(COLORS.items()))
+        return f"What color is {thing}?", f"{_capitalized(thing)} is {color}."
+    if kind == 2:
+        animal, sound = rng.choice(sorted(SOUNDS.items()))
+        return rng.choice([f"What sound does a {animal} make?", f"What does a {animal} say?"]), \
+            f"A {animal} {sound}."
+    if kind == 3:
+        word, opposite = rng.choice(sorted(OPPOSITES.items()))
+        return rng.choice([f"What is the opposite of {word}?", f"Tell me the opposite of {word}."]), \
+            f"The opposite of {word} is {opposite}."
+    if kind == 4:
+        index = rng.randrange(len(DAYS))
+        return f"What day comes after {DAYS[index]}?", f"After {DAYS[index]} comes {DAYS[(index + 1) % 7]}."
+    word = rng.choice(ITEMS)
+    return f"How do you spell {word}?", f"The word {word} is spelled " + "-".join(word.upper()) + "."
+
+
+def chat_at(seed: int, index: int) -> dict:
+    """The index-th synthetic chat conversation ({"messages": [...]}), a pure function of its arguments:
+    a greeting, a question about the model, small talk or a simple factual question, sometimes
+    after a greeting (two exchanges)."""
+    rng = random.Random(f"chat:{seed}:{index}")
+    kind = rng.randrange(6)
+    if kind == 0:
+        user, reply = rng.choice(GREETINGS) + rng.choice(["", "!", "."]), rng.choice(GREETING_REPLIES)
+    elif kind == 1:
+        user, reply = rng.choice(IDENTITY_QUESTIONS), IDENTITY_REPLY
+    elif kind == 2:
+        prompts, replies = rng.choice([HOW_ARE_YOU, THANKS, GOODBYES])
+        user, reply = rng.choice(prompts), rng.choice(replies)
+    else:
+        user, reply = _fact(rng)
+    messages = [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+    if kind >= 3 and rng.random() < 0.25:  # a greeting first, then the question
+        messages = [{"role": "user", "content": rng.choice(GREETINGS) + "!"},
+                    {"role": "assistant", "content": rng.choice(GREETING_REPLIES)}] + messages
+    return {"messages": messages}
+
+
+def chats(n: int, seed: int = 0, start: int = 0) -> list[dict]:
+    return [chat_at(seed, index) for index in range(start, start + n)]

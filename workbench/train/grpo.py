@@ -8,17 +8,30 @@ Group relative policy optimization, one visible loop. Each step:
     3. reward every completion; advantage = reward - group mean (divided by the group's std when
        [grpo] normalize_std); a group whose rewards are all equal teaches nothing (advantage 0)
     4. loss = -sum(advantage * log p(token) * mask) / sum(mask) over all completions' tokens
-       (token-level normalization: long answers are not down-weighted); the mask is 1 only on
-       tokens the model sampled, never on the prompt or on forced tool output. Optionally the
-       PPO-style ratio clip against the sampling policy (clip_epsilon > 0) and a KL penalty to a
-       frozen copy of the starting model (kl_coef > 0, the k3 estimator); both off by default
-    5. clip gradients, scheduled learning rate, optimizer step; log, checkpoint, obey control files
+       (token-level normalization, [grpo] loss_normalization = "token": long answers are not
+       down-weighted; "sequence" averages each completion first, "constant" divides by
+       completions * max_new_tokens); the mask is 1 only on tokens the model sampled, never on the
+       prompt or on forced tool output. Optionally a KL penalty to a frozen copy of the starting
+       model (kl_coef > 0, the k3 estimator)
+    5. clip gradients, scheduled learning rate, optimizer step; [grpo] iterations_per_batch > 1
+       takes several optimizer steps on the same samples (as TRL's num_iterations), and from the
+       second on the policy has moved away from the one that sampled them: with clip_epsilon > 0
+       the PPO-style ratio exp(log p - log p_sampling) is clipped to 1 +- clip_epsilon (with one
+       iteration the ratio is always 1 and the clip does nothing). Then log, checkpoint, obey
+       control files
 
-Tasks ([grpo] task): "arith" (synthetic word problems of difficulty 1-2, numeric reward), "gsm8k" (train split,
-numeric reward), "arc" (ARC-Easy train split, letter reward), "tool" (synthetic problems with
-large operands, reward for using the calculator correctly and answering right). Held-out prompts of
-the task are answered at the start, every save_every steps and at the end ("eval" records: mean
-reward and accuracy of sampled answers, and greedy accuracy, on prompts the training never sees).
+Tasks ([grpo] task, or a mixture [grpo] tasks = ["arith:1.0", "gsm8k:0.5"] whose prompts are drawn by
+weight and scored by their own task's reward): "arith" (synthetic word problems of difficulty 1-2,
+numeric reward), "gsm8k" (train split, numeric reward), "arc" (ARC-Easy train split, letter reward),
+"tool" (synthetic problems with large operands, reward for using the calculator correctly and
+answering right).
+
+Measured, not hoped for: [grpo] held_out prompts of each task (never trained on) are answered
+greedily by the starting checkpoint (the frozen-policy baseline, step 0) and by the policy every
+save_every steps and at the end; the "eval" records carry greedy accuracy with its 95% interval,
+the mean reward and accuracy of sampled answers (4 per prompt, first 32 prompts), and at the end the
+paired change of greedy accuracy against the start on the same prompts with its 95% interval
+(`{task}_greedy_gain`, `_gain_low`, `_gain_high`).
 
 Logged per step: "grpo" records (reward_mean, reward_std, zero_variance_fraction,
 completion_length, accuracy, plus loss, lr, kl, clip_fraction) and "train" records (loss, lr,
@@ -42,11 +55,11 @@ from typing import Any
 from workbench.errors import BadInput
 from workbench.train import rewards
 
-HELD_OUT_PROMPTS = 32
-HELD_OUT_SAMPLES = 4  # completions per held-out prompt at the training temperature
+HELD_OUT_SAMPLED_PROMPTS = 32  # the first held-out prompts also get sampled answers (mean reward)
+HELD_OUT_SAMPLES = 4  # completions per such prompt at the training temperature
+Z95 = 1.959964  # two-sided 95% normal quantile
 TASK_SEED_OFFSET = 7919  # GRPO prompts come from a different stream than SFT's synthetic data
 HELD_OUT_SEED_OFFSET = 104_729
-ITERATIONS_PER_BATCH = 1  # optimizer steps per sampled batch; clipping only bites when > 1
 ADVANTAGE_EPSILON = 1e-4
 # The arith task's levels: where a CPU-sized SFT model is partly right. Level 3 (three operations)
 # it almost never solves and level 1 it soon always solves, and a group whose answers are all
@@ -62,17 +75,21 @@ ARITH_DIFFICULTY = (1, 2)
 class Prompt:
     messages: list[dict[str, Any]]
     answer: Any
+    task: str = ""  # the task it came from, in a mixture
 
 
 @dataclass
 class Task:
-    """A source of prompts (index -> Prompt, deterministic) and how to score a completion."""
+    """A source of prompts (index -> Prompt, deterministic) and how to score a completion. A
+    mixture has `parts`: each prompt is scored, and each part's held-out set evaluated, by its own
+    task."""
 
     name: str
     prompt_at: Any  # callable(index) -> Prompt
     held_out: list[Prompt]
     reward_fn: Any  # callable(completion_text, answer) -> float in [0, 1]
     correct_fn: Any  # callable(completion_text, answer) -> bool
+    parts: dict[str, Task] = field(default_factory=dict)
 
     def reward(self, text: str, answer: Any) -> float:
         return float(self.reward_fn(text, answer))
@@ -80,12 +97,19 @@ class Task:
     def correct(self, text: str, answer: Any) -> bool:
         return bool(self.correct_fn(text, answer))
 
+    def scorer_for(self, prompt: Prompt) -> Task:
+        return self.parts.get(prompt.task, self)
+
+    def evaluated(self) -> list[Task]:
+        """The tasks whose held-out prompts are evaluated: the parts of a mixture, or itself."""
+        return list(self.parts.values()) or [self]
+
 
 def _numeric_correct(text: str, answer: Any) -> bool:
     return rewards.numeric_reward(text, answer) == 1.0
 
 
-def _synthetic_task(name: str, seed: int, difficulty, max_operand, reward_fn) -> Task:
+def _synthetic_task(name: str, seed: int, difficulty, max_operand, reward_fn, held_out: int) -> Task:
     from workbench.data.synthetic import problem_at
 
     low, high = difficulty
@@ -95,10 +119,10 @@ def _synthetic_task(name: str, seed: int, difficulty, max_operand, reward_fn) ->
         # learning rather than which levels a step happened to draw.
         level = low + index % (high - low + 1)
         problem = problem_at(seed + TASK_SEED_OFFSET, index, level, max_operand)
-        return Prompt(problem.prompt(), problem.answer)
+        return Prompt(problem.prompt(), problem.answer, name)
 
-    held = [problem_at(seed + HELD_OUT_SEED_OFFSET, i, difficulty, max_operand) for i in range(HELD_OUT_PROMPTS)]
-    return Task(name, prompt_at, [Prompt(p.prompt(), p.answer) for p in held], reward_fn, _numeric_correct)
+    held = [problem_at(seed + HELD_OUT_SEED_OFFSET, i, difficulty, max_operand) for i in range(held_out)]
+    return Task(name, prompt_at, [Prompt(p.prompt(), p.answer, name) for p in held], reward_fn, _numeric_correct)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -118,14 +142,15 @@ def _read_jsonl(path: Path) -> list[dict]:
     return records
 
 
-def _file_task(name: str, train: list[Prompt], held: list[Prompt], seed: int, reward_fn, correct_fn) -> Task:
+def _file_task(name: str, train: list[Prompt], held: list[Prompt], seed: int, reward_fn, correct_fn,
+               held_out: int) -> Task:
     order = list(range(len(train)))
     random.Random(f"grpo:{name}:{seed}").shuffle(order)
 
     def prompt_at(index: int) -> Prompt:
-        return train[order[index % len(order)]]
+        return replace(train[order[index % len(order)]], task=name)
 
-    return Task(name, prompt_at, held[:HELD_OUT_PROMPTS], reward_fn, correct_fn)
+    return Task(name, prompt_at, [replace(p, task=name) for p in held[:held_out]], reward_fn, correct_fn)
 
 
 def gsm8k_prompts(path: Path) -> list[Prompt]:
@@ -159,23 +184,55 @@ def arc_prompts(path: Path) -> list[Prompt]:
 
 
 def build_task(cfg) -> Task:
-    """The [grpo] task. Files come from [eval] data_dir (the shared data folder)."""
-    name, seed = cfg.grpo.task, cfg.run.seed
+    """The [grpo] task, or the mixture of [grpo] tasks. Files come from [eval] data_dir (the shared
+    data folder)."""
+    specs = [spec.partition(":") for spec in cfg.grpo.tasks] or [(cfg.grpo.task, "", "")]
+    tasks = {name: single_task(cfg, name) for name, _, _ in specs}
+    if len(tasks) == 1:
+        return next(iter(tasks.values()))
+    weights = {}
+    for name, _, weight in specs:  # config.py checked names and weights
+        weights[name] = weights.get(name, 0.0) + (float(weight) if weight else 1.0)
+    return mixed_task(tasks, weights, cfg.run.seed)
+
+
+def single_task(cfg, name: str) -> Task:
+    seed, held_out = cfg.run.seed, cfg.grpo.held_out
     if name == "arith":
-        return _synthetic_task(name, seed, ARITH_DIFFICULTY, None, rewards.numeric_reward)
+        return _synthetic_task(name, seed, ARITH_DIFFICULTY, None, rewards.numeric_reward, held_out)
     if name == "tool":  # operands too big to add in one's head: the calculator is the way
-        return _synthetic_task(name, seed, (2, 3), 999, rewards.tool_reward)
+        return _synthetic_task(name, seed, (2, 3), 999, rewards.tool_reward, held_out)
     data_dir = cfg.resolve_path(cfg.eval.data_dir)
     if name == "gsm8k":
         return _file_task(name, gsm8k_prompts(data_dir / "gsm8k" / "train.jsonl"),
                           gsm8k_prompts(data_dir / "gsm8k" / "test.jsonl"), seed,
-                          rewards.numeric_reward, _numeric_correct)
+                          rewards.numeric_reward, _numeric_correct, held_out)
     if name == "arc":
         folder = data_dir / "arc" / "ai2-format"
         return _file_task(name, arc_prompts(folder / "ARC-Easy-Train.jsonl"),
                           arc_prompts(folder / "ARC-Easy-Dev.jsonl"), seed,
-                          rewards.letter_reward, lambda text, answer: rewards.letter_reward(text, answer) == 1.0)
+                          rewards.letter_reward, lambda text, answer: rewards.letter_reward(text, answer) == 1.0,
+                          held_out)
     raise BadInput(f"[grpo] task: unknown task {name!r} (arith, gsm8k, arc, tool)")
+
+
+def mixed_task(tasks: dict[str, Task], weights: dict[str, float], seed: int) -> Task:
+    """Prompt i comes from a task drawn by weight with a generator seeded by (seed, i), and is that
+    task's prompt i: a pure function of i, so a resumed run draws the same prompts."""
+    names = list(tasks)
+    total = sum(weights.values())
+    edges = [sum(weights[n] for n in names[:k + 1]) / total for k in range(len(names))]
+
+    def prompt_at(index: int) -> Prompt:
+        u = random.Random(f"grpo-mix:{seed}:{index}").random()
+        name = next((n for n, edge in zip(names, edges, strict=True) if u < edge), names[-1])
+        return tasks[name].prompt_at(index)
+
+    def unscored(text: str, answer: Any) -> float:
+        raise AssertionError("a mixture scores each prompt with its own task (Task.scorer_for)")
+
+    held = [prompt for task in tasks.values() for prompt in task.held_out]
+    return Task("+".join(names), prompt_at, held, unscored, unscored, parts=dict(tasks))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,8 +251,25 @@ def group_advantages(rewards_by_group, normalize_std: bool = True, epsilon: floa
     return centered
 
 
+def loss_weights(mask, mode: str = "token", max_new_tokens: int = 1):
+    """Per-token weights [B, T] of the loss over a whole batch of completions (mask: 1 on sampled
+    tokens). token: 1 / all masked tokens (every token counts the same, DAPO); sequence: 1 /
+    (completion length * completions), each completion's mean, so a long answer counts no more
+    than a short one (the GRPO paper); constant: 1 / (completions * max_new_tokens), no length
+    bias either way (Dr. GRPO)."""
+    mask = mask.float()
+    rows = max(mask.size(0), 1)
+    if mode == "token":
+        return mask / max(float(mask.sum()), 1.0)
+    if mode == "sequence":
+        return mask / mask.sum(dim=1, keepdim=True).clamp(min=1.0) / rows
+    if mode == "constant":
+        return mask / (rows * max(max_new_tokens, 1))
+    raise ValueError(f"unknown loss normalization {mode!r}")
+
+
 def policy_loss(logprobs, mask, advantages, old_logprobs=None, ref_logprobs=None, clip_epsilon: float = 0.0,
-                kl_coef: float = 0.0, normalizer: float | None = None):
+                kl_coef: float = 0.0, normalizer: float | None = None, weights=None):
     """The GRPO loss over [B, T] token log-probabilities.
 
     mask [B, T] (1 = a sampled completion token), advantages [B] (one per completion). Without
@@ -203,7 +277,8 @@ def policy_loss(logprobs, mask, advantages, old_logprobs=None, ref_logprobs=None
     clip_epsilon > 0 it is min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A) with ratio =
     exp(logprob - old_logprob). kl_coef > 0 adds kl_coef * KL(policy || reference) per token (k3
     estimator: exp(r - l) - (r - l) - 1). Normalized by the number of masked tokens (or
-    `normalizer`, the count over all micro-batches). Returns (loss, stats dict of floats)."""
+    `normalizer`, the count over all micro-batches), or weighted per token by `weights`
+    (loss_weights). Stats are means over the masked tokens. Returns (loss, stats dict of floats)."""
     import torch
 
     mask = mask.to(logprobs.dtype)
@@ -225,8 +300,32 @@ def policy_loss(logprobs, mask, advantages, old_logprobs=None, ref_logprobs=None
         kl = torch.exp(difference) - difference - 1
         per_token = per_token + kl_coef * kl
         stats["kl"] = float((kl.detach() * mask).sum()) / count
-    loss = (per_token * mask).sum() / count
+    loss = (per_token * mask).sum() / count if weights is None else (per_token * weights.to(per_token.dtype)).sum()
     return loss, stats
+
+
+def proportion_interval(correct: list[bool]) -> float:
+    """Half-width of the 95% normal interval of an accuracy measured on len(correct) prompts."""
+    n = len(correct)
+    if not n:
+        return math.nan
+    p = sum(correct) / n
+    return Z95 * math.sqrt(p * (1 - p) / n)
+
+
+def paired_difference(before: list[bool], after: list[bool]) -> tuple[float, float, float]:
+    """The change in accuracy from `before` to `after` on the same prompts, with its 95% interval
+    (normal approximation of the mean of the paired differences): (change, low, high). Pairing
+    removes the prompts' own difficulty from the noise, so it is far tighter than comparing two
+    independent accuracies."""
+    n = len(before)
+    if n != len(after) or n < 2:
+        raise ValueError("paired_difference needs two equally long lists of at least 2 results")
+    differences = [int(b) - int(a) for a, b in zip(before, after, strict=True)]
+    mean = sum(differences) / n
+    variance = sum((d - mean) ** 2 for d in differences) / (n - 1)
+    half = Z95 * math.sqrt(variance / n)
+    return mean, mean - half, mean + half
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,13 +351,14 @@ def rollout(engine, tokenizer, task: Task, prompts: list[Prompt], group_size: in
         seed = None if params.seed is None else params.seed + index
         generations = engine.generate(prompt_ids, replace(params, seed=seed), num_samples=group_size)
         group = Group(prompt, prompt_ids)
+        scorer = task.scorer_for(prompt)
         for generation in generations:
             text = tokenizer.decode(generation.tokens)
             group.completions.append(list(generation.tokens))
             group.sampled_masks.append(list(generation.sampled_mask))
             group.texts.append(text)
-            group.rewards.append(task.reward(text, prompt.answer))
-            group.correct.append(task.correct(text, prompt.answer))
+            group.rewards.append(scorer.reward(text, prompt.answer))
+            group.correct.append(scorer.correct(text, prompt.answer))
         groups.append(group)
     return groups
 
@@ -304,14 +404,41 @@ def group_stats(groups: list[Group]) -> dict[str, float]:
 
 
 def evaluate_task(engine, tokenizer, task: Task, params, seed: int,
-                  samples: int = HELD_OUT_SAMPLES) -> dict[str, float]:
-    """The policy on the task's held-out prompts: mean reward of `samples` completions per prompt
-    at the training temperature (what GRPO maximizes; fixed seeds, so two evaluations differ only
-    by the model), and the accuracy of the greedy answer."""
-    sampled = group_stats(rollout(engine, tokenizer, task, task.held_out, samples, replace(params, seed=seed)))
-    greedy = group_stats(rollout(engine, tokenizer, task, task.held_out, 1, replace(params, temperature=0.0)))
-    return {f"{task.name}_reward": sampled["reward_mean"], f"{task.name}_accuracy": sampled["accuracy"],
-            f"{task.name}_greedy_accuracy": greedy["accuracy"], "completion_length": sampled["completion_length"]}
+                  samples: int = HELD_OUT_SAMPLES) -> tuple[dict[str, float], dict[str, list[bool]]]:
+    """The policy on each task's held-out prompts (each part of a mixture on its own): the greedy
+    answer's accuracy on all of them with its 95% interval, and the mean reward and accuracy of
+    `samples` completions per prompt at the training temperature on the first
+    HELD_OUT_SAMPLED_PROMPTS (what GRPO maximizes; fixed seeds, so two evaluations differ only by
+    the model). Returns (results, each task's greedy right/wrong per prompt, for paired_difference)."""
+    results: dict[str, float] = {}
+    correct: dict[str, list[bool]] = {}
+    lengths = []
+    for part in task.evaluated():
+        sampled = group_stats(rollout(engine, tokenizer, task, part.held_out[:HELD_OUT_SAMPLED_PROMPTS], samples,
+                                      replace(params, seed=seed)))
+        greedy = rollout(engine, tokenizer, task, part.held_out, 1, replace(params, temperature=0.0))
+        correct[part.name] = [group.correct[0] for group in greedy]
+        results.update({f"{part.name}_reward": sampled["reward_mean"], f"{part.name}_accuracy": sampled["accuracy"],
+                        f"{part.name}_greedy_accuracy": group_stats(greedy)["accuracy"],
+                        f"{part.name}_greedy_ci95": proportion_interval(correct[part.name]),
+                        f"{part.name}_held_out": len(greedy)})
+        lengths.append(sampled["completion_length"])
+    results["completion_length"] = sum(lengths) / len(lengths)
+    return results, correct
+
+
+def encode_results(correct: dict[str, list[bool]]) -> dict[str, str]:
+    """Per-prompt right/wrong as "0110...": compact enough for meta.json (a resumed run compares its
+    end with the start it never saw)."""
+    return {name: "".join("1" if c else "0" for c in values) for name, values in correct.items()}
+
+
+def decode_results(encoded: Any) -> dict[str, list[bool]]:
+    """encode_results' inverse; anything malformed (a hand-edited meta.json) is left out."""
+    if not isinstance(encoded, dict):
+        return {}
+    return {name: [c == "1" for c in text] for name, text in encoded.items()
+            if isinstance(name, str) and isinstance(text, str) and text and set(text) <= {"0", "1"}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,6 +477,8 @@ class GrpoResult:
     rewards: list[float]  # mean reward of each step this process trained
     held_out: dict[str, dict[str, float]]  # "start"/"end" -> evaluate_task results
     seconds: float
+    # task -> (change of greedy accuracy from the start, 95% low, high) on the same held-out prompts
+    gains: dict[str, tuple[float, float, float]] = field(default_factory=dict)
 
 
 def grpo(cfg, resume: bool = False, verbose: bool = True, task: Task | None = None) -> GrpoResult:
@@ -387,11 +516,13 @@ def _grpo(cfg, resume: bool, verbose: bool, task: Task | None) -> GrpoResult:
     cfg = stage_config(cfg, checkpoint)
     optimizers = build_optimizer(model, cfg.train, lr_scale=settings.lr_scale)
     start_step, source, tokens_seen = 0, str(init), 0
+    start_correct: dict[str, list[bool]] = {}  # the starting policy's greedy results, per held-out prompt
     if newest is not None:
         optimizers.load_state_tensors(checkpoint.optimizer_tensors)
         start_step, source = int(checkpoint.meta["step"]), checkpoint.meta.get("init_from", source)
         tokens_seen = int(checkpoint.meta.get("tokens", 0))
         restore_rng_states(checkpoint.meta.get("rng_states"))
+        start_correct = decode_results(checkpoint.meta.get("held_out_start"))
     reference = None
     if settings.kl_coef > 0:  # a frozen copy of the starting model (on resume: reloaded from init_from)
         reference = copy.deepcopy(model) if newest is None else load_checkpoint(source, device=device).model
@@ -409,6 +540,7 @@ def _grpo(cfg, resume: bool, verbose: bool, task: Task | None) -> GrpoResult:
     writer.set_first_step(start_step)
     writer.log("sys", step=start_step, device=str(device), params=model.num_params(), task=task.name,
                group_size=settings.group_size, prompts_per_step=settings.prompts_per_step,
+               iterations_per_batch=settings.iterations_per_batch, loss_normalization=settings.loss_normalization,
                torch=torch.__version__, total_steps=settings.steps, start_step=start_step)
     writer.event(f"starting from {source}" if newest is None else f"resuming from {newest.name} (step {start_step})")
     if verbose:
@@ -417,15 +549,24 @@ def _grpo(cfg, resume: bool, verbose: bool, task: Task | None) -> GrpoResult:
               f"run folder {run_dir}" + (f"; resuming at step {start_step}" if start_step else ""))
 
     held_out: dict[str, dict[str, float]] = {}
+    gains: dict[str, tuple[float, float, float]] = {}
     last_checkpoint: Path | None = None
     saved_step: int | None = None
 
     def evaluate(at_step: int, label: str | None = None) -> None:
         try:
-            results = evaluate_task(engine, tokenizer, task, params, seed=cfg.run.seed + HELD_OUT_SEED_OFFSET)
+            results, correct = evaluate_task(engine, tokenizer, task, params, seed=cfg.run.seed + HELD_OUT_SEED_OFFSET)
         except Exception as error:  # an evaluation never kills training
             writer.event(f"evaluation failed at step {at_step}: {type(error).__name__}: {error}")
             return
+        if label == "start":
+            start_correct.update(correct)
+        for name, after in correct.items():  # the same prompts as the frozen start: a paired comparison
+            before = start_correct.get(name)
+            if at_step > 0 and before is not None and len(before) == len(after) >= 2:
+                gains[name] = paired_difference(before, after)
+                results.update({f"{name}_greedy_gain": gains[name][0], f"{name}_greedy_gain_low": gains[name][1],
+                                f"{name}_greedy_gain_high": gains[name][2]})
         writer.log("eval", step=at_step, **results)
         if label:
             held_out[label] = results
@@ -439,7 +580,8 @@ def _grpo(cfg, resume: bool, verbose: bool, task: Task | None) -> GrpoResult:
         if saved_step == at_step:
             return
         meta = {"stage": "grpo", "total_steps": settings.steps, "tokens": tokens_seen, "init_from": source,
-                "rng_states": capture_rng_states(), "task": task.name, "lr_scale": settings.lr_scale}
+                "rng_states": capture_rng_states(), "task": task.name, "lr_scale": settings.lr_scale,
+                "held_out_start": encode_results(start_correct)}
         last_checkpoint = save_checkpoint(run_dir, at_step, model, cfg.frozen(), tokenizer, optimizers,
                                           meta=meta, keep_last=cfg.train.keep_last)
         saved_step = at_step
@@ -467,6 +609,8 @@ def _grpo(cfg, resume: bool, verbose: bool, task: Task | None) -> GrpoResult:
                 inputs, targets, mask = build_batch(groups, tokenizer.bos_id, device)
                 advantages = advantages.to(device)
                 count = float(mask.sum())
+                weights = loss_weights(mask, settings.loss_normalization, settings.max_new_tokens)
+                iterations = settings.iterations_per_batch
 
                 # 4-5: the policy-gradient update (old / reference log-probs first, without grad)
                 model.train()
@@ -483,7 +627,7 @@ def _grpo(cfg, resume: bool, verbose: bool, task: Task | None) -> GrpoResult:
                 # Muon's orthogonalized update has a fixed size whatever the gradient).
                 updated = bool(advantages.abs().max() > 0) or reference is not None
                 loss_total, extra, grad_norm = 0.0, {}, 0.0
-                for _ in range(ITERATIONS_PER_BATCH if updated else 0):
+                for _ in range(iterations if updated else 0):
                     for start in range(0, inputs.size(0), chunk_rows):
                         rows = slice(start, start + chunk_rows)
                         logprobs = token_logprobs(model, inputs[rows], targets[rows], chunk_rows, device,
@@ -492,11 +636,11 @@ def _grpo(cfg, resume: bool, verbose: bool, task: Task | None) -> GrpoResult:
                             logprobs, mask[rows], advantages[rows],
                             None if old_logprobs is None else old_logprobs[rows],
                             None if ref_logprobs is None else ref_logprobs[rows],
-                            settings.clip_epsilon, settings.kl_coef, normalizer=count)
+                            settings.clip_epsilon, settings.kl_coef, normalizer=count, weights=weights[rows])
                         loss.backward()
-                        loss_total += loss.item() / ITERATIONS_PER_BATCH
+                        loss_total += loss.item() / iterations
                         for key, value in chunk_stats.items():  # each chunk's share of the whole batch
-                            extra[key] = extra.get(key, 0.0) + value / ITERATIONS_PER_BATCH
+                            extra[key] = extra.get(key, 0.0) + value / iterations
                     clip = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
                     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
                     optimizers.step()
@@ -536,11 +680,17 @@ def _grpo(cfg, resume: bool, verbose: bool, task: Task | None) -> GrpoResult:
         raise
     stopped = step < settings.steps
     if stopped:
-        writer.finish("done", f"stopped at step {step} of {settings.steps}; continue with --resume")
+        writer.finish("stopped", f"stopped at step {step} of {settings.steps}; continue with --resume")
     else:
-        start, end = held_out.get("start"), held_out.get("end")
-        key = f"{task.name}_reward"
-        change = f"; held-out reward {start[key]:.3f} -> {end[key]:.3f}" if start and end else ""
-        writer.finish("done", f"{step} steps{change}")
+        described = [describe_gain(name, held_out["end"], gains[name]) for name in gains if "end" in held_out]
+        writer.finish("done", "; ".join([f"{step} steps"] + described))
     return GrpoResult(step=step, stopped=stopped, last_checkpoint=last_checkpoint, rewards=step_rewards,
-                      held_out=held_out, seconds=time.time() - started)
+                      held_out=held_out, seconds=time.time() - started, gains=dict(gains))
+
+
+def describe_gain(name: str, end: dict[str, float], gain: tuple[float, float, float]) -> str:
+    """"arith held-out greedy accuracy 0.520 -> 0.640 (+0.120, 95% CI +0.070..+0.170, n=200)" from
+    the end's evaluate_task results and paired_difference's (change, low, high)."""
+    after = end[f"{name}_greedy_accuracy"]
+    return (f"{name} held-out greedy accuracy {after - gain[0]:.3f} -> {after:.3f} ({gain[0]:+.3f}, "
+            f"95% CI {gain[1]:+.3f}..{gain[2]:+.3f}, n={end[f'{name}_held_out']:.0f})")

@@ -2,7 +2,8 @@
 
 Reads [sft] (and [train] for the optimizer and batch size in tokens): starts from a checkpoint
 ([sft] init_from; empty = the newest checkpoint of this run's pretraining, runs/NAME), trains on
-[sft] datasets mixed by weight ("path:weight" chat JSONL files, "synthetic:arith:weight"), and
+[sft] datasets mixed by weight ("path:weight" chat JSONL or .json files, "path?:weight" for one that
+may be missing, "synthetic:arith:weight", "synthetic:chat:weight"), and
 writes its own run folder runs/NAME-sft with checkpoints whose meta says stage "sft", so evals and
 the chat front ends know it is a chat model.
 
@@ -15,6 +16,8 @@ files, checkpoints and --resume (the sampler position is part of each checkpoint
 Each evaluation logs the held-out loss and bits per byte of the assistant tokens, and samples
 replies to held-out prompts: `end_rate` is the share of replies that end the turn with
 <|assistant_end|>, `accuracy` the share of right final numbers where the answer is known.
+[sft] eval_every = 0 never evaluates; [sft] val_fraction = 0 holds nothing out of the file datasets,
+so a user with 30 facts trains on all 30 (then only synthetic data, if any, is evaluated).
 """
 
 from __future__ import annotations
@@ -116,7 +119,8 @@ def _sft(cfg, resume: bool, verbose: bool, budget: str):
     device = resolve_device(cfg.run.device)
     run_dir = cfg.stage_dir("sft")
     seed_everything(cfg.run.seed)
-    data = load_datasets(cfg.sft.datasets, cfg.resolve_path, cfg.run.seed)
+    data = load_datasets(cfg.sft.datasets, cfg.resolve_path, cfg.run.seed, cfg.sft.val_fraction,
+                         tuple(cfg.sft.turn_prefixes))
 
     checkpoint = load_checkpoint(init, device=device, with_optimizer=newest is not None)
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
@@ -145,19 +149,27 @@ def _sft(cfg, resume: bool, verbose: bool, budget: str):
     held_out, held_out_stats = val_batches(data.val, tokenizer, seq_len, VAL_BATCH_SIZE, device)
     writer = RunWriter(run_dir, "sft", total_steps=total_steps)
     freeze_config(run_dir, cfg.frozen().to_toml())
-    for report in data.reports:
-        writer.event(report.summary())
+    for line in [report.summary() for report in data.reports] + data.notes:
+        writer.event(line)
         if verbose:
-            print(f"sft: {report.summary()}")
+            print(f"sft: {line}")
     writer.event(f"starting from {source}" if newest is None else f"resuming from {newest.name} (step {start_step})")
 
     def val_fn(eval_model) -> dict[str, float]:
-        results = held_out_loss(eval_model, tokenizer, held_out, device, cfg.train.dtype)
-        probe, sample = chat_probe(eval_model, tokenizer, data.probes[:PROBE_PROMPTS], device, seed=cfg.run.seed)
-        results.update(probe)
-        writer.log("sample", prompt=sample[0], text=sample[1])
+        results = held_out_loss(eval_model, tokenizer, held_out, device, cfg.train.dtype) if held_out else {}
+        if data.probes:
+            probe, sample = chat_probe(eval_model, tokenizer, data.probes[:PROBE_PROMPTS], device, seed=cfg.run.seed)
+            results.update(probe)
+            writer.log("sample", prompt=sample[0], text=sample[1])
         results.update(truncated=batches.stats.truncated, conversations=batches.stats.conversations)
         return results
+
+    # eval_every = 0, or nothing held out (val_fraction = 0 on small files): train without evaluations
+    evaluates = bool(cfg.sft.eval_every) and bool(held_out or data.probes)
+    if not evaluates:
+        writer.event("no evaluations: " + ("[sft] eval_every = 0" if not cfg.sft.eval_every
+                                           else "nothing held out ([sft] val_fraction, or fewer than "
+                                                "20 conversations per file)"))
 
     if verbose:
         steps = f"{total_steps} steps" if total_steps else f"steps for {budget}"
@@ -169,8 +181,8 @@ def _sft(cfg, resume: bool, verbose: bool, budget: str):
         result = train(stage="sft", config=cfg, model=model, optimizers=optimizers, tokenizer=tokenizer,
                        train_batches=batches, grad_accum_steps=grad_accum_steps, writer=writer,
                        run_dir=run_dir, total_steps=total_steps, device=device, start_step=start_step,
-                       tokens_seen=tokens_seen, lr_scale=cfg.sft.lr_scale, val_fn=val_fn,
-                       eval_every=cfg.sft.eval_every, save_every=cfg.sft.save_every, sample_every=0,
+                       tokens_seen=tokens_seen, lr_scale=cfg.sft.lr_scale, val_fn=val_fn if evaluates else None,
+                       eval_every=cfg.sft.eval_every or None, save_every=cfg.sft.save_every, sample_every=0,
                        best_val_bpb=best_val_bpb, verbose=verbose, time_budget=time_budget,
                        extra_meta_fn=lambda: {"sft_state": batches.state_dict(), "init_from": source})
     except BaseException as error:
@@ -182,8 +194,8 @@ def _sft(cfg, resume: bool, verbose: bool, budget: str):
                f"{seq_len + 1} tokens" + (f", skipped {dict(stats.skipped)}" if stats.skipped else "") + ")")
     if held_out_stats.truncated:
         summary += f"; {held_out_stats.truncated} held-out conversations truncated"
-    writer.finish("done", f"stopped at step {result.step}; continue with --resume"
-                  if result.stopped else summary)
+    writer.finish("stopped" if result.stopped else "done",
+                  f"stopped at step {result.step}; continue with --resume" if result.stopped else summary)
     if verbose:
         print(f"sft: {'stopped' if result.stopped else 'done'}: {summary} in {time.time() - started:.1f}s; "
               f"checkpoint {result.last_checkpoint}")
