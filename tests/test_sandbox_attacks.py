@@ -430,6 +430,36 @@ def test_an_early_exit_with_status_0_does_not_pass():
         assert not result.passed, (program, result)
 
 
+def test_no_exit_status_0_after_a_failure_by_any_route(mode):
+    """A failed program cannot turn its exit status into 0: not through the hooks Python consults on
+    the way out, the builtins the boot's own code names, an exit code that wraps around, nor a fresh
+    posix module whose _exit the guard never replaced (no kernel layer can tell that exit from an end)."""
+    failure = "assert False, 'the tests failed'\n"
+    routes = {
+        "excepthook": "import sys\nsys.excepthook = lambda *a: sys.exit(0)\n",
+        "SystemExit rebound": "import builtins, sys\nbuiltins.SystemExit = KeyError\nsys.exit(0)\n",
+        "BaseException rebound": "import builtins, sys\nbuiltins.BaseException = KeyError\n"
+                                 "sys.excepthook = lambda *a: sys.exit(0)\n",
+        "int that is not 0": "import sys\nclass Zero(int):\n    def __eq__(self, other): return False\n"
+                             "    __hash__ = int.__hash__\nsys.exit(Zero(0))\n",
+        "code property": "import sys\nclass Exit(SystemExit):\n    code = property(lambda self: sys.exit(0))\n"
+                         "sys.excepthook = lambda *a: sys.exit(0)\nraise Exit(1)\n",
+        "status 256": "import sys\nsys.exit(256)\n",
+        "code that changes": "import sys\nclass Exit(SystemExit):\n    codes = iter([1, 1, 256, 256])\n"
+                             "    code = property(lambda self: next(self.codes))\nraise Exit()\n",
+        "stderr that exits": "import sys\nclass Exiting:\n    def write(self, text): sys.exit(0)\n"
+                             "    def flush(self): pass\nsys.stderr = Exiting()\nsys.excepthook = lambda *a: sys.exit(0)\n",
+        "fresh posix": "import _imp\nclass Spec:\n    name = 'posix'\n"
+                       "try:\n    _imp.create_builtin(Spec())._exit(0)\nexcept PermissionError:\n    pass\n",
+    }
+    if "python" in mode.get("disable", ()):
+        pytest.skip("the exit status after a failure is the Python layers' to keep")
+    for label, route in routes.items():
+        result = run_program(route + failure, **mode)
+        assert not result.passed, (label, result)
+    assert run_program("import time\nprint(time.time() > 0)\n", **mode).passed  # builtin modules still import
+
+
 def test_layers_are_reported(layers_here):
     assert {"process", "rlimits", "audit-hook", "python-guard"} <= layers_here
     without_python = run_program("pass\n", disable=("python",))

@@ -18,6 +18,7 @@ Three processes, one job each:
 
 from __future__ import annotations
 
+import _imp
 import _signal
 import _thread
 import builtins
@@ -141,6 +142,7 @@ NO_AUDIT_EVENT = (  # functions that reach the kernel without an audit event: re
     (_signal, ("signal", "set_wakeup_fd", "siginterrupt", "setitimer", "pthread_kill", "pidfd_send_signal")),
     (posix, POSIX_WITHOUT_AUDIT_EVENT),
     (os, POSIX_WITHOUT_AUDIT_EVENT),  # os copied them from posix when it was imported
+    (_imp, ("create_builtin",)),  # a fresh posix or _thread module, none of whose functions is replaced
 )
 
 
@@ -409,6 +411,9 @@ def shut_doors_without_audit_events() -> None:
     def refuse(*args, **kwargs):
         raise PermissionError("sandbox: not allowed here (threads, signals, fifos, sessions, early exits)")
 
+    for name in sys.builtin_module_names:  # each built-in module made now, before its factory is shut
+        if name not in REFUSED_IMPORTS:
+            __import__(name)
     for module, names in NO_AUDIT_EVENT:
         for name in names:
             if hasattr(module, name):
@@ -521,19 +526,35 @@ def install_audit_hook(home: str) -> None:
 
 
 def run(source: str) -> None:
-    """The program runs as __main__ in a module of its own. An exit with status 0 before its end does
-    not count as passing: a HumanEval program passes by reaching its last line."""
+    """The program runs as __main__ in a module of its own. A HumanEval program passes by reaching its
+    last line: an exit with status 0 before its end fails, and so does any exception. The exit status
+    of a failure is decided here, never by what the program can change on the way out (sys.excepthook,
+    sys.stderr, the builtins this code names, an exit code that wraps around to 0): every name used
+    after the program started was taken before it did."""
     module = types.ModuleType("__main__")
     module.__builtins__ = builtins
     sys.modules["__main__"] = module
     code = compile(source, "program.py", "exec")
+    any_exception, exit_type, is_instance, kind, plain_int = BaseException, SystemExit, isinstance, type, int
+    show_exception, say = sys.__excepthook__, print
     try:
         exec(code, vars(module))
-    except SystemExit as stop:
-        if stop.code is None or stop.code == 0:
-            print("sandbox: the program exited with status 0 before its end", file=sys.stderr)
-            raise SystemExit(1) from None
-        raise
+        return
+    except any_exception as error:
+        status = 1
+        try:  # telling what happened is best effort: the program may have broken anything it reaches
+            given = error.code if is_instance(error, exit_type) else error  # read once: a property may change
+            if given is error:
+                show_exception(kind(error), error, error.__traceback__)
+            elif kind(given) is plain_int and 1 <= given <= 255:
+                status = given
+            elif given is None or kind(given) is plain_int and given == 0:
+                say("sandbox: the program exited with status 0 before its end", file=sys.stderr)
+            else:
+                say(given, file=sys.stderr)
+        except any_exception:
+            pass
+    raise exit_type(status)
 
 
 if __name__ == "__main__":
