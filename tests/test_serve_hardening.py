@@ -439,3 +439,20 @@ def test_slow_clients_are_cut_off_and_do_not_pin_the_server(engine, tiny_checkpo
         finally:
             for connection in sockets:
                 connection.close()
+
+
+def test_connections_beyond_the_cap_are_503(engine, tiny_checkpoint):
+    with serve(engine, tiny_checkpoint, http=HttpSettings(max_connections=3)) as running:
+        idle = [socket.create_connection(("127.0.0.1", running.port), timeout=10) for _ in range(3)]
+        try:
+            deadline = time.monotonic() + 10  # until the server has accepted them
+            while httpx.get(running.url + "/health").status_code != 503 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert httpx.get(running.url + "/health").status_code == 503
+        finally:
+            for connection in idle:
+                connection.close()
+        deadline = time.monotonic() + 10
+        while httpx.get(running.url + "/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert httpx.get(running.url + "/health").status_code == 200
