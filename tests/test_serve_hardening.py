@@ -89,6 +89,27 @@ def test_batch_rows_joining_at_different_steps_match_their_answers_alone(engine)
         assert [row.tokens for row in member.group.rows] == [expected] * member.rows
 
 
+def test_a_failing_member_ends_alone(engine):
+    """One member's own failure (here its row logic raising) ends that member; the others of the
+    batch finish with the answers they get alone."""
+    tokenizer, greedy = engine.tokenizer, SamplingParams(temperature=0.0, max_tokens=20)
+    prompts = [tokenizer.encode(text, bos=True) for text in ("First Citizen:\n", "Hello there", "We are")]
+    alone = [engine.generate(prompt, greedy, use_tools=False)[0].tokens for prompt in prompts]
+    batch = engine.batch()
+    members = [batch.add(prompt, greedy, 1, False) for prompt in prompts]
+    batch.step()  # all three prefilled and answering
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    members[1].group.advance = broken
+    failed = []
+    while batch.members:
+        failed += [member for member in batch.step()[1] if member.error is not None]
+    assert failed == [members[1]] and str(members[1].error) == "boom"
+    assert [members[0].group.rows[0].tokens, members[2].group.rows[0].tokens] == [alone[0], alone[2]]
+
+
 def test_a_greedy_request_gets_the_same_answer_beside_others(server):
     """HTTP: a greedy request and a seeded sampled one alone, then again beside each other and two
     more with other settings (top_k, top_p = 0, a repetition penalty, n = 2): the same answers."""

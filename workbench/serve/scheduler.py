@@ -155,7 +155,6 @@ class Scheduler:
     def _run(self) -> None:
         batch = self.batch
         tickets: dict[int, Ticket] = {}  # id(member) -> its ticket
-        members: dict[int, Any] = {}  # id(ticket) -> its member
         outbox = _Outbox()
         while True:
             with self._wakeup:
@@ -177,13 +176,13 @@ class Scheduler:
                     self.failed += 1
                     outbox.put(ticket, (None, Failure()))
                     continue
-                tickets[id(member)], members[id(ticket)] = ticket, member
+                tickets[id(member)] = ticket
 
             for member in list(batch.members):  # clients that left
                 ticket = tickets[id(member)]
                 if ticket.cancelled.is_set():
                     batch.cancel(member)
-                    del tickets[id(member)], members[id(ticket)]
+                    del tickets[id(member)]
                     outbox.put(ticket, (None, END))
                     self.cancelled += 1
 
@@ -195,7 +194,6 @@ class Scheduler:
                         outbox.put(ticket, (row, event))
                 for member in ended:
                     ticket = tickets.pop(id(member))
-                    members.pop(id(ticket), None)
                     if member.error is not None:
                         log.error("generation failed (%d prompt tokens, %d rows)", len(member.prompt_ids),
                                   member.rows, exc_info=member.error)
