@@ -261,6 +261,7 @@ def test_phone_width_drawer_gives_history_and_new_chat(open_page):
 
     toggle.click()
     assert toggle.get_attribute("aria-expanded") == "true"
+    assert page.evaluate("document.activeElement.id") == "new-chat"  # the focus moves into the drawer
     page.locator("#new-chat").wait_for()  # on screen once the drawer has slid in, not off-canvas
     page.wait_for_function("""() => { const box = document.getElementById('new-chat').getBoundingClientRect();
                                       return box.left >= 0 && box.right <= innerWidth; }""")
@@ -269,6 +270,9 @@ def test_phone_width_drawer_gives_history_and_new_chat(open_page):
     page.locator("#new-chat").wait_for(state="hidden")
 
     toggle.click()
+    for _ in range(8):  # Tab stays inside the open drawer
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.closest('#sidebar') !== null")
     page.keyboard.press("Escape")  # Escape closes it as well, and gives the focus back
     page.locator("#new-chat").wait_for(state="hidden")
     assert page.evaluate("document.activeElement.id") == "menu-toggle"

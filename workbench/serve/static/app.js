@@ -485,6 +485,7 @@ function openDrawer() {
   document.body.classList.add("drawer-open");
   $("menu-toggle").setAttribute("aria-expanded", "true");
   $("backdrop").hidden = false;
+  document.querySelector("main").inert = true; // Tab stays in the drawer; the chat under it is out of reach
   $("new-chat").focus();
 }
 
@@ -493,6 +494,7 @@ function closeDrawer() {
   document.body.classList.remove("drawer-open");
   $("menu-toggle").setAttribute("aria-expanded", "false");
   $("backdrop").hidden = true;
+  document.querySelector("main").inert = false;
   $("menu-toggle").focus();
 }
 
@@ -556,6 +558,14 @@ $("menu-toggle").addEventListener("click", () => {
   if (document.body.classList.contains("drawer-open")) closeDrawer(); else openDrawer();
 });
 $("backdrop").addEventListener("click", closeDrawer);
+$("sidebar").addEventListener("keydown", (event) => {
+  // in the open drawer, Tab goes round its own controls (the page behind is inert)
+  if (event.key !== "Tab" || !document.body.classList.contains("drawer-open")) return;
+  const stops = [...$("sidebar").querySelectorAll("button, input")];
+  const [first, last] = [stops[0], stops[stops.length - 1]];
+  if (event.shiftKey && document.activeElement === first) { event.preventDefault(); last.focus(); }
+  if (!event.shiftKey && document.activeElement === last) { event.preventDefault(); first.focus(); }
+});
 document.addEventListener("keydown", (event) => {
   if (event.key === "Escape") closeDrawer();
 });
