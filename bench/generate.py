@@ -35,7 +35,7 @@ from membw import read_bandwidth  # noqa: E402
 
 from workbench import config as config_module  # noqa: E402
 from workbench.engine.engine import measure_speed, optimize_for_cpu_decode  # noqa: E402
-from workbench.engine.quantize import Int8Linear, quantize_model  # noqa: E402
+from workbench.int8 import Int8Linear, quantize_model  # noqa: E402
 from workbench.model import build_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -153,10 +153,10 @@ def train_baseline(overrides: dict[str, str], budget: float, train_text: str, va
 def train_picochat(config_path: str, overrides: dict[str, str], budget: float, train_text: str, val_text: str,
                    folder: Path, clock) -> dict:
     from workbench import config as config_module
+    from workbench.checkpoint import load_checkpoint
     from workbench.data.prepare import prepare
     from workbench.tokenizer import train_from_config
     from workbench.train import loop
-    from workbench.train.checkpoint import load_checkpoint
     from workbench.train.pretrain import pretrain
 
     loop.TimeBudget.clock = staticmethod(clock)

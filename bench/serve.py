@@ -37,9 +37,9 @@ sys.path.insert(0, str(REPO))
 def make_checkpoint(config_path: Path, folder: Path, vocab_size: int) -> Path:
     """A random-init checkpoint with the model shape of a config and a quickly trained tokenizer."""
     from workbench import config as config_module
+    from workbench.checkpoint import save_checkpoint
     from workbench.model import build_model
     from workbench.tokenizer import train_tokenizer
-    from workbench.train.checkpoint import save_checkpoint
 
     config = config_module.load(config_path)
     config.run.name = f"bench-{config.run.name}"

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from workbench import runs
+from workbench.checkpoint import load_checkpoint, save_checkpoint
+from workbench.checkpoint_files import resolve_checkpoint
 from workbench.errors import BadInput
-from workbench.train.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from workbench.train.common import capture_rng_states, restore_rng_states
 
 
@@ -86,7 +87,7 @@ def test_kill_9_during_saves_leaves_a_loadable_checkpoint(tiny_checkpoint, tmp_p
     run_dir = tmp_path / "run"
     script = textwrap.dedent(f"""
         import sys
-        from workbench.train.checkpoint import load_checkpoint, save_checkpoint
+        from workbench.checkpoint import load_checkpoint, save_checkpoint
         loaded = load_checkpoint({str(tiny_checkpoint)!r})
         step = 0
         while True:

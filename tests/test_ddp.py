@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from workbench import runs
-from workbench.train.checkpoint import load_checkpoint
+from workbench.checkpoint import load_checkpoint
 from workbench.train.pretrain import pretrain
 
 pytestmark = pytest.mark.slow  # two extra torch processes: ~15 s on 2 cores

@@ -151,7 +151,7 @@ TWO_STREAMS = {"total_batch_tokens": 1024, "device_batch_size": 8, "data_streams
 
 @pytest.mark.slow  # two torchrun launches and two 1-process runs: ~60 s on 2 cores
 def test_fsdp_two_processes_match_one_and_checkpoints_cross_modes(make_tiny_config):
-    from workbench.train.checkpoint import load_checkpoint
+    from workbench.checkpoint import load_checkpoint
     from workbench.train.pretrain import pretrain
 
     model = {"depth": 2, "window_pattern": "SL", "short_window": 24}
@@ -211,7 +211,7 @@ def test_two_ranks_evaluate_the_one_rank_bpb(tiny_checkpoint, tmp_path):
 import json, sys
 import torch.distributed as dist
 from workbench.evals.bpb import evaluate_bpb, val_batches
-from workbench.train.checkpoint import load_checkpoint
+from workbench.checkpoint import load_checkpoint
 from workbench.train.common import setup_distributed
 info = setup_distributed("cpu")
 checkpoint = load_checkpoint({str(tiny_checkpoint)!r})
@@ -227,8 +227,8 @@ dist.destroy_process_group()
     assert result.returncode == 0, result.stderr[-3000:]
     two_ranks = json.loads(result.stdout.split("BPB", 1)[1])
 
+    from workbench.checkpoint import load_checkpoint
     from workbench.evals.bpb import evaluate_bpb, val_batches
-    from workbench.train.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(tiny_checkpoint)
     one_rank = evaluate_bpb(checkpoint.model, checkpoint.tokenizer,

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from workbench import runs
+from workbench.checkpoint import load_checkpoint
 from workbench.cli import main
 from workbench.evals import multiple_choice
-from workbench.train.checkpoint import load_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures" / "evals"
 

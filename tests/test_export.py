@@ -22,11 +22,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from workbench.checkpoint import load_checkpoint, quantize_checkpoint
+from workbench.checkpoint_files import update_meta
 from workbench.cli import main
 from workbench.engine import Engine, SamplingParams
-from workbench.engine.quantize import Int8Linear, quantize_checkpoint
 from workbench.export import export_checkpoint, hf_name
-from workbench.train.checkpoint import load_checkpoint, update_meta
+from workbench.int8 import Int8Linear
 
 WINDOW = 8
 MODEL = {"depth": 2, "width": 128, "heads": 4, "kv_heads": 2, "window_pattern": "SL", "short_window": WINDOW}

@@ -214,7 +214,7 @@ def no_letter_e(text, answer):
 @pytest.mark.slow
 def test_tiny_grpo_run_raises_the_reward_and_resumes(make_tiny_config, tiny_checkpoint):
     from workbench import runs
-    from workbench.train.checkpoint import load_checkpoint
+    from workbench.checkpoint import load_checkpoint
 
     prompt = grpo.Prompt([{"role": "user", "content": "Speak."}], None)
     task = grpo.Task("no-e", lambda index: prompt, [prompt] * 4, no_letter_e, lambda t, a: no_letter_e(t, a) == 1)

@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from workbench.checkpoint import load_checkpoint, quantize_checkpoint
 from workbench.cli import main
 from workbench.engine import Engine, SamplingParams
-from workbench.engine.quantize import Int8Linear, quantize_checkpoint, quantize_weight
 from workbench.errors import BadInput
-from workbench.train.checkpoint import load_checkpoint
+from workbench.int8 import Int8Linear, quantize_weight
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ import time
 import pytest
 
 from workbench import runs
+from workbench.checkpoint import load_checkpoint, save_checkpoint
 from workbench.cli import main
 from workbench.errors import BadInput
-from workbench.train.checkpoint import load_checkpoint, save_checkpoint
 from workbench.train.pretrain import pretrain
 
 

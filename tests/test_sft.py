@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from workbench import runs
+from workbench.checkpoint import load_checkpoint
 from workbench.cli import main
 from workbench.errors import BadInput
-from workbench.train.checkpoint import load_checkpoint
 from workbench.train.sft import chat_probe, sft
 
 

@@ -7,3 +7,9 @@ Messages name the file and the problem, e.g. "configs/x.toml:12: [train] steps: 
 
 class BadInput(Exception):
     """Bad config, data or checkpoint: reported as one line, exit code 2, no traceback."""
+
+
+def first_line(error: BaseException) -> str:
+    """An exception as one short line for a BadInput message."""
+    lines = str(error).splitlines()
+    return lines[0][:200] if lines else type(error).__name__

@@ -54,7 +54,7 @@ def float_state_dict(model) -> dict[str, Any]:
     are dequantized (int8 weight * per-channel scale)."""
     import torch
 
-    from workbench.engine.quantize import Int8Linear
+    from workbench.int8 import Int8Linear
 
     tensors = {name: tensor for name, tensor in model.state_dict().items() if not name.endswith(".weight_scale")}
     for name, module in model.named_modules():
@@ -271,7 +271,8 @@ def _check_destination(out: Path, source: Path, force: bool) -> None:
 
 
 def _write_folder(checkpoint, folder: Path, fmt: str, out_name: str) -> None:
-    from workbench.train.checkpoint import save_tensors, write_json
+    from workbench.checkpoint import save_tensors
+    from workbench.checkpoint_files import write_json
 
     tensors = {hf_name(name): tensor for name, tensor in float_state_dict(checkpoint.model).items()}
     save_tensors(tensors, folder / "model.safetensors", metadata={"format": "pt"})
@@ -290,7 +291,8 @@ def _write_folder(checkpoint, folder: Path, fmt: str, out_name: str) -> None:
 def export_checkpoint(spec: str | Path, out: str | Path, fmt: str = "hf", force: bool = False) -> Path:
     """Write CHECKPOINT (a checkpoint folder, or a run folder: its newest) as a `fmt` folder at
     `out`; returns `out`. An existing non-empty `out` is replaced only with force."""
-    from workbench.train.checkpoint import load_checkpoint, resolve_checkpoint
+    from workbench.checkpoint import load_checkpoint
+    from workbench.checkpoint_files import resolve_checkpoint
 
     if fmt not in FORMATS:
         raise BadInput(f"--format: unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")

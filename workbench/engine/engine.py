@@ -466,7 +466,7 @@ class Engine:
 
         dtype: "float32" | "bfloat16" | None (bf16 on CUDA, float32 elsewhere). INT8 checkpoints
         keep their int8 linears whatever the dtype of the rest. compiled: see ModelSource."""
-        from workbench.train.checkpoint import load_checkpoint
+        from workbench.checkpoint import load_checkpoint
         from workbench.train.common import resolve_device
 
         device = resolve_device(device) if isinstance(device, str) else torch.device(device)

@@ -108,7 +108,7 @@ def bpb_for_checkpoint(checkpoint, max_tokens: int | None = None, device: str = 
                        batch_size: int | None = None) -> float:
     """Val bpb of a checkpoint (a folder, a run folder, or a loaded Checkpoint) on the val split of
     the data its config names. max_tokens None: the config's [train] eval_tokens."""
-    from workbench.train.checkpoint import Checkpoint, load_checkpoint
+    from workbench.checkpoint import Checkpoint, load_checkpoint
 
     torch_device = resolve_device(device)
     if not isinstance(checkpoint, Checkpoint):

@@ -230,7 +230,7 @@ def run_task(task: str, items: list, checkpoint, device, args, report: Reporter)
 
 
 def run(args: argparse.Namespace) -> int:
-    from workbench.train.checkpoint import read_checkpoint_config, resolve_checkpoint
+    from workbench.checkpoint_files import read_checkpoint_config, resolve_checkpoint
 
     path = resolve_checkpoint(args.checkpoint)
     config = read_checkpoint_config(path)
@@ -258,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from workbench.train.checkpoint import load_checkpoint
+    from workbench.checkpoint import load_checkpoint
     from workbench.train.common import resolve_device
 
     device = resolve_device(args.device)

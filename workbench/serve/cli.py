@@ -55,10 +55,10 @@ def run(args: argparse.Namespace) -> int:
             raise BadInput(f"--{name.replace('_', '-')}: must be positive, got {value}")
     import uvicorn
 
+    from workbench.checkpoint_files import resolve_checkpoint
     from workbench.engine import Engine
     from workbench.serve.app import HttpSettings, create_app, describe_model, uvicorn_config
     from workbench.serve.protocol import Limits
-    from workbench.train.checkpoint import resolve_checkpoint
 
     folder = resolve_checkpoint(args.checkpoint)
     engine = Engine.from_checkpoint(folder, device=args.device, compiled=args.compile)

@@ -43,8 +43,9 @@ from typing import Any
 import torch
 import torch.distributed as torch_dist
 
+from workbench.checkpoint import save_checkpoint
+from workbench.checkpoint_files import update_meta
 from workbench.optim import lr_multiplier
-from workbench.train.checkpoint import save_checkpoint, update_meta
 from workbench.train.common import (
     DistInfo,
     autocast,

@@ -84,9 +84,9 @@ def check_inputs(cfg, resume: bool, is_main: bool = True, worker: bool = False):
     missing, a run folder that would be overwritten, a run that is already going. The worker
     (not the launcher of a detached one) takes the run folder's lock here.
     Returns (tokenizer, newest checkpoint folder or None)."""
+    from workbench.checkpoint_files import guard_run_folder
     from workbench.data.shards import list_shards
     from workbench.tokenizer import Tokenizer
-    from workbench.train.checkpoint import guard_run_folder
 
     if not list_shards(cfg.data_dir, "train"):
         raise BadInput(f"{cfg.data_dir}: no prepared training data; run `picochat prepare CONFIG` first")
@@ -142,11 +142,11 @@ def _pretrain(cfg, resume: bool, dist, verbose: bool):
 
     import torch  # noqa: F401  (heavy imports stay out of `picochat -h`)
 
+    from workbench.checkpoint import load_checkpoint
     from workbench.evals.bpb import evaluate_bpb, val_batches
     from workbench.model import build_model, uses_flex
     from workbench.optim import build_optimizer
     from workbench.runs import RunWriter, freeze_config
-    from workbench.train.checkpoint import load_checkpoint
     from workbench.train.common import (
         broadcast_from_main,
         gather_objects,

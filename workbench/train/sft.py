@@ -68,7 +68,7 @@ def check_inputs(cfg, stage: str, init_from: str, default_source: Path, source_v
     (not the launcher of a detached one) takes the run folder's lock here. Returns (the
     checkpoint to start from, the stage's newest checkpoint when resuming)."""
     from workbench import runs
-    from workbench.train.checkpoint import guard_run_folder, resolve_checkpoint
+    from workbench.checkpoint_files import guard_run_folder, resolve_checkpoint
 
     newest = guard_run_folder(cfg.stage_dir(stage), stage, resume, take_lock=worker)
     if newest is not None:  # only with resume: guard_run_folder refuses existing checkpoints otherwise
@@ -106,10 +106,10 @@ def sft(cfg, resume: bool = False, verbose: bool = True, budget: str = ""):
 
 
 def _sft(cfg, resume: bool, verbose: bool, budget: str):
+    from workbench.checkpoint import load_checkpoint
     from workbench.data.chat import SftBatches, load_datasets, val_batches
     from workbench.optim import build_optimizer
     from workbench.runs import RunWriter, freeze_config
-    from workbench.train.checkpoint import load_checkpoint
     from workbench.train.common import resolve_device, restore_rng_states, seed_everything
     from workbench.train.loop import train
     from workbench.train.pretrain import planned_steps
