@@ -19,6 +19,7 @@ from typing import Any
 import tomli_w
 
 from workbench.errors import BadInput
+from workbench.files import atomic_write_text
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
@@ -225,16 +226,24 @@ class EvalSection:
 
 @dataclass
 class SampleSection:
-    temperature: float = 0.8
+    """The sampling settings, defined once. The engine's SamplingParams is this section plus a
+    request's stop strings; `picochat chat` (options and /settings) and the server's request model
+    take their names, types and ranges from here, and every one of them checks a value with
+    check_sample_setting, so what one accepts the others accept (tests/test_sampling_schema.py)."""
+
+    temperature: float = 0.8  # 0: greedy (the HTTP API keeps OpenAI's ceiling of 2)
     top_k: int = 50  # 0: off
-    top_p: float = 1.0  # 1: off; 0: the most likely token only (as in workbench/engine/sampling.py)
-    repetition_penalty: float = 1.0  # 1: off
-    max_tokens: int = 256
+    top_p: float = 1.0  # 1: off; 0: the most likely token only (nucleus sampling always keeps one)
+    repetition_penalty: float = 1.0  # 1: off; > 1 discourages tokens already in the answer
+    max_tokens: int = 256  # generated tokens, forced calculator output included
     seed: int = -1  # -1: random
 
     _ranges = {"temperature": (0.0, None), "top_k": (0, 1_000_000), "top_p": (0.0, 1.0),
-               "repetition_penalty": (0.0, None), "max_tokens": (1, MAX_SEQ_LEN), "seed": (-1, MAX_SEED)}
+               "repetition_penalty": (0.0, 10.0), "max_tokens": (1, MAX_SEQ_LEN), "seed": (-1, MAX_SEED)}
     _above = {"repetition_penalty": 0.0}  # strictly: logits are divided by it
+
+
+SAMPLE_SETTINGS = tuple(f.name for f in dataclasses.fields(SampleSection))
 
 
 SECTIONS: dict[str, type] = {
@@ -401,6 +410,18 @@ def _check_value(section_cls: type, name: str, default: Any, value: Any) -> tupl
     return value, None
 
 
+def check_sample_setting(name: str, value: Any) -> tuple[Any, str | None]:
+    """One sampling setting (a name in SAMPLE_SETTINGS) checked exactly as [sample] checks it:
+    (the value, an int made float where a float belongs; the problem or None)."""
+    return _check_value(SampleSection, name, getattr(SampleSection, name), value)
+
+
+def sample_setting_bounds(name: str) -> tuple[float | None, float | None, bool]:
+    """(lowest, highest, whether the lowest itself is refused) of one sampling setting."""
+    low, high = SampleSection._ranges[name]
+    return low, high, name in SampleSection._above
+
+
 def validate(data: dict[str, Any], path: Path | str = "<config>", text: str = "",
              cross_checks: bool = True) -> tuple[Config, list[str]]:
     """Build a Config from parsed TOML; returns (config, errors). Errors read
@@ -540,11 +561,7 @@ def from_dict(data: dict[str, Any]) -> Config:
 
 def save(config: Config, path: str | Path) -> None:
     """Write the fully resolved config as TOML (atomically: a crash never leaves half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(config.to_toml(), encoding="utf-8")
-    temporary.replace(path)
+    atomic_write_text(path, config.to_toml())
 
 
 def default_config_path() -> Path:

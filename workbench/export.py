@@ -138,10 +138,10 @@ def validation_bpb(checkpoint) -> tuple[float | None, str]:
 def eval_scores(checkpoint_path: Path) -> list[tuple[str, str, Any]]:
     """(task, headline score, examples) for every task in <checkpoint>/evals.json; garbage in the
     file is skipped, never fatal."""
-    from workbench import runs
+    from workbench import checkpoint_files, runs
     from workbench.evals.cli import headline
 
-    results = runs.read_json_object(checkpoint_path / "evals.json") or {}
+    results = checkpoint_files.read_evals(checkpoint_path)
     rows = []
     for task, result in sorted(results.items()):
         if not isinstance(result, dict):

@@ -29,23 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import BadInput
+from workbench.files import atomic_write_text
 from workbench.input_files import open_regular, parse_json
 
 STATES = ("starting", "running", "paused", "stopping", "stopped", "done", "failed")  # stopped: asked to, resumable
+LIVE_STATES = ("starting", "running", "paused", "stopping", "stalled")  # effective states of a worker at work
 CONTROL_COMMANDS = ("stop", "pause", "resume", "save")
 STALL_SECONDS = 120.0  # no heartbeat for this long while "running": shown as stalled
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and rename: readers see the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    except BaseException:  # a full disk, say: leave no half-written temporary behind
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def _json_safe(value: Any) -> Any:
@@ -425,6 +415,17 @@ def pid_alive(pid: int | None) -> bool:
             return stat.read().split(") ", 1)[1][:1] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def exit_code(pid: int) -> int | None:
+    """None while a worker this process started runs; its exit code once it ended (reaping it: no
+    zombie is left). A child reaped elsewhere (subprocess cleans up after its own Popen objects)
+    reads as 0."""
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None if pid_alive(pid) else 0
+    return None if done == 0 else os.waitstatus_to_exitcode(status)
 
 
 def effective_state(status: dict[str, Any] | None, now: float | None = None) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 import time
 from contextlib import redirect_stdout
@@ -71,15 +70,10 @@ class StageStopped(Exception):
 
 def _newest_step(run_dir: Path) -> int | None:
     """Step of the newest checkpoint in a run folder, None when there is none."""
-    from workbench import runs
+    from workbench import checkpoint_files
 
-    found = runs.list_checkpoints(run_dir)
-    if not found:
-        return None
-    try:
-        return int(json.loads((found[-1] / "meta.json").read_text(encoding="utf-8")).get("step", 0))
-    except (OSError, ValueError):
-        return 0
+    newest = checkpoint_files.newest(run_dir)
+    return None if newest is None else checkpoint_files.read_meta(newest).get("step", 0)
 
 
 def _training_status(run_dir: Path, total_steps: int) -> str:
@@ -235,19 +229,13 @@ def _grpo(cfg, resume: bool, verbose: bool) -> dict[str, Any]:
 def _eval(cfg, stage: str, verbose: bool) -> StageResult:
     """`picochat eval` on the newest checkpoint of a training stage, with [eval] tasks and limit;
     skipped when that checkpoint's evals.json already has every task at this limit."""
-    from workbench import cli, runs
+    from workbench import checkpoint_files, cli
     from workbench.evals.common import parse_tasks
 
     name = f"eval/{stage}"
-    checkpoint = runs.list_checkpoints(cfg.stage_dir(stage))[-1]
+    checkpoint = checkpoint_files.newest(cfg.stage_dir(stage))
     tasks = parse_tasks(cfg.eval.tasks)
-    evals_path = checkpoint / "evals.json"
-    done = {}
-    if evals_path.exists():
-        try:
-            done = json.loads(evals_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            done = {}
+    done = checkpoint_files.read_evals(checkpoint)
     if all(isinstance(done.get(task), dict) and done[task].get("limit") == cfg.eval.limit for task in tasks):
         return StageResult(name, "skipped", note=f"{checkpoint} already evaluated", figures=_scores(done, tasks))
     t = time.time()
@@ -263,7 +251,7 @@ def _eval(cfg, stage: str, verbose: bool) -> StageResult:
             code = cli.main(argv)
     if code != 0:
         raise BadInput(f"{checkpoint}: `picochat {' '.join(argv)}` failed (exit {code})")
-    done = json.loads(evals_path.read_text(encoding="utf-8"))
+    done = checkpoint_files.read_evals(checkpoint)
     return StageResult(name, "ran", time.time() - t, str(checkpoint), _scores(done, tasks))
 
 

@@ -48,10 +48,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workbench import checkpoint_files, runs
 from workbench import config as config_module
-from workbench import runs
 from workbench.errors import BadInput
-from workbench.tui.launch import LIVE_STATES, exit_code
+from workbench.runs import LIVE_STATES, exit_code
 
 SWEEP_FILE = "sweep.json"
 TABLE_FILE = "sweep.md"
@@ -307,15 +307,15 @@ def _number(value: Any) -> float | None:
 
 
 def read_point(point: Point) -> PointResult:
-    from workbench.evals.report import _checkpoint_meta, wall_seconds
+    from workbench.evals.report import wall_seconds
 
     run_dir = point.run_dir
     result = PointResult(point.name, point.label, point.settings, str(run_dir))
     status = runs.read_status(run_dir)
     status = status if isinstance(status, dict) else {}  # run folders can hold any JSON
     state = runs.effective_state(status or None)
-    checkpoint, meta = _checkpoint_meta(run_dir)
-    meta = meta if isinstance(meta, dict) else {}
+    checkpoint = checkpoint_files.newest(run_dir)
+    meta = checkpoint_files.read_meta(checkpoint) if checkpoint else {}
     step, total = meta.get("step"), meta.get("total_steps") or point.config.train.steps
     finished = checkpoint is not None and isinstance(step, int) and isinstance(total, int) and step >= total
     if state in LIVE_STATES and status.get("stage") == "pretrain":

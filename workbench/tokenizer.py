@@ -15,7 +15,6 @@ This module never imports torch.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import time
@@ -27,6 +26,7 @@ from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 from workbench.errors import BadInput
+from workbench.files import atomic_write_text
 from workbench.input_files import open_regular
 
 SPECIAL_TOKENS = ["<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>",
@@ -138,11 +138,7 @@ class Tokenizer:
 
     def save(self, path: str | Path) -> None:
         """Write tokenizer.json atomically (tokenizers.Tokenizer.from_file loads it as is)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(self.to_str(), encoding="utf-8")
-        os.replace(temporary, path)
+        atomic_write_text(path, self.to_str())
 
     @property
     def hf(self) -> HFTokenizer:

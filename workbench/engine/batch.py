@@ -21,24 +21,23 @@ static shapes) over the whole cache, with the batch padded to a power of two so 
 graphs serve every batch size. Models without a KV cache (bigram, mlp: tiny windows re-fed every
 step) keep one ModelSource per member and step them one after another.
 
-Engine.batch() makes one (this module sits below engine.py: the engine hands it its RowGroup and
-ModelSource classes). Only one thread may use a Batch (the server's generation thread). A failure in one member's own
-work (its prefill, its sampling or tools) ends that member alone; a failure of the shared decode
-step ends every decoding member, and the batch starts afresh.
+Engine.batch() makes one (this module sits below engine.py: the engine hands it its ModelSource
+class; rows.py's RowGroup is shared by both). Only one thread may use a Batch (the server's
+generation thread). A failure in one member's own work (its prefill, its sampling or tools) ends
+that member alone; a failure of the shared decode step ends every decoding member, and the batch
+starts afresh.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from workbench.engine.rows import Event, RowGroup
 from workbench.engine.sampling import SamplingParams, sample_next
-
-if TYPE_CHECKING:  # for the annotations only: engine.py imports this module
-    from workbench.engine.engine import Event, RowGroup
 
 
 class Member:

@@ -4,7 +4,7 @@ The loop, top to bottom:
 1. the prompt goes through the model once (prefill) into a preallocated KV cache of batch 1,
    which is then copied to the N rows that sample from it (shared prefill);
 2. each step picks one token per row: the next forced token if the row has any (tool output),
-   else a sampled one; each row's `_Row` state machine turns its token into events (text,
+   else a sampled one; each row's state machine (rows.py) turns its token into events (text,
    thought, tool call, tool output) and decides whether the row is finished;
 3. the chosen tokens go through the model as one [N, 1] batch, and the loop repeats until every
    row is finished, or the cache is full ("length").
@@ -24,26 +24,15 @@ the answer text, or when the context is full. A stopping token is kept in `Gener
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from workbench.engine.batch import Batch
-from workbench.engine.sampling import SamplingParams, make_generator, sample_next
-from workbench.engine.streaming import StopFilter, TextStream
-from workbench.tools import CalculatorError, calculate
-
-
-@dataclass
-class Event:
-    kind: str  # "text" | "thought" | "tool_call" | "tool_output" | "done"
-    text: str = ""
-    finish_reason: str | None = None  # "stop" | "length" on the done event
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+from workbench.engine.rows import Completion, Event, RowGroup
+from workbench.engine.sampling import SamplingParams, sample_next
 
 
 class ContextLengthExceeded(ValueError):
@@ -57,169 +46,10 @@ class ContextLengthExceeded(ValueError):
 
 
 @dataclass
-class Completion:
-    text: str
-    thought: str = ""
-    tool_calls: list[dict[str, str]] = field(default_factory=list)  # [{"expression", "output"}]
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-@dataclass
 class Generation:
     tokens: list[int]
     sampled_mask: list[int]  # 1: sampled by the model, 0: forced (tool output)
     finish_reason: str | None = None
-
-
-def run_tool(expression: str) -> str:
-    """The calculator's answer, or its error as text the model can read."""
-    try:
-        return calculate(expression)
-    except CalculatorError as error:
-        return f"Error: {error}"
-
-
-# ---------------------------------------------------------------------------------------------
-# one row's state machine: tokens in, events out
-
-
-class _Row:
-    def __init__(self, tokenizer, params: SamplingParams, use_tools: bool, tool_text=None):
-        self.tokenizer = tokenizer
-        # tool_text(kind, text): how a tool block reads in the answer's text (a server's fenced
-        # blocks); stop strings then apply to those blocks too. None: tool blocks are not text.
-        self.tool_text = tool_text
-        self.special = {name: tokenizer.special_id(f"<|{name}|>") for name in (
-            "bos", "user_start", "assistant_start", "assistant_end", "think_start", "think_end",
-            "python_start", "python_end", "output_start", "output_end")}
-        self.stop_ids = {self.special[name] for name in ("bos", "user_start", "assistant_start", "assistant_end")}
-        self.max_tokens = params.max_tokens
-        self.use_tools = use_tools
-        self.tokens: list[int] = []
-        self.sampled_mask: list[int] = []
-        self.forced: deque[int] = deque()
-        self.finished = False
-        self.finish_reason: str | None = None
-        self.mode = "text"  # text | thought | tool_call | tool_output
-        self.stream = TextStream(tokenizer.token_to_bytes)
-        self.stop_filter = StopFilter(params.stop)
-        self.tool_ids: list[int] = []  # the call or output being read
-        # what the row has said so far, for Completion
-        self.text_parts: list[str] = []
-        self.thought_parts: list[str] = []
-        self.tool_calls: list[dict[str, str]] = []
-
-    def push(self, token: int, sampled: bool) -> list[Event]:
-        """Take the row's next token; return the events it completes."""
-        self.tokens.append(token)
-        self.sampled_mask.append(1 if sampled else 0)
-        events: list[Event] = []
-        if token in self.stop_ids:
-            self._end_segment(events)
-            self._finish("stop")
-        elif token == self.special["think_start"]:
-            self._end_segment(events)
-            self.mode = "thought"
-        elif token == self.special["think_end"]:
-            self._end_segment(events)
-        elif token == self.special["python_start"]:
-            self._end_segment(events)
-            self.mode = "tool_call"
-        elif token == self.special["output_start"]:
-            self._end_segment(events)
-            self.mode = "tool_output"
-        elif token == self.special["python_end"] or token == self.special["output_end"]:
-            was_call = self.mode == "tool_call"
-            self._end_segment(events)
-            if was_call and token == self.special["python_end"] and self.use_tools and not self.finished:
-                output = run_tool(self.tool_calls[-1]["expression"])
-                self.forced.extend([self.special["output_start"], *self.tokenizer.encode(output),
-                                    self.special["output_end"]])
-        elif self.tokenizer.is_special(token):
-            pass  # any other special token (e.g. a stray <|user_end|>) carries no text
-        elif self.mode in ("tool_call", "tool_output"):
-            self.tool_ids.append(token)
-        else:
-            self._emit(self.stream.push(token), events)
-        if not self.finished and len(self.tokens) >= self.max_tokens:
-            self._end_segment(events)
-            self._finish("length")
-        return events
-
-    def finish_length(self) -> list[Event]:
-        """The context is full: end the row where it stands."""
-        events: list[Event] = []
-        self._end_segment(events)
-        self._finish("length")
-        return events
-
-    def _finish(self, reason: str) -> None:
-        if not self.finished:
-            self.finished, self.finish_reason = True, reason
-            self.forced.clear()
-
-    def _emit(self, piece: str, events: list[Event]) -> None:
-        if self.mode == "thought":
-            if piece:
-                self.thought_parts.append(piece)
-                events.append(Event("thought", piece))
-            return
-        shown = self.stop_filter.push(piece)
-        if shown:
-            self.text_parts.append(shown)
-            events.append(Event("text", shown))
-        if self.stop_filter.stopped:
-            self._finish("stop")
-
-    def _end_segment(self, events: list[Event]) -> None:
-        """Close the current text/thought/tool segment, releasing anything it held back."""
-        if self.mode in ("tool_call", "tool_output"):
-            text = self.tokenizer.decode_bytes(self.tool_ids).decode("utf-8", errors="replace")
-            self.tool_ids = []
-            if self._stopped_inside_tool_block(self.mode, text, events):
-                self.mode = "text"
-                return
-            if self.mode == "tool_call":
-                self.tool_calls.append({"expression": text, "output": ""})
-                events.append(Event("tool_call", text))
-            else:
-                if self.tool_calls and not self.tool_calls[-1]["output"]:
-                    self.tool_calls[-1]["output"] = text
-                events.append(Event("tool_output", text))
-        else:
-            self._emit(self.stream.flush(), events)
-            if self.mode == "text" and not self.finished:
-                tail = self.stop_filter.flush()
-                if tail:
-                    self.text_parts.append(tail)
-                    events.append(Event("text", tail))
-        self.mode = "text"
-
-    def _stopped_inside_tool_block(self, kind: str, text: str, events: list[Event]) -> bool:
-        """A stop string inside a tool block as the answer's text shows it: the text up to the
-        stop string is the end of the answer (the tool does not run)."""
-        if self.tool_text is None or not self.stop_filter.stops:
-            return False
-        block = self.tool_text(kind, text)
-        hits = [index for index in (block.find(stop) for stop in self.stop_filter.stops) if index >= 0]
-        if not hits:
-            return False
-        if min(hits):
-            self.text_parts.append(block[:min(hits)])
-            events.append(Event("text", block[:min(hits)]))
-        self._finish("stop")
-        return True
-
-    def done_event(self, prompt_tokens: int) -> Event:
-        return Event("done", finish_reason=self.finish_reason, prompt_tokens=prompt_tokens,
-                     completion_tokens=len(self.tokens))
-
-    def completion(self, prompt_tokens: int) -> Completion:
-        return Completion(text="".join(self.text_parts), thought="".join(self.thought_parts),
-                          tool_calls=list(self.tool_calls), finish_reason=self.finish_reason,
-                          prompt_tokens=prompt_tokens, completion_tokens=len(self.tokens))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,68 +167,6 @@ def measure_speed(model, prompt_tokens: int = 16, new_tokens: int = 64, batch_si
 
 # ---------------------------------------------------------------------------------------------
 # the loop
-
-
-class RowGroup:
-    """The rows answering one prompt (n samples of a shared prefill) and their sampler state.
-
-    `advance(logits)` takes the model's next-token logits for every row [n, V], picks each
-    unfinished row's next token (its next forced token if it has any, else a sampled one), feeds
-    it to the row, and returns the tokens to feed the model next (a finished row repeats its last
-    token: padding whose answer is never read) and the events, as (row index, events). The one
-    step of every generation loop: GenerationRun's, and a server batch's, which steps many groups
-    of different prompts and settings at once (engine/batch.py) and samples the rows of groups
-    with the same settings in one call (`advance(sampled=...)`, with `sampler()`'s state)."""
-
-    def __init__(self, tokenizer, prompt_ids: list[int], params: SamplingParams, num_samples: int = 1,
-                 use_tools: bool = True, tool_text=None):
-        self.tokenizer, self.params = tokenizer, params
-        self.prompt_ids = list(prompt_ids)
-        self.rows = [_Row(tokenizer, params, use_tools, tool_text) for _ in range(num_samples)]
-        self.generator: torch.Generator | None = None  # made on the logits' device
-        self.seen: torch.Tensor | None = None  # [n, V] tokens each row sampled (repetition penalty)
-
-    @property
-    def finished(self) -> bool:
-        return all(row.finished for row in self.rows)
-
-    @property
-    def needs_sample(self) -> bool:
-        return any(not row.finished and not row.forced for row in self.rows)
-
-    def sampler(self, logits: torch.Tensor) -> tuple[torch.Generator, torch.Tensor | None]:
-        """The group's generator and seen-token mask (made on the first logits' device)."""
-        if self.generator is None:
-            self.generator = make_generator(self.params.seed, logits.device)
-            if self.params.repetition_penalty != 1.0:
-                self.seen = torch.zeros(len(self.rows), logits.size(-1), dtype=torch.bool, device=logits.device)
-        return self.generator, self.seen
-
-    def advance(self, logits: torch.Tensor | None, sampled: list[int] | None = None
-                ) -> tuple[list[int], list[tuple[int, list[Event]]]]:
-        """sampled: the rows' sampled tokens, drawn already (a batch's shared sampling); else
-        they are drawn here from logits."""
-        rows = self.rows
-        if sampled is None and self.needs_sample:
-            generator, seen = self.sampler(logits)
-            sampled = sample_next(logits, self.params, generator, seen).tolist()
-        feed, produced = [], []
-        for index, row in enumerate(rows):
-            if row.finished:
-                feed.append(row.tokens[-1] if row.tokens else self.prompt_ids[-1])  # padding, never read
-                continue
-            token, was_sampled = (row.forced.popleft(), False) if row.forced else (sampled[index], True)
-            events = row.push(token, was_sampled)
-            if self.seen is not None and was_sampled and not self.tokenizer.is_special(token):
-                self.seen[index, token] = True
-            feed.append(token)
-            if events:
-                produced.append((index, events))
-        return feed, produced
-
-    def finish_length(self) -> list[tuple[int, list[Event]]]:
-        """The context is full: every unfinished row ends with "length"."""
-        return [(index, row.finish_length()) for index, row in enumerate(self.rows) if not row.finished]
 
 
 class GenerationRun:

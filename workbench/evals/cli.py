@@ -11,7 +11,6 @@ hold the "stopped at step N; continue with --resume" a user needs).
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import threading
@@ -19,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from workbench import runs
+from workbench import checkpoint_files, runs
 from workbench.errors import BadInput
 from workbench.evals import common
 from workbench.evals.common import TASKS, TaskResult
@@ -91,20 +90,6 @@ def writer_dir(checkpoint: Path) -> Path | None:
         return None
     run_dir = checkpoint.parent.parent
     return run_dir.with_name(f"{run_dir.name}-eval")
-
-
-def merge_results(checkpoint: Path, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """<checkpoint>/evals.json: earlier results kept, these tasks replaced."""
-    path = checkpoint / "evals.json"
-    try:
-        existing = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(existing, dict):
-            existing = {}
-    except (OSError, ValueError):
-        existing = {}
-    existing.update(results)
-    runs.atomic_write_text(path, json.dumps(runs._json_safe(existing), indent=1))
-    return existing
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,10 +215,8 @@ def run_task(task: str, items: list, checkpoint, device, args, report: Reporter)
 
 
 def run(args: argparse.Namespace) -> int:
-    from workbench.checkpoint_files import read_checkpoint_config, resolve_checkpoint
-
-    path = resolve_checkpoint(args.checkpoint)
-    config = read_checkpoint_config(path)
+    path = checkpoint_files.resolve_checkpoint(args.checkpoint)
+    config = checkpoint_files.read_checkpoint_config(path)
     tasks = common.parse_tasks(args.tasks if args.tasks is not None else config.eval.tasks)
     limit = args.limit if args.limit is not None else config.eval.limit
     if limit < 0:
@@ -308,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
                 elif task == "core":
                     entry["data"] = str(core_bundle) if core_bundle else str(data_dir)
                 results[task] = entry
-                merge_results(path, {task: entry})
+                checkpoint_files.merge_evals(path, {task: entry})
                 if writer:
                     score = common.headline_score(task, entry)
                     fields = {key: value for key, value in entry.items()

@@ -23,7 +23,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from workbench import runs
+from workbench import checkpoint_files, runs
 from workbench.errors import BadInput
 from workbench.evals.common import SCORE_KEYS, TASKS, headline_score
 
@@ -190,16 +190,6 @@ def _first(records: list[dict[str, Any]], kind: str, key: str) -> Any:
     return None
 
 
-def _checkpoint_meta(folder: Path) -> tuple[Path | None, dict[str, Any]]:
-    checkpoints = runs.list_checkpoints(folder)
-    if not checkpoints:
-        return None, {}
-    try:
-        return checkpoints[-1], json.loads((checkpoints[-1] / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return checkpoints[-1], {}
-
-
 def stage_summary(stage: str, records: list[dict[str, Any]], folder: Path) -> dict[str, Any]:
     """What one stage did, from its metrics records (and its newest checkpoint for a training stage)."""
     mine = [r for r in records if r.get("stage") == stage]
@@ -224,8 +214,9 @@ def stage_summary(stage: str, records: list[dict[str, Any]], folder: Path) -> di
             first_val_bpb=_first(mine, "eval", "val_bpb"),
             val_loss=_last(mine, "eval", "val_loss"),
         )
-        checkpoint, meta = _checkpoint_meta(folder)
+        checkpoint = checkpoint_files.newest(folder)
         if checkpoint is not None:
+            meta = checkpoint_files.read_meta(checkpoint)
             summary["checkpoint"] = str(checkpoint)
             summary["params"] = summary["params"] or meta.get("params")
             summary["tokens"] = summary["tokens"] or meta.get("tokens")
@@ -259,15 +250,9 @@ def eval_results(folders: dict[str, Path]) -> list[dict[str, Any]]:
     found = []
     for name, folder in folders.items():
         for checkpoint in runs.list_checkpoints(folder):
-            path = checkpoint / "evals.json"
-            if not path.exists():
-                continue
-            try:
-                results = json.loads(path.read_text(encoding="utf-8"))
-                meta = json.loads((checkpoint / "meta.json").read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if isinstance(results, dict) and results:
+            results = checkpoint_files.read_evals(checkpoint)
+            if results:
+                meta = checkpoint_files.read_meta(checkpoint)
                 found.append({"stage": meta.get("stage") or ("pretrain" if not name else name),
                               "checkpoint": str(checkpoint), "step": meta.get("step"), "results": results})
     return found

@@ -32,6 +32,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
+from workbench import checkpoint_files
 from workbench.serve import protocol
 from workbench.serve.guard import Gate, allowed_hosts, guarded_h11
 from workbench.serve.protocol import ApiError, Limits
@@ -72,7 +73,7 @@ def describe_model(engine: Any, checkpoint: str | Path | None = None, name: str 
     if checkpoint is not None:
         folder = Path(checkpoint)
         served.checkpoint = f"{folder.parent.parent.name}/{folder.name}"  # run/step: no path of this machine
-        config, meta = _read_json(folder / "config.json"), _read_json(folder / "meta.json")
+        config, meta = checkpoint_files.read_config(folder), checkpoint_files.read_meta(folder)
         run_name = config.get("run", {}).get("name")
         served.stage, served.step = meta.get("stage"), meta.get("step")
         if name is None and run_name:
@@ -82,13 +83,6 @@ def describe_model(engine: Any, checkpoint: str | Path | None = None, name: str 
         served.defaults = {key: sample[key] for key in
                            ("temperature", "top_k", "top_p", "repetition_penalty", "max_tokens") if key in sample}
     return served
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 @dataclass
@@ -276,18 +270,8 @@ def prepare_job(engine: Any, chat: protocol.ChatRequest, messages: list[dict[str
         reserve = requested
     else:  # the default adapts to the prompt; when cutting the prompt, keep room for a fair answer
         reserve = min(default, context // 2) if truncate and context else 1
-    defaults = model.defaults
     stops = [chat.stop] if isinstance(chat.stop, str) else list(chat.stop or [])
-    settings = {
-        "temperature": chat.temperature if chat.temperature is not None else defaults.get("temperature", 0.8),
-        "top_k": chat.top_k if chat.top_k is not None else defaults.get("top_k", 50),
-        "top_p": chat.top_p if chat.top_p is not None else defaults.get("top_p", 1.0),
-        "repetition_penalty": (chat.repetition_penalty if chat.repetition_penalty is not None
-                               else defaults.get("repetition_penalty", 1.0)),
-        "max_tokens": max(reserve, 1),
-        "stop": stops,
-        "seed": chat.seed,
-    }
+    settings = {**protocol.sampling_settings(chat, model.defaults), "max_tokens": max(reserve, 1), "stop": stops}
     try:
         params = SamplingParams(**settings)
         prompt = engine.chat_prompt(messages, params, truncate=truncate, reserve=reserve)

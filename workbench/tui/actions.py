@@ -9,7 +9,8 @@ from textual.screen import Screen
 
 from workbench import runs
 from workbench.errors import BadInput
-from workbench.tui.launch import LIVE_STATES, launch_resume, resume_plan
+from workbench.runs import LIVE_STATES
+from workbench.tui.launch import launch_resume, resume_plan
 from workbench.tui.widgets.dialogs import ConfirmDialog
 
 

@@ -12,14 +12,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from workbench import checkpoint_files, runs
 from workbench import config as config_module
-from workbench import runs
 from workbench.errors import BadInput
 
 STAGES = ("prepare", "tokenizer", "pretrain", "sft", "grpo", "eval")
 TRAINING_STAGES = ("pretrain", "sft", "grpo")
-LIVE_STATES = ("starting", "running", "paused", "stopping", "stalled")
-EVAL_TASKS = ("bpb", "arc-easy", "arc-challenge", "mmlu", "hellaswag", "gsm8k", "humaneval")
+EVAL_TASKS = ("bpb", "arc-easy", "arc-challenge", "mmlu", "hellaswag", "gsm8k", "humaneval", "core", "chatcore")
 
 
 @dataclass
@@ -71,7 +70,7 @@ def running_stage(cfg: config_module.Config) -> str | None:
     """The stage a live worker of this config is running now (None: none is)."""
     for folder in dict.fromkeys(cfg.stage_dir(stage) for stage in STAGES):
         status = runs.read_status(folder)
-        if status and runs.effective_state(status) in LIVE_STATES and status.get("stage") in STAGES:
+        if status and runs.effective_state(status) in runs.LIVE_STATES and status.get("stage") in STAGES:
             return status["stage"]
     return None
 
@@ -161,7 +160,7 @@ def launch_stage(stage: str, config_path: Path) -> Launched:
             raise BadInput(f"{cfg.stage_dir('pretrain')}: no checkpoint to evaluate yet (pretrain first)")
         return launch_eval(newest[-1], cfg.eval.tasks, cfg.eval.limit)
     existing = runs.read_status(run_dir)
-    if existing and runs.effective_state(existing) in LIVE_STATES and existing.get("stage") == stage:
+    if existing and runs.effective_state(existing) in runs.LIVE_STATES and existing.get("stage") == stage:
         raise BadInput(f"{run_dir}: a {stage} worker is already running there (pid {existing.get('pid')})")
     checkpoints = runs.list_checkpoints(run_dir)
     if stage in TRAINING_STAGES and checkpoints:
@@ -182,14 +181,13 @@ def resume_plan(checkpoint: Path) -> tuple[str, Path, int, int]:
     if not config_path.is_file():
         raise BadInput(f"{config_path}: the run has no frozen config to resume with")
     status = runs.read_status(run_dir)
-    if status and runs.effective_state(status) in LIVE_STATES and status.get("stage") in TRAINING_STAGES:
+    if status and runs.effective_state(status) in runs.LIVE_STATES and status.get("stage") in TRAINING_STAGES:
         raise BadInput(f"{run_dir.name} is still {runs.effective_state(status)}: stop it before resuming")
     newest = runs.list_checkpoints(run_dir)[-1]
     stage = _checkpoint_stage(newest)
     cfg = config_module.load(config_path)
     total = {"pretrain": cfg.train.steps, "sft": cfg.sft.steps, "grpo": cfg.grpo.steps}[stage]
-    step = _read_json(newest / "meta.json").get("step")
-    step = step if type(step) is int else 0  # a garbage meta.json: the worker's resume reports it
+    step = checkpoint_files.read_meta(newest).get("step", 0)  # a garbage meta.json: the worker's resume reports it
     if step >= total:
         raise BadInput(f"{run_dir.name} has done all {total} steps: raise the {stage} steps in "
                        f"{display_path(config_path)} to train further")
@@ -218,7 +216,7 @@ def launch_eval(checkpoint: Path, tasks: list[str], limit: int = 0) -> Launched:
 
 def launch_quantize(checkpoint: Path) -> Launched:
     """`picochat quantize CHECKPOINT`: an INT8 copy in RUN/int8/step_N (the Checkpoints screen lists it)."""
-    if _read_json(checkpoint / "meta.json").get("quantization") == "int8":
+    if checkpoint_files.read_meta(checkpoint).get("quantization") == "int8":
         raise BadInput(f"{checkpoint.name} is already an INT8 copy")
     run_dir = checkpoint.parent.parent
     argv = runs.picochat_command("quantize", str(checkpoint.resolve()))
@@ -226,16 +224,6 @@ def launch_quantize(checkpoint: Path) -> Launched:
 
 
 # ---- watching what was launched ----
-
-
-def exit_code(pid: int) -> int | None:
-    """None while the worker runs; its exit code once it ended (reaping it: no zombie is left).
-    A child reaped elsewhere (subprocess cleans up after its own Popen objects) reads as 0."""
-    try:
-        done, status = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return None if runs.pid_alive(pid) else 0
-    return None if done == 0 else os.waitstatus_to_exitcode(status)
 
 
 def failure_line(launched: Launched) -> str:
@@ -312,12 +300,8 @@ def _replace_literal(text: str, section: str, key: str, value: str, replacement:
 # ---- helpers ----
 
 
-def _read_json(path: Path) -> dict:
-    return runs.read_json_object(path) or {}
-
-
 def _checkpoint_stage(checkpoint: Path) -> str:
-    stage = _read_json(checkpoint / "meta.json").get("stage", "pretrain")
+    stage = checkpoint_files.read_meta(checkpoint).get("stage", "pretrain")
     return stage if stage in TRAINING_STAGES else "pretrain"
 
 

@@ -22,8 +22,9 @@ from typing import Any
 
 from textual.message import Message
 
-from workbench import runs, sweep
-from workbench.tui.launch import exit_code, failure_line
+from workbench import checkpoint_files, runs, sweep
+from workbench.runs import exit_code
+from workbench.tui.launch import failure_line
 
 LOG_TAIL_BYTES = 8192
 FOLDER_SECONDS = 0.5  # followed folders: new records, status, log
@@ -87,8 +88,7 @@ def read_checkpoint(path: Path) -> CheckpointInfo:
                     model += size
     except OSError:  # deleted while we looked
         pass
-    return CheckpointInfo(path, runs.read_json_object(path / "meta.json") or {},
-                          runs.read_json_object(path / "evals.json") or {}, model, total)
+    return CheckpointInfo(path, checkpoint_files.read_meta(path), checkpoint_files.read_evals(path), model, total)
 
 
 def list_all_checkpoints(runs_dir: Path) -> list[Path]:

@@ -20,6 +20,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Collapsible, Footer, Input, Label, Markdown, Select, Static
 
+from workbench import checkpoint_files
 from workbench.tui.model import checkpoint_label
 from workbench.tui.widgets.common import NavBar
 
@@ -120,9 +121,8 @@ class ChatScreen(Screen):
 
     def use_sampling_of(self, checkpoint: Path) -> None:
         """Fill the sampling fields from the checkpoint's [sample] section (its run's choice)."""
-        try:
-            section = json.loads((checkpoint / "config.json").read_text(encoding="utf-8")).get("sample") or {}
-        except (OSError, ValueError, AttributeError):
+        section = checkpoint_files.read_config(checkpoint).get("sample")
+        if not isinstance(section, dict):
             return
         for key, _, _, kind in SAMPLING_FIELDS:
             value = section.get(key)

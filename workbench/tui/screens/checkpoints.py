@@ -20,7 +20,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from workbench import runs
+from workbench import checkpoint_files
 from workbench.errors import BadInput
 from workbench.tui.actions import resume_training
 from workbench.tui.launch import launch_quantize
@@ -29,7 +29,8 @@ from workbench.tui.screens.runs import format_count
 from workbench.tui.widgets.common import KeyTable, NavBar
 from workbench.tui.widgets.dialogs import ConfirmDialog, PromptDialog
 
-COLUMNS = ("", "run", "checkpoint", "stage", "step", "tokens", "val bpb", "weights", "folder", "evals")
+# weights: model.safetensors; disk: the whole folder (optimizer state too). Fits 80 columns.
+COLUMNS = ("run", "checkpoint", "stage", "step", "tokens", "val bpb", "weights", "disk", "evals")
 
 
 def format_size(size: int) -> str:
@@ -40,8 +41,8 @@ def format_size(size: int) -> str:
 
 
 def config_as_toml(checkpoint: Path) -> str:
-    data = runs.read_json_object(checkpoint / "config.json")
-    if data is None:
+    data = checkpoint_files.read_config(checkpoint)
+    if not data:
         return f"# {checkpoint / 'config.json'}: missing or unreadable\n"
     try:
         return tomli_w.dumps(data)
@@ -112,20 +113,19 @@ class CheckpointsScreen(Screen):
         self.shown = checkpoints
         paths = [info.path for info in checkpoints]
         self.marked = [path for path in self.marked if path in paths]
-        table = self.query_one(DataTable)
+        table = self.query_one(KeyTable)
         selected = self.selected()
-        table.clear()
+        entries = []
         for info in checkpoints:
             path, meta = info.path, info.meta
             bpb = info.val_bpb
             # DataTable reads str cells as Rich markup: what the JSON files say is escaped to show as it is
-            table.add_row("●" if path in self.marked else "", escape(path.parent.parent.name), checkpoint_name(path),
-                          escape(str(meta.get("stage", "-"))), escape(str(meta.get("step", "-"))),
-                          format_count(meta.get("tokens")),
-                          f"{bpb:.4f}" if bpb is not None else "-",
-                          format_size(info.model_bytes) if info.model_bytes else "-",
-                          format_size(info.total_bytes), escape(", ".join(sorted(info.evals)) or "-"),
-                          key=str(path))
+            entries.append((str(path), (
+                ("● " if path in self.marked else "") + escape(path.parent.parent.name), checkpoint_name(path),
+                escape(str(meta.get("stage", "-"))), escape(str(meta.get("step", "-"))), format_count(meta.get("tokens")),
+                f"{bpb:.4f}" if bpb is not None else "-", format_size(info.model_bytes) if info.model_bytes else "-",
+                format_size(info.total_bytes), escape(", ".join(sorted(info.evals)) or "-"))))
+        table.replace_rows(entries)
         empty = self.query_one("#ckpt-empty", Static)
         empty.display = not checkpoints
         empty.update(f"No checkpoints in {self.app.runs_dir} yet: a training run saves them every "

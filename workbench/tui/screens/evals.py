@@ -16,7 +16,6 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import (
     Button,
-    DataTable,
     Footer,
     Input,
     Label,
@@ -25,8 +24,9 @@ from textual.widgets import (
     Static,
 )
 
-from workbench import runs
+from workbench import checkpoint_files, runs
 from workbench.errors import BadInput
+from workbench.evals.common import headline_score
 from workbench.tui.launch import EVAL_TASKS, launch_eval
 from workbench.tui.model import ModelChanged, checkpoint_label, checkpoint_name, run_checkpoints
 from workbench.tui.widgets.common import KeyTable, NavBar, TickList
@@ -38,15 +38,11 @@ def eval_folder(checkpoint: Path) -> Path:
     return run_dir.with_name(f"{run_dir.name}-eval")
 
 
-def score_text(result) -> str:
-    """evals.json values are {"accuracy": x, ...} (or a bare number, or {"bpb": x})."""
-    if isinstance(result, (int, float)):
-        return f"{result:.4f}"
-    if isinstance(result, dict):
-        for key in ("accuracy", "bpb", "val_bpb", "score"):
-            if isinstance(result.get(key), (int, float)):
-                return f"{result[key]:.4f}"
-    return "-"
+def score_text(task: str, result) -> str:
+    """An evals.json entry's headline number (bpb, the CORE / ChatCORE figure, or the accuracy),
+    as the eval CLI and the report pick it; a bare number is taken as it is."""
+    value = result if runs.is_number(result) else headline_score(task, result) if isinstance(result, dict) else None
+    return f"{value:.4f}" if runs.is_number(value) else "-"
 
 
 class EvalsScreen(Screen):
@@ -90,6 +86,7 @@ class EvalsScreen(Screen):
         if wanted is not None and wanted in checkpoints:
             picker.value = str(wanted)
             self.set_checkpoint(wanted)
+        self.show_results()  # what arrived while another screen was on view
         self.show_status()
 
     @on(ModelChanged)
@@ -109,7 +106,7 @@ class EvalsScreen(Screen):
         self.checkpoint = checkpoint
         self.app.eval_checkpoint = checkpoint
         # Start from what the run's config asks for ([eval] tasks and limit).
-        section = (runs.read_json_object(checkpoint / "config.json") or {}).get("eval")
+        section = checkpoint_files.read_config(checkpoint).get("eval")
         section = section if isinstance(section, dict) else {}
         tasks = section.get("tasks")
         wanted = [task for task in tasks if task in EVAL_TASKS] if isinstance(tasks, list) else []
@@ -152,7 +149,7 @@ class EvalsScreen(Screen):
 
     def show_results(self) -> None:
         """One row per checkpoint of the run that has evals.json (INT8 copies too), one column per task."""
-        table = self.query_one("#eval-results", DataTable)
+        table = self.query_one("#eval-results", KeyTable)
         table.clear(columns=True)
         if self.checkpoint is None:
             return
@@ -164,9 +161,9 @@ class EvalsScreen(Screen):
                 results[path] = info.evals
         tasks = sorted({task for data in results.values() for task in data})
         table.add_columns("checkpoint", *[escape(task) for task in tasks])  # str labels are markup
-        for path, data in results.items():
-            name = Text(checkpoint_name(path), style="bold" if path == self.checkpoint else "")
-            table.add_row(name, *[score_text(data.get(task)) for task in tasks])
+        table.replace_rows([(str(path), (Text(checkpoint_name(path), style="bold" if path == self.checkpoint else ""),
+                                         *[score_text(task, data.get(task)) for task in tasks]))
+                            for path, data in results.items()])
         if not results:
             table.add_column("no results yet")
 

@@ -20,8 +20,15 @@ from textual.widgets import DataTable, Footer, Input, Static
 
 from workbench import runs, sweep
 from workbench.errors import BadInput
+from workbench.runs import LIVE_STATES
 from workbench.tui.actions import control_run, resume_training
-from workbench.tui.launch import LIVE_STATES, display_path, first_run_config, launch_first_run, new_config
+from workbench.tui.launch import (
+    display_path,
+    first_run_config,
+    launch_first_run,
+    new_config,
+    user_config_dir,
+)
 from workbench.tui.model import ModelChanged
 from workbench.tui.widgets.common import KeyTable, NavBar
 from workbench.tui.widgets.dialogs import ConfirmDialog
@@ -108,7 +115,7 @@ class RunsScreen(Screen):
         Binding("p", "control('pause')", "Pause"),
         Binding("u", "control('resume')", "Unpause"),
         Binding("s", "control('stop')", "Stop"),
-        Binding("r", "resume_training", "Resume training"),
+        Binding("r", "resume_training", "Resume"),
         Binding("d", "delete_run", "Delete"),
         Binding("slash", "filter", "Filter", key_display="/"),
         Binding("o", "overlay_sweep", "Overlay sweep", show=False),  # a sweep row says so
@@ -129,6 +136,7 @@ class RunsScreen(Screen):
         for column in COLUMNS:
             table.add_column(column, key=column)
         self._rows: list[tuple] = []
+        self._keys: list[str] = []
         self.filter_text = ""
         self.query_one("#runs-filter", Input).display = False
         self.refresh_runs()
@@ -152,7 +160,7 @@ class RunsScreen(Screen):
         width = max(16, (self.size.width or 80) - 66)  # what the other columns leave of the terminal
         entries = [(key, row) for key, row in grouped_rows(model.runs, model.sweeps, width)
                    if key.startswith(SWEEP_KEY) or matches(key, row, self.filter_text)]
-        table = self.query_one(DataTable)
+        table = self.query_one(KeyTable)
         empty = self.query_one("#runs-empty", Static)
         welcome = model.listed and not model.runs and not model.sweeps
         empty.display = welcome
@@ -166,12 +174,17 @@ class RunsScreen(Screen):
         rows = [row for _, row in entries]
         if rows == self._rows:
             return
-        self._rows = rows
-        selected = self.selected_key()
-        table.clear()
-        for key, row in entries:
-            table.add_row(*row, key=key)
         keys = [key for key, _ in entries]
+        if keys == self._keys:  # the same runs: change the cells that changed, columns widen to fit
+            for (key, row), old in zip(entries, self._rows, strict=True):
+                for column, value, before in zip(COLUMNS, row, old, strict=True):
+                    if value != before:
+                        table.update_cell(key, column, value, update_width=True)
+            self._rows = rows
+            return
+        self._rows, self._keys = rows, keys
+        selected = self.selected_key()
+        table.replace_rows(entries)
         if selected in keys:
             table.move_cursor(row=keys.index(selected))
 
@@ -180,19 +193,20 @@ class RunsScreen(Screen):
         config = first_run_config()
         text = Text()
         text.append("Welcome to picochat\n\n", style="bold")
-        if not where.is_dir():
-            text.append(f"No runs yet: {where} does not exist.\n\n")
-        else:
-            text.append(f"No runs in {where} yet.\n\n")
-        text.append("enter", style="bold reverse")
-        text.append(f"  start the tiny run: prepare, tokenizer and pretraining of {display_path(config)}\n"
-                    f"       (a 2-layer model on bundled text, minutes on a laptop CPU), then watch it\n\n")
-        text.append("n", style="bold reverse")
-        text.append("      a new run: edit a copy of that config first (ctrl+l launches a stage)\n\n")
-        text.append("?", style="bold reverse")
-        text.append("      every key of a screen        q  quit (training goes on without the TUI)\n\n", )
-        text.append("From a shell:  picochat speedrun configs/tiny.toml --until pretrain", style="dim")
+        text.append(f"No runs in {where}/ yet.\n\n" if where.is_dir() else f"No runs yet: {where}/ does not exist.\n\n")
+        text.append(" enter ", style="bold reverse")
+        text.append("  start the tiny run: prepare, tokenizer, pretraining\n")
+        text.append("         (a 2-layer model on bundled text; minutes on a laptop CPU)\n")
+        shown = (display_path(config) if config.parent == user_config_dir()
+                 else "a copy of the tiny config, written to configs/tiny.toml")
+        text.append(f"         config: {shown}\n\n")
+        text.append("   n   ", style="bold reverse")
+        text.append("  a new run: edit a copy of the tiny config first\n\n")
+        text.append("   ?   ", style="bold reverse")
+        text.append("  every key of a screen;  q quits (training goes on)\n\n")
+        text.append("From a shell: picochat speedrun configs/tiny.toml --until pretrain", style="dim")
         return text
+
     def selected_key(self) -> str | None:
         table = self.query_one(DataTable)
         if not table.row_count:
@@ -225,7 +239,14 @@ class RunsScreen(Screen):
         if key and key.startswith(SWEEP_KEY):
             self.action_overlay_sweep()
         elif (run_dir := self.selected_run()) is not None:
-            self.app.open_run(run_dir)
+            # Each folder on the screen that shows it: an eval's on Evals (RUN-eval is the eval of RUN),
+            # a prepare's or a tokenizer's on Data, a training run on the Dashboard.
+            stage = next((info.stage for info in self.app.model.runs if info.path == run_dir), "")
+            base = run_dir.with_name(run_dir.name.removesuffix("-eval"))
+            if stage == "eval" and base != run_dir and base.is_dir():
+                self.app.open_run(base, "evals")
+            else:
+                self.app.open_run(run_dir, {"prepare": "data", "tokenizer": "data"}.get(stage, "dashboard"))
 
     def action_overlay_sweep(self) -> None:
         """The dashboard on the sweep's best run (or its first), every other run of it overlaid."""
