@@ -330,9 +330,9 @@ async def test_checkpoint_browser_diff_export_delete(runs_dir, tmp_path):
         await pilot.pause()
         table = app.screen.query_one(DataTable)
         rows = table_rows(table)
-        assert [row[1:3] for row in rows] == [["d4-failed", "step_000100"], ["tiny-done", "step_000100"],
+        assert [row[0:2] for row in rows] == [["d4-failed", "step_000100"], ["tiny-done", "step_000100"],
                                               ["tiny-done", "step_000200"], ["tiny-done", "step_000300"]]
-        assert rows[3][6] == "2.6000" and rows[3][9] == "arc-easy, bpb, gsm8k"
+        assert rows[3][5] == "2.6000" and rows[3][8] == "arc-easy, bpb, gsm8k"
         await pilot.press("space", "down", "down", "down", "space")
         diff = app.screen.diff_text
         assert '-name = "d4-failed"' in diff and '+name = "tiny-done"' in diff and "-depth = 4" in diff
@@ -594,7 +594,7 @@ async def test_resume_asks_first_and_names_the_newest_checkpoint(runs_dir):
         await pilot.press("5")
         await pilot.pause()
         table = app.screen.query_one(DataTable)
-        names = [row[1] + "/" + row[2] for row in table_rows(table)]
+        names = [row[0] + "/" + row[1] for row in table_rows(table)]
         table.move_cursor(row=names.index("tiny-done/step_000200"))
         await pilot.press("r")  # all 300 of 300 steps done: nothing to resume
         await pilot.pause()
@@ -622,7 +622,7 @@ async def test_int8_copies_are_listed_and_cannot_be_trained_or_quantized_again(r
         await pilot.press("5")
         await pilot.pause()
         table = app.screen.query_one(DataTable)
-        names = [row[1] + "/" + row[2] for row in table_rows(table)]
+        names = [row[0] + "/" + row[1] for row in table_rows(table)]
         assert names[-1] == "tiny-done/int8/step_000300"
         table.move_cursor(row=len(names) - 1)
         await pilot.press("i", "r")

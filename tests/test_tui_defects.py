@@ -318,6 +318,12 @@ async def test_14_an_eval_in_progress_does_not_take_over_the_dashboard(runs_dir)
         await pilot.pause()
         assert app.screen.run_dir.name != "tiny-done-eval"
         assert app.screen.query_one("#plot-loss", MetricPlot).lines  # a training run's panels, with data
+        await pilot.press("1")
+        table = app.screen.query_one(DataTable)
+        table.move_cursor(row=[row[0] for row in rows_of(table)].index("tiny-done-eval"))
+        await pilot.press("enter")  # an eval's folder opens where its results and progress show
+        await pilot.pause()
+        assert app.current_mode == "evals" and app.current_run == runs_dir / "tiny-done"
     evaluating.finish("done")
 
 
@@ -334,6 +340,16 @@ async def test_15_ticked_rows_read_differently_without_colour(runs_dir):
                  for i in range(tasks.option_count)}
         assert "x" in lines["bpb"].split("bpb")[0]  # ticked by the run's config
         assert "x" not in lines["mmlu"].split("mmlu")[0]
+        app.open_run(runs_dir / "tiny-done", overlay=[runs_dir / "d4-failed"])
+        await pilot.pause()
+        await pilot.press("o")  # the overlay picker: training runs only, the overlaid one ticked
+        await pilot.pause()
+        items = app.screen.query_one("#items")
+        lines = {str(items.get_option_at_index(i).value): "".join(s.text for s in items.render_line(i))
+                 for i in range(items.option_count)}
+        assert set(lines) == {"d4-failed", "wide-crashed"}
+        assert "x" in lines["d4-failed"].split("d4-failed")[0]
+        assert "x" not in lines["wide-crashed"].split("wide-crashed")[0]
 
 
 # 16 --------------------------------------------------------------------------------------------
@@ -387,10 +403,10 @@ async def test_17_checkpoints_show_measured_bpb_and_weights_apart_from_the_folde
         await pilot.pause()
         table = app.screen.query_one(DataTable)
         headers = [str(column.label) for column in table.columns.values()]
-        row = dict(zip(headers, next(r for r in rows_of(table) if r[1:3] == ["tiny-done", "step_000100"]),
+        row = dict(zip(headers, next(r for r in rows_of(table) if r[0:2] == ["tiny-done", "step_000100"]),
                        strict=True))
         assert row["val bpb"] == "2.5500"
-        assert row["weights"] == "2.9 kB" and row["folder"].endswith("kB") and row["folder"] != row["weights"]
+        assert row["weights"] == "2.9 kB" and row["disk"].endswith("kB") and row["disk"] != row["weights"]
 
 
 # 18 --------------------------------------------------------------------------------------------
@@ -567,8 +583,23 @@ async def test_garbage_in_a_followed_folder_never_stops_the_watcher(runs_dir):
         with open(run / "metrics.jsonl", "a") as handle:
             handle.write("[" * 5000 + "\n" + '{"kind": "train", "step": 301, "loss": "low"}\n')
             handle.write('{"kind": "train", "step": 302, "loss": 1.5, "t": 1750000200.0}\n')
-        loss = app.screen.query_one("#plot-loss", MetricPlot)
-        assert await until(pilot, lambda: loss.lines and loss.lines[0].xs[-1] == 302)
-        assert "corrupt metrics line" in text_of(app.screen.query_one("#dash-headline", Static))
+        headline = app.screen.query_one("#dash-headline", Static)
+        assert await until(pilot, lambda: "corrupt metrics line" in text_of(headline))
+        assert "crashed" in text_of(headline)  # the status without its garbage: no state, no pid
+        assert app.screen.query_one("#plot-loss", MetricPlot).lines[0].xs[-1] == 302
         assert app.is_running
         assert [worker for worker in app.workers if worker.group == "watcher" and worker.is_running]
+
+
+async def test_results_that_arrive_on_another_screen_show_on_return(runs_dir):
+    checkpoint = runs_dir / "tiny-done" / "checkpoints" / "step_000100"
+    app = PicochatApp(runs_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        app.open_eval(checkpoint)
+        await pilot.pause()
+        await pilot.press("1")
+        (checkpoint / "evals.json").write_text(json.dumps({"mmlu": {"accuracy": 0.3}}))
+        assert await until(pilot, lambda: app.model.checkpoint(checkpoint).evals)
+        await pilot.press("6")
+        await pilot.pause()
+        assert ["step_000100", "-", "-", "-", "0.3000"] in rows_of(app.screen.query_one("#eval-results", DataTable))

@@ -48,7 +48,7 @@ async def test_launch_pretraining_from_the_config_screen_and_watch_it(make_tiny_
         assert "done" in headline and "step 30/30" in headline
         await pilot.press("f5")
         await pilot.pause()
-        names = [str(app.screen.query_one(DataTable).get_row_at(i)[2])
+        names = [str(app.screen.query_one(DataTable).get_row_at(i)[1])
                  for i in range(app.screen.query_one(DataTable).row_count)]
         assert names[-1] == "step_000030"
 

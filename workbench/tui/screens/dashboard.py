@@ -26,6 +26,7 @@ from textual.widgets import Footer, Static
 
 from workbench import runs
 from workbench.tui.actions import control_run
+from workbench.tui.launch import TRAINING_STAGES
 from workbench.tui.model import ModelChanged
 from workbench.tui.screens.runs import STATE_STYLES, format_count
 from workbench.tui.series import X_AXES, RunMetrics
@@ -192,42 +193,46 @@ class DashboardScreen(Screen):
         elapsed = metrics.elapsed(time.time() if live else None)
         eta = {"paused": "paused"}.get(state, runs.format_duration(status.get("eta_seconds")) if live else "-")
         best = status.get("best_val_bpb") or metrics.best_val_bpb
+        last = metrics.last_train or {}
+        # Most telling first: a narrow terminal cuts the line from the end.
         fields = [
-            ("stage", status.get("stage") or metrics.stage or "-"),
             ("step", (f"{step}/{total}" if total else str(step))
              + (f" ({runs.format_duration(status['time_budget'])} budget)"
                 if runs.is_number(status.get("time_budget")) else "")),
-            ("tokens", format_count(status.get("tokens") or metrics.tokens)),
             ("elapsed", runs.format_duration(elapsed) if metrics.last_train else "-"),
             ("ETA", eta),
+            ("loss", f"{last['loss']:.4f}" if runs.is_number(last.get("loss")) else "-"),
+            ("tok/s", format_count(last.get("tokens_per_second"))),
             ("best val bpb", f"{best:.4f}" if runs.is_number(best) else "-"),
+            ("tokens", format_count(status.get("tokens") or metrics.tokens)),
+            ("MFU", f"{last['mfu']:.1f}%" if runs.is_number(last.get("mfu")) else "-"),
+            ("stage", status.get("stage") or metrics.stage or "-"),
         ]
-        last = metrics.last_train or {}
-        if runs.is_number(last.get("loss")):
-            fields.append(("loss", f"{last['loss']:.4f}"))
-        if runs.is_number(last.get("tokens_per_second")):
-            fields.append(("tok/s", format_count(last["tokens_per_second"])))
-        if runs.is_number(last.get("mfu")):
-            fields.append(("MFU", f"{last['mfu']:.1f}%"))
         for name, value in fields:
             line.append(f"  {name} ", style="dim")
             line.append(str(value))
-        line.append("\n")
-        line.append_text(self.machine_line(metrics, folder))
+        second = Text(" ")
+        if self.overlay:
+            for index, path in enumerate(self.runs_shown()):
+                second.append(f"■ {path.name}  ", style=run_style(index))
+        if metrics.bad_lines or (folder and folder.bad_lines):
+            second.append(f"{max(metrics.bad_lines, folder.bad_lines if folder else 0)} corrupt metrics "
+                          f"line(s) skipped  ", style="bold yellow")
         settings = f"x {self.x_axis}  smoothing {self.smoothing:g}  log y {'on' if self.log_y else 'off'}"
         pages = math.ceil(PLOT_COUNT / self.per_page)
         if pages > 1:
             settings += f"  plots {self.page + 1}/{pages} (←/→)"
-        line.append(f"  {settings}", style="dim")
-        if self.overlay:
-            line.append("  overlay: ", style="dim")
-            for index, path in enumerate(self.runs_shown()):
-                line.append(f"■ {path.name} ", style=run_style(index))
-        if metrics.bad_lines or (folder and folder.bad_lines):
-            line.append(f"  {max(metrics.bad_lines, folder.bad_lines if folder else 0)} corrupt metrics "
-                        f"line(s) skipped", style="bold yellow")
+        second.append(settings, style="dim")
+        machine = self.machine_line(metrics, folder)
+        if machine:
+            second.append("  ")
+            second.append_text(machine)
+        lines = [line, second]
         if status.get("message"):
-            line.append(f"\n{status['message']}", style="italic")
+            lines.append(Text(f" {status['message']}", style="italic"))
+        for each in lines:  # one line each, cut at the width: the plots keep their room
+            each.truncate(max(1, headline.content_size.width or (self.size.width or 80) - 2), overflow="ellipsis")
+        line = Text("\n").join(lines)
         headline.update(line)
 
     @staticmethod
@@ -337,7 +342,9 @@ class DashboardScreen(Screen):
         self.redraw()
 
     def action_overlay(self) -> None:
-        others = [info.path for info in self.app.model.runs if info.path != self.run_dir]
+        # training runs only: an eval's or a prepare's folder has no curves to compare
+        others = [info.path for info in self.app.model.runs
+                  if info.path != self.run_dir and info.stage in TRAINING_STAGES]
         if not others:
             self.notify("no other runs to compare with", severity="warning")
             return

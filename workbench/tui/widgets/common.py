@@ -3,6 +3,7 @@ ticks read without colour, and the help overlay (`?`) that lists every key of th
 
 from __future__ import annotations
 
+from rich.cells import cell_len
 from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
@@ -51,7 +52,20 @@ class NavBar(Static):
 
 
 class KeyTable(DataTable):
-    """A DataTable that also moves the way htop and less do."""
+    """A DataTable that also moves the way htop and less do, and whose rows are replaced whole
+    with their columns already as wide as their cells."""
+
+    def replace_rows(self, entries: list[tuple[str, tuple]]) -> None:
+        """Clear, then add (key, cells) rows. DataTable measures new cells only when idle, and a
+        frame drawn before that is cached with the columns at their headers' widths ("tin" for
+        "tiny"): the widths are set here first."""
+        self.clear()
+        for index, column in enumerate(self.ordered_columns):
+            cells = [row[index] for _, row in entries] + [column.label]
+            column.content_width = max(cell_len(cell.plain if isinstance(cell, Text) else str(cell))
+                                       for cell in cells)
+        for key, row in entries:
+            self.add_row(*row, key=key)
 
     BINDINGS = [
         Binding("j", "cursor_down", "Down", show=False),
@@ -112,6 +126,10 @@ class HelpScreen(ModalScreen[None]):
         self.dismiss(None)
 
 
+GENERIC_ACTIONS = ("app.focus_next", "app.focus_previous", "screen.copy_text", "focus_next", "focus_previous",
+                   "copy_text")  # every screen has them: listed with the app's keys
+
+
 def help_rows(screen) -> list[tuple[str, str, str]]:
     """(group, key, what) for every binding active on `screen`: the screen's own first, then
     the focused widget's (a table's moves, an editor's), then the app's."""
@@ -125,7 +143,7 @@ def help_rows(screen) -> list[tuple[str, str, str]]:
         if (description, binding.action) in seen:  # one action on two keys (q and ctrl+q): one row
             seen[description, binding.action][1] += f", {describe_key(binding)}"
             continue
-        group = ("everywhere" if active.node is screen.app else
+        group = ("everywhere" if active.node is screen.app or binding.action in GENERIC_ACTIONS else
                  "this screen" if active.node is screen else "the focused part")
         seen[description, binding.action] = row = [group, describe_key(binding), description]
         groups[group].append(row)

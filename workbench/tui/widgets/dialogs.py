@@ -7,8 +7,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, OptionList, SelectionList
+from textual.widgets import Button, Input, Label, OptionList
 from textual.widgets.option_list import Option
+
+from workbench.tui.widgets.common import TickList
 
 
 class ConfirmDialog(ModalScreen[bool]):
@@ -70,10 +72,10 @@ class PickDialog(ModalScreen[list[str] | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog-box"):
             yield Label(self.question + "  (space ticks, enter accepts)", classes="dialog-question")
-            yield SelectionList[str](*[(item, item, item in self.selected) for item in self.items], id="items")
+            yield TickList[str](*[(item, item, item in self.selected) for item in self.items], id="items")
 
     def action_accept(self) -> None:
-        self.dismiss(list(self.query_one("#items", SelectionList).selected))
+        self.dismiss(list(self.query_one("#items", TickList).selected))
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -30,6 +30,7 @@ COLORS = ("cyan", "orange", "green", "magenta", "red", "blue", "yellow")  # run 
 DOTS_PER_COLUMN = 2  # braille cells are two dots wide
 TICK_COLUMNS = 12  # about one x tick per this many columns
 TICK_ROWS = 3  # about one y tick per this many rows
+LEGEND_MIN_HEIGHT = 14  # rows from which a plot draws its legend
 
 
 def run_color(index: int) -> str:
@@ -159,8 +160,9 @@ class MetricPlot(PlotextPlot):
         if self.log_y:  # a log axis cannot show zero or negative values
             kept = [(x, y) for x, y in zip(xs, ys, strict=False) if y > 0]
             xs, ys = [x for x, _ in kept], [y for _, y in kept]
-        if ys:
-            draw(xs, ys, label=label, color=color, marker="braille")
+        if ys:  # a small plot keeps its rows for the data: the headline says which colour is which run
+            draw(xs, ys, label=label if self.size.height >= LEGEND_MIN_HEIGHT else None, color=color,
+                 marker="braille")
             self._y_seen.extend((min(ys), max(ys)))
         return len(ys)
 
@@ -191,7 +193,7 @@ class MetricPlot(PlotextPlot):
         self._summaries = {k: v for k, v in self._summaries.items() if k in used}
         self._last_point_count = drawn
         if drawn == 0:
-            result: RenderResult = Text(f"{self.title}\n\n  no data yet", style="dim")
+            result: RenderResult = Text(f"{self.title}\n\nno data yet", style="dim", justify="center")
         else:
             self._axes()
             result = self._build()
@@ -205,10 +207,12 @@ class MetricPlot(PlotextPlot):
         plt = self.plt
         if self.x_range is not None:
             low, high = self.x_range
-            if high <= low:
-                low, high = low - 1, high + 1
+            if high <= low:  # one point so far
+                high = low + 1
             plt.xlim(low, high)
             ticks = nice_ticks(low, high, max(2, self.size.width // TICK_COLUMNS))
+            if self.x_label != "time":  # steps and tokens are whole numbers
+                ticks = [tick for tick in ticks if tick == int(tick)]
             label = human_seconds if self.x_label == "time" else human_count
             plt.xticks(ticks, [label(tick) for tick in ticks])
         if self.log_y:
@@ -216,7 +220,7 @@ class MetricPlot(PlotextPlot):
         elif self._y_seen:
             low, high = min(self._y_seen), max(self._y_seen)
             ticks = nice_ticks(low, high, max(2, (self.size.height - 4) // TICK_ROWS))
-            if len(ticks) >= 2:
+            if ticks:
                 plt.yticks(ticks, [human_count(tick) for tick in ticks])
 
     def _build(self) -> Text:
