@@ -17,14 +17,18 @@ import difflib
 import sys
 import time
 
+from workbench.config import SAMPLE_SETTINGS, SampleSection
+
+# the [sample] settings (workbench/config.py defines them for the config, the engine, this chat and
+# the server), then what only a chat sets
+SETTINGS = (*SAMPLE_SETTINGS, "stop", "tools")
 HELP = ("commands: /clear forgets the conversation, /settings shows the sampling settings, "
-        "/settings key=value ... changes them (temperature, top_k, top_p, repetition_penalty, max_tokens, "
-        "seed, stop, tools), /quit leaves (or ctrl+d); ctrl+c stops an answer")
+        f"/settings key=value ... changes them ({', '.join(SETTINGS)}), /quit leaves (or ctrl+d); "
+        "ctrl+c stops an answer")
 STYLES = {"text": "", "thought": "dim italic", "tool_call": "bold cyan", "tool_output": "green"}
 PART_TYPES = {"text": "text", "thought": "thinking", "tool_call": "python", "tool_output": "python_output"}
-
-
-SETTINGS = ("temperature", "top_k", "top_p", "repetition_penalty", "max_tokens", "seed", "stop", "tools")
+OPTION_HELP = {"temperature": "0 = greedy", "top_k": "0 = off", "top_p": "1 = off; 0 = the most likely token only",
+               "repetition_penalty": "1 = off", "seed": "-1 = random"}
 
 
 def shown_text(event) -> str:
@@ -40,12 +44,10 @@ def shown_text(event) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="checkpoint folder, or a run folder (its newest checkpoint)")
     parser.add_argument("-p", "--prompt", default=None, help="answer this one prompt and exit")
-    parser.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: the run's [sample])")
-    parser.add_argument("--top-k", type=int, default=None, help="0 = off")
-    parser.add_argument("--top-p", type=float, default=None, help="1 = off")
-    parser.add_argument("--repetition-penalty", type=float, default=None, help="1 = off")
-    parser.add_argument("--max-tokens", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=None, help="-1 = random")
+    for name in SAMPLE_SETTINGS:
+        meaning = OPTION_HELP.get(name, "")
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(getattr(SampleSection, name)), default=None,
+                            help=f"{meaning}{'; ' if meaning else ''}default: the run's [sample] {name}")
     parser.add_argument("--no-tools", action="store_true", help="do not run the calculator")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
@@ -57,11 +59,8 @@ def initial_params(config, args: argparse.Namespace):
     """The checkpoint's [sample] settings, overridden by the command line."""
     from workbench.engine.sampling import SamplingParams
 
-    sample = config.sample
-    values = {"temperature": sample.temperature, "top_k": sample.top_k, "top_p": sample.top_p,
-              "repetition_penalty": sample.repetition_penalty, "max_tokens": sample.max_tokens,
-              "seed": sample.seed}
-    for name in values:
+    values = dataclasses.asdict(config.sample)
+    for name in SAMPLE_SETTINGS:
         if getattr(args, name, None) is not None:
             values[name] = getattr(args, name)
     return SamplingParams.from_dict(values)
@@ -84,17 +83,25 @@ def apply_settings(params, assignments: list[str]):
             tools = raw.lower() in ("on", "true", "1")
         elif key == "stop":
             values["stop"] = [s for s in raw.split(",") if s]
-        elif key == "seed":
-            values["seed"] = None if raw.lower() in ("none", "random", "-1") else int(raw)
-        elif key in ("temperature", "top_p", "repetition_penalty"):
-            values[key] = float(raw)
-        elif key in ("top_k", "max_tokens"):
-            values[key] = int(raw)
+        elif key == "seed" and raw.lower() in ("none", "random"):
+            values["seed"] = None
+        elif key in SAMPLE_SETTINGS:
+            values[key] = typed_setting(key, raw)
         else:
             close = difflib.get_close_matches(key, SETTINGS, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f" (one of {', '.join(SETTINGS)})"
             raise ValueError(f"unknown setting {key!r}{hint}")
     return SamplingParams.from_dict(values), tools
+
+
+def typed_setting(name: str, raw: str) -> int | float | str:
+    """A /settings value as the type its setting has; text that is no such number stays text, for
+    the settings' one check (SamplingParams) to refuse as a config's check would."""
+    kind = type(getattr(SampleSection, name))
+    try:
+        return kind(raw)
+    except ValueError:
+        return raw
 
 
 def describe(params, tools: bool) -> str:

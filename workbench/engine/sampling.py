@@ -3,54 +3,50 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 
 import torch
 
+from workbench.config import SAMPLE_SETTINGS, SampleSection, check_sample_setting
+
 
 @dataclass
-class SamplingParams:
-    temperature: float = 0.8  # 0: greedy
-    top_k: int = 50  # 0: off
-    top_p: float = 1.0  # 1: off; 0: the most likely token only (nucleus sampling always keeps one)
-    repetition_penalty: float = 1.0  # 1: off; > 1 discourages tokens already generated in this answer
-    max_tokens: int = 256  # generated tokens, forced tool output included
-    seed: int | None = None  # None: a fresh random seed per call
+class SamplingParams(SampleSection):
+    """The [sample] settings (names, types, defaults and ranges are defined, and values checked, by
+    workbench/config.py's SampleSection) plus a request's stop strings. A bad value raises one
+    ValueError naming every bad setting. seed None, or -1 as in [sample]: a fresh random seed per call."""
+
     stop: list[str] = field(default_factory=list)  # stop strings (answer text; not included in the output)
 
     def __post_init__(self):
+        if self.seed == -1:
+            self.seed = None
         problems = []
-        # NaN fails every comparison below the wrong way (nan < 0 is false): finite first
-        for name in ("temperature", "top_p", "repetition_penalty"):
-            if not math.isfinite(getattr(self, name)):
-                problems.append(f"{name} must be a finite number")
-        if self.temperature < 0:
-            problems.append("temperature must be >= 0")
-        if self.top_k < 0:
-            problems.append("top_k must be >= 0")
-        if not 0.0 <= self.top_p <= 1.0:
-            problems.append("top_p must be in [0, 1]")
-        if self.repetition_penalty <= 0:
-            problems.append("repetition_penalty must be > 0")
-        if self.max_tokens < 1:
-            problems.append("max_tokens must be >= 1")
+        for name in SAMPLE_SETTINGS:
+            value = getattr(self, name)
+            if name == "seed" and value is None:
+                continue
+            value, problem = check_sample_setting(name, value)
+            if problem:
+                problems.append(f"{name}: {problem}")
+            else:
+                setattr(self, name, value)  # an int temperature becomes a float, as in a config
         if isinstance(self.stop, str):
             self.stop = [self.stop]
-        self.stop = [s for s in self.stop if s]
+        if not isinstance(self.stop, list) or not all(isinstance(s, str) for s in self.stop):
+            problems.append("stop: must be a string or a list of strings")
+        else:
+            self.stop = [s for s in self.stop if s]
         if problems:
             raise ValueError("; ".join(problems))
 
     @classmethod
     def from_dict(cls, values: dict) -> SamplingParams:
-        """Known keys only (unknown ones raise ValueError naming them); seed -1 means random."""
+        """Known keys only (unknown ones raise ValueError naming them)."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"unknown sampling settings: {', '.join(unknown)}")
-        values = dict(values)
-        if values.get("seed") is not None and int(values["seed"]) < 0:
-            values["seed"] = None
         return cls(**values)
 
     @property

@@ -35,6 +35,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from workbench.config import SAMPLE_SETTINGS, SampleSection, sample_setting_bounds
+
 TOOL_CALL_FENCE = "tool_call"
 TOOL_OUTPUT_FENCE = "tool_output"
 
@@ -88,19 +90,36 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
+# OpenAI's documented temperature range; a config's [sample] may go higher, a request may not
+OPENAI_MAX_TEMPERATURE = 2.0
+
+
+def sampling_field(name: str, highest: float | None = None) -> Any:
+    """An optional request field for one [sample] setting, with the setting's range (config.py's
+    SampleSection defines it once for the config, the engine, chat and this API); `highest`
+    narrows it where OpenAI documents a narrower one."""
+    low, high, low_refused = sample_setting_bounds(name)
+    bounds: dict[str, Any] = {"gt" if low_refused else "ge": low}
+    if highest is not None or high is not None:
+        bounds["le"] = highest if highest is not None else high
+    if isinstance(getattr(SampleSection, name), float):
+        bounds["allow_inf_nan"] = False  # a JSON NaN or Infinity would pass no range check
+    return Field(None, **bounds)
+
+
 class ChatRequest(_Strict):
     model: str
     messages: list[Message] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, ge=0.0, le=1.0)  # 0: the most likely token only
-    top_k: int | None = Field(None, ge=0)  # extension (as vLLM): 0 = off
-    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)  # extension
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = sampling_field("temperature", highest=OPENAI_MAX_TEMPERATURE)
+    top_p: float | None = sampling_field("top_p")  # 0: the most likely token only
+    top_k: int | None = sampling_field("top_k")  # extension (as vLLM): 0 = off
+    repetition_penalty: float | None = sampling_field("repetition_penalty")  # extension
+    max_tokens: int | None = sampling_field("max_tokens")
+    max_completion_tokens: int | None = sampling_field("max_tokens")
     stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=-(2**63), lt=2**63)  # int64, as OpenAI
+    seed: int | None = sampling_field("seed")  # -1: random, as in [sample]
     n: int = Field(1, ge=1)
     # Accepted so that clients which always send them keep working; only the neutral values pass.
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
@@ -153,6 +172,17 @@ def parse_chat_request(body: bytes, limits: Limits) -> ChatRequest:
         raise ApiError(400, "response_format: only {\"type\": \"text\"} is supported", "response_format",
                        "unsupported_parameter")
     return request
+
+
+def sampling_settings(request: ChatRequest, defaults: dict[str, Any]) -> dict[str, Any]:
+    """The request's sampling settings but max_tokens (which the context decides): each the
+    request's value, else the model's [sample] value in `defaults`, else [sample]'s default."""
+    settings = {}
+    for name in SAMPLE_SETTINGS:
+        if name != "max_tokens":
+            value = getattr(request, name)
+            settings[name] = value if value is not None else defaults.get(name, getattr(SampleSection, name))
+    return settings
 
 
 def request_too_large(limits: Limits) -> ApiError:
