@@ -49,7 +49,8 @@ def _tiny_sections(root: Path) -> dict[str, dict]:
                   "eval_every": 20, "eval_tokens": 2048, "save_every": 20, "sample_every": 1,
                   "keep_last": 3, "compile": "off", "dtype": "auto"},
         "sft": {"steps": 20, "device_batch_size": 4, "eval_every": 10, "save_every": 10},
-        "grpo": {"steps": 4, "group_size": 4, "prompts_per_step": 2, "max_new_tokens": 24, "save_every": 2},
+        "grpo": {"steps": 4, "group_size": 4, "prompts_per_step": 2, "max_new_tokens": 24, "save_every": 2,
+                 "held_out": 16},
         "eval": {"limit": 5, "data_dir": str((REPO.parent / "shared" / "data").resolve())},
         "sample": {"max_tokens": 32, "seed": 0},
     }
