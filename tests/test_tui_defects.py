@@ -603,3 +603,24 @@ async def test_results_that_arrive_on_another_screen_show_on_return(runs_dir):
         await pilot.press("6")
         await pilot.pause()
         assert ["step_000100", "-", "-", "-", "0.3000"] in rows_of(app.screen.query_one("#eval-results", DataTable))
+
+
+@pytest.mark.slow
+async def test_17_quantize_keeps_its_bpb_with_the_copy(tiny_checkpoint, tmp_path):
+    from workbench.cli import main
+
+    runs_dir = tmp_path / "runs"
+    run = runs_dir / "tiny-run"
+    shutil.copytree(tiny_checkpoint.parent.parent, run)
+    assert main(["quantize", str(run / "checkpoints" / tiny_checkpoint.name), "--eval-tokens", "512",
+                 "--decode-tokens", "0"]) == 0
+    copy = run / "int8" / tiny_checkpoint.name
+    measured = json.loads((copy / "evals.json").read_text())["bpb"]
+    app = PicochatApp(runs_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("5")
+        await pilot.pause()
+        table = app.screen.query_one(DataTable)
+        headers = [str(column.label) for column in table.columns.values()]
+        row = dict(zip(headers, next(r for r in rows_of(table) if r[1] == f"int8/{copy.name}"), strict=True))
+        assert row["val bpb"] == f"{measured['bpb']:.4f}"

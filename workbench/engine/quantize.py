@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from workbench.checkpoint import load_checkpoint, quantize_checkpoint
-    from workbench.checkpoint_files import resolve_checkpoint
+    from workbench.checkpoint_files import merge_evals, resolve_checkpoint
 
     source = resolve_checkpoint(args.checkpoint)
     out = quantize_checkpoint(source, args.out)
@@ -42,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"bpb: skipped ({error})")
         else:
             print(f"val bpb: {bpbs[0]:.4f} -> {bpbs[1]:.4f} (difference {bpbs[1] - bpbs[0]:+.4f})")
+            # kept with the copy, as `picochat eval --tasks bpb` keeps it: the Checkpoints and Evals screens show it
+            merge_evals(out, {"bpb": {"bpb": bpbs[1], "tokens": args.eval_tokens, "original_bpb": bpbs[0],
+                                      "measured_by": "quantize"}})
     return 0
 
 

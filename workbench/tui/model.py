@@ -68,8 +68,10 @@ class CheckpointInfo:
 
     @property
     def val_bpb(self) -> float | None:
-        """meta.json's val bpb (training measured it), else the bpb an eval or quantize measured."""
-        for value in (self.meta.get("val_bpb"), self.evals.get("bpb")):
+        """meta.json's val bpb (training measured it), else the bpb an eval or quantize measured. An
+        INT8 copy's meta.json holds its original's figure: only what was measured on the copy counts."""
+        own = self.meta.get("val_bpb") if self.meta.get("quantization") != "int8" else None
+        for value in (own, self.evals.get("bpb")):
             if isinstance(value, dict):
                 value = value.get("bpb", value.get("val_bpb"))
             if runs.is_number(value):
