@@ -23,7 +23,8 @@ import pytest
 import torch
 
 from workbench.engine import Engine, SamplingParams
-from workbench.engine.engine import ContextLengthExceeded, RowGroup
+from workbench.engine.engine import ContextLengthExceeded
+from workbench.engine.rows import RowGroup
 from workbench.serve import protocol
 from workbench.serve.app import BackgroundServer, HttpSettings, create_app, describe_model
 from workbench.serve.protocol import Limits
