@@ -55,6 +55,17 @@ def newest(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def with_int8_copies(run_dir: str | Path) -> list[Path]:
+    """A run's checkpoints, oldest first, then the INT8 copies `picochat quantize` wrote to
+    RUN/int8/step_N (runs.list_checkpoints lists only the ones training can continue from)."""
+    found = runs.list_checkpoints(run_dir)
+    int8 = Path(run_dir) / "int8"
+    if int8.is_dir():
+        found.extend(sorted(p for p in int8.iterdir()
+                            if p.is_dir() and p.name.startswith("step_") and (p / "meta.json").exists()))
+    return found
+
+
 def int8_copy_path(checkpoint: Path) -> Path:
     """Where `picochat quantize` puts a checkpoint's INT8 copy: RUN/int8/step_N for a run's
     checkpoint, else a sibling folder NAME-int8."""

@@ -35,17 +35,6 @@ CHECKPOINT_SECONDS = 2.0  # every run's checkpoints and their small JSON files
 # ---- checkpoints ----
 
 
-def run_checkpoints(run_dir: Path) -> list[Path]:
-    """A run's checkpoints, oldest first, then the INT8 copies `picochat quantize` writes to
-    RUN/int8/step_N (runs.list_checkpoints lists only the ones training can continue from)."""
-    found = runs.list_checkpoints(run_dir)
-    int8 = Path(run_dir) / "int8"
-    if int8.is_dir():
-        found.extend(sorted(p for p in int8.iterdir()
-                            if p.is_dir() and p.name.startswith("step_") and (p / "meta.json").exists()))
-    return found
-
-
 def checkpoint_name(path: Path) -> str:
     """step_000300, or int8/step_000300 for a quantized copy."""
     return path.name if path.parent.name == "checkpoints" else f"{path.parent.name}/{path.name}"
@@ -96,7 +85,7 @@ def read_checkpoint(path: Path) -> CheckpointInfo:
 def list_all_checkpoints(runs_dir: Path) -> list[Path]:
     """Every checkpoint of every run, by run name then step, INT8 copies after a run's own."""
     return [path for info in sorted(runs.list_runs(runs_dir), key=lambda info: info.name)
-            for path in run_checkpoints(info.path)]
+            for path in checkpoint_files.with_int8_copies(info.path)]
 
 
 def _stamp(paths: list[Path]) -> tuple:

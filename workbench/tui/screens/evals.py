@@ -28,7 +28,7 @@ from workbench import checkpoint_files, runs
 from workbench.errors import BadInput
 from workbench.evals.common import headline_score
 from workbench.tui.launch import EVAL_TASKS, launch_eval
-from workbench.tui.model import ModelChanged, checkpoint_label, checkpoint_name, run_checkpoints
+from workbench.tui.model import ModelChanged, checkpoint_label, checkpoint_name
 from workbench.tui.widgets.common import KeyTable, NavBar, TickList
 
 
@@ -155,7 +155,7 @@ class EvalsScreen(Screen):
             return
         model = self.app.model
         results = {}
-        for path in run_checkpoints(self.checkpoint.parent.parent):
+        for path in checkpoint_files.with_int8_copies(self.checkpoint.parent.parent):
             info = model.checkpoint(path)
             if info is not None and info.evals:
                 results[path] = info.evals
