@@ -196,3 +196,26 @@ def test_cli_reports_bad_checkpoint_in_one_line(checkpoint_copy, capsys):
     assert "\n" not in str(caught.value) and str(path) in str(caught.value)
     assert main(["pretrain", str(checkpoint_copy / "no-such-config.toml")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_checkpoint_readers_never_fail_on_garbage(tmp_path):
+    """The torch-free readers (TUI, serve's model card, speedrun, report, sweep) read a broken
+    meta/config/evals file as missing fields, never as an exception; speedrun's newest step was a
+    TypeError on a meta.json step that is a list."""
+    from workbench import checkpoint_files, speedrun
+    from workbench.evals.report import eval_results
+
+    run_dir = tmp_path / "run"
+    folder = run_dir / "checkpoints" / "step_000001"
+    folder.mkdir(parents=True)
+    (folder / "meta.json").write_text(json.dumps({"step": [1], "stage": 3, "tokens": 5, "val_bpb": "low",
+                                                  "loader_state": {}, "params": 7}))
+    (folder / "config.json").write_text("[1, 2]")
+    (folder / "evals.json").write_text("{not json")
+    assert checkpoint_files.newest(run_dir) == folder
+    assert checkpoint_files.read_meta(folder) == {"tokens": 5, "loader_state": {}, "params": 7}
+    assert checkpoint_files.read_config(folder) == {} and checkpoint_files.read_evals(folder) == {}
+    assert speedrun._newest_step(run_dir) == 0
+    assert eval_results({"": run_dir}) == []
+    (folder / "evals.json").write_text(json.dumps({"mmlu": {"accuracy": 0.3}}))
+    assert eval_results({"": run_dir})[0]["stage"] == "pretrain"
