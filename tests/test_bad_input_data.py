@@ -350,3 +350,12 @@ def test_tokenizer_warns_when_the_corpus_cannot_fill_the_vocab(tmp_path: Path, c
     assert final["vocab_size_requested"] == 1024 and final["vocab_size"] < 1024
     assert str(final["vocab_size"]) in warnings[0]
     assert any(r["kind"] == "event" and "1024" in r["message"] for r in records)
+
+
+def test_a_prompt_with_bytes_that_are_not_utf8_is_answered(tiny_checkpoint, capsys):
+    """A terminal can pass bytes that are not UTF-8 (Python hands them on as lone surrogates):
+    the prompt is answered, the bytes read as U+FFFD, instead of a TypeError from the tokenizer."""
+    code = cli.main(["chat", str(tiny_checkpoint), "-p", "Hello \udcff there", "--temperature", "0",
+                     "--max-tokens", "4"])
+    captured = capsys.readouterr()
+    assert code == 0 and "Traceback" not in captured.err, captured.err

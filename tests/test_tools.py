@@ -242,3 +242,18 @@ def test_the_calculator_never_evals_or_execs_model_output():
               if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
     assert not called & {"eval", "exec", "compile", "__import__"}
     assert "ast.parse" in source and 'mode="eval"' in source  # parsed to a tree, walked by _Evaluator
+
+
+def test_a_tool_call_answered_with_a_lone_surrogate_keeps_the_generation_going(tiny_tokenizer):
+    """'"\\udcff"' is a valid expression whose result no tokenizer takes (a lone surrogate): the
+    engine hands the model its answer as U+FFFD instead of ending the generation with a TypeError."""
+    from workbench.engine.rows import _Row
+    from workbench.engine.sampling import SamplingParams
+
+    row = _Row(tiny_tokenizer, SamplingParams(max_tokens=100), use_tools=True)
+    special = tiny_tokenizer.special_id
+    for token in [special("<|python_start|>"), *tiny_tokenizer.encode('"\\udcff" + "!"'), special("<|python_end|>")]:
+        row.push(token, sampled=True)
+    forced = list(row.forced)
+    assert forced[0] == special("<|output_start|>") and forced[-1] == special("<|output_end|>")
+    assert tiny_tokenizer.decode(forced[1:-1]) == "\ufffd!"

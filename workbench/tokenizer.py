@@ -46,6 +46,9 @@ SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}|
 # characters as well as in documents.
 MAX_PIECE_CHARS = 50_000
 MAX_BATCH_CHARS = 1_000_000
+# A lone surrogate is no Unicode text to tokenizers (TypeError): Python makes one of each byte a
+# terminal passes that is not UTF-8, and a model's calculator call '"\udcff"' returns one.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 BATCH_DOCUMENTS = 256  # typical documents: counting words a batch at a time is ~1.4x faster than one by one
 # Where a long text may be cut without changing its tokens: before a whitespace character that
 # follows a letter or digit, or before a space or tab (not a line break, which a punctuation run
@@ -168,7 +171,10 @@ class Tokenizer:
     def encode(self, text: str, bos: bool = False) -> list[int]:
         if len(text) > MAX_PIECE_CHARS:
             return self.encode_batch([text], bos=bos)[0]
-        ids = self._hf.encode(text, add_special_tokens=False).ids
+        try:
+            ids = self._hf.encode(text, add_special_tokens=False).ids
+        except TypeError:  # lone surrogates: read as U+FFFD, as a decoder reads bytes it cannot decode
+            ids = self._hf.encode(LONE_SURROGATE.sub("\ufffd", text), add_special_tokens=False).ids
         return [self.bos_id, *ids] if bos else ids
 
     def encode_batch(self, texts: list[str], bos: bool = False) -> list[list[int]]:
@@ -176,7 +182,7 @@ class Tokenizer:
         Long texts go through in pieces (split_long_document: same tokens, bounded memory)."""
         texts = list(texts)
         if all(len(text) <= MAX_PIECE_CHARS for text in texts) and sum(map(len, texts)) <= MAX_BATCH_CHARS:
-            encodings = self._hf.encode_batch_fast(texts, add_special_tokens=False)
+            encodings = self._encode_fast(texts)
             return [[self.bos_id, *encoding.ids] if bos else encoding.ids for encoding in encodings]
         pieces: list[str] = []
         owners: list[int] = []  # the text each piece belongs to
@@ -187,10 +193,17 @@ class Tokenizer:
         out: list[list[int]] = [[self.bos_id] if bos else [] for _ in texts]
         position = 0
         for batch in bounded_batches(pieces):  # pieces are short already: one string each
-            for encoding in self._hf.encode_batch_fast(batch, add_special_tokens=False):
+            for encoding in self._encode_fast(batch):
                 out[owners[position]].extend(encoding.ids)
                 position += 1
         return out
+
+    def _encode_fast(self, texts: list[str]) -> list:
+        try:
+            return self._hf.encode_batch_fast(texts, add_special_tokens=False)
+        except TypeError:  # lone surrogates: read as U+FFFD, as in encode
+            return self._hf.encode_batch_fast([LONE_SURROGATE.sub("\ufffd", text) for text in texts],
+                                              add_special_tokens=False)
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of the ids; special tokens decode to their own text. A sequence cut inside a UTF-8
