@@ -197,7 +197,7 @@ def test_control_files_pause_resume_stop_detached(make_tiny_config):
         if runs.pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
     status = runs.read_status(run_dir)
-    assert status["state"] == "done" and "stopped at step" in status["message"]
+    assert status["state"] == "stopped" and "stopped at step" in status["message"]  # stopped is its own state
     newest = runs.list_checkpoints(run_dir)[-1]
     assert json.loads((newest / "meta.json").read_text())["step"] == status["step"]
     assert "Traceback" not in (run_dir / "train.log").read_text()
