@@ -80,6 +80,16 @@ def test_quantize_cli_reports_size_speed_and_bpb(tiny_checkpoint, tiny_data, tmp
     assert "MB ->" in printed and "tok/s" in printed and "val bpb" in printed
 
 
+def test_quantize_of_a_model_whose_context_the_speed_test_outgrows(tiny_checkpoint, tmp_path, capsys):
+    """A small seq_len (64, say) cannot hold the speed test's prompt + 64 decoded tokens: the copy is
+    still written and the comparison says it skipped the speed (a ValueError traceback before)."""
+    code = main(["quantize", str(tiny_checkpoint), "--out", str(tmp_path / "q"), "--eval-tokens", "0",
+                 "--decode-tokens", "100000"])
+    captured = capsys.readouterr()
+    assert code == 0 and (tmp_path / "q" / "model.safetensors").exists()
+    assert "decode speed: skipped" in captured.out and "Traceback" not in captured.err
+
+
 def test_quantize_bad_input(tiny_checkpoint, int8_checkpoint, tmp_path, capsys):
     assert main(["quantize", str(tmp_path / "missing")]) == 2
     assert main(["quantize", str(int8_checkpoint), "--out", str(tmp_path / "again")]) == 2
