@@ -2,6 +2,7 @@
 looping over epochs (data streams split among ranks: tests/test_distributed.py)."""
 
 import json
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -106,3 +107,26 @@ def test_real_prepared_data(tiny_data, tiny_tokenizer):
     assert inputs.shape == targets.shape == (8, 64)
     assert inputs[0, 0].item() == tiny_tokenizer.bos_id
     assert int(inputs.max()) < tiny_tokenizer.vocab_size
+
+
+class CountingTokenizer:
+    """The real tokenizer, counting how many documents it was asked to encode."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.documents = tokenizer, 0
+
+    def encode_batch(self, texts, bos=False):
+        self.documents += len(texts)
+        return self.tokenizer.encode_batch(texts, bos=bos)
+
+
+def test_one_long_document_is_not_tokenized_prefetch_times_ahead(tmp_path, tiny_tokenizer):
+    """A corpus kept as one document (configs/shakespeare.toml): the read-ahead is bounded in tokens,
+    so while the first rows are used the text is encoded at most once more, not once per queue slot."""
+    data = write_shards(tmp_path / "data", [["to be or not to be, that is the question " * 400]])
+    counting = CountingTokenizer(tiny_tokenizer)
+    loader = PackingLoader(data, "train", counting, SEQ, batch_size=2, docs_per_batch=4, prefetch=8)
+    rows = take_rows(loader, 3)
+    time.sleep(0.5)  # an unbounded reader fills all 8 queue slots meanwhile
+    loader.close()
+    assert rows and counting.documents <= 2

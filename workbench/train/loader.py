@@ -14,7 +14,10 @@ a checkpoint resumes on either.
 
 Tokenization runs in a background thread per stream that reads ahead a bounded number of
 document batches (encode_batch, which tokenizes on the tokenizer's own threads), so the training
-step never waits on the tokenizer. On CUDA each batch goes through pinned buffers kept for the
+step never waits on the tokenizer. The read-ahead is bounded in tokens too (`prefetch` batches of
+`docs_per_batch` rows' worth): a corpus kept as one long document (Tiny Shakespeare in
+configs/shakespeare.toml) would otherwise be tokenized `prefetch` + 1 times over at start-up, on the
+core the first, timed training steps need. On CUDA each batch goes through pinned buffers kept for the
 loader's life.
 
 The order is deterministic, and `state_dict()` says exactly where each stream's next row starts:
@@ -181,6 +184,11 @@ class _Stream:
         self._queue: queue.Queue | None = None
         self._stop = threading.Event()
         self._finished = False  # the producer reached the end of the split (loop=False only)
+        # Tokens put on the queue and not yet taken: the producer encodes no more while they fill
+        # the read-ahead (one batch always goes through, however long its documents).
+        self._token_budget = prefetch * docs_per_batch * (seq_len + 1)
+        self._queued_tokens = 0
+        self._room = threading.Condition()
 
     def position(self) -> dict[str, int]:
         return {"epoch": self._epoch, "shard": self._shard, "row": self._row, "offset": self._offset,
@@ -226,7 +234,14 @@ class _Stream:
             self._put(out, error)
 
     def _put_encoded(self, out: queue.Queue, positions: list, texts: list[str]) -> bool:
+        with self._room:
+            while self._queued_tokens >= self._token_budget:
+                if self._stop.is_set():
+                    return False
+                self._room.wait(timeout=0.1)
         ids = self.tokenizer.encode_batch(texts, bos=True)
+        with self._room:
+            self._queued_tokens += sum(len(row) for row in ids)
         return self._put(out, list(zip(positions, ids, strict=True)))
 
     def _put(self, out: queue.Queue, item) -> bool:
@@ -267,6 +282,9 @@ class _Stream:
                 return False
             if isinstance(item, BaseException):
                 raise item
+            with self._room:
+                self._queued_tokens -= sum(len(ids) for _, ids in item)
+                self._room.notify()
             if self._head:  # drop the used front once per refill, not once per row
                 del self._buffer[: self._head]
                 self._head = 0
