@@ -202,7 +202,7 @@ def test_checkpoint_readers_never_fail_on_garbage(tmp_path):
     """The torch-free readers (TUI, serve's model card, speedrun, report, sweep) read a broken
     meta/config/evals file as missing fields, never as an exception; speedrun's newest step was a
     TypeError on a meta.json step that is a list."""
-    from workbench import checkpoint_files, speedrun
+    from workbench import checkpoint_files, stages
     from workbench.evals.report import eval_results
 
     run_dir = tmp_path / "run"
@@ -215,7 +215,7 @@ def test_checkpoint_readers_never_fail_on_garbage(tmp_path):
     assert checkpoint_files.newest(run_dir) == folder
     assert checkpoint_files.read_meta(folder) == {"tokens": 5, "loader_state": {}, "params": 7}
     assert checkpoint_files.read_config(folder) == {} and checkpoint_files.read_evals(folder) == {}
-    assert speedrun._newest_step(run_dir) == 0
+    assert stages.newest_step(run_dir) == 0
     assert eval_results({"": run_dir}) == []
     (folder / "evals.json").write_text(json.dumps({"mmlu": {"accuracy": 0.3}}))
     assert eval_results({"": run_dir})[0]["stage"] == "pretrain"

@@ -190,14 +190,14 @@ BAD_FILES = [
 def test_bad_eval_files_name_file_and_line(tmp_path, task, line, content, message):
     path = _bad_copy(tmp_path, task, line, content)
     with pytest.raises(BadInput) as error:
-        from workbench.evals.cli import load_task_data
+        from workbench.evals.api import load_task_data
 
         load_task_data(task, tmp_path / "data", limit=0)
     assert f"{path}:{line}:" in str(error.value) and message in str(error.value)
 
 
 def test_missing_eval_data_and_unknown_tasks(tmp_path):
-    from workbench.evals.cli import load_task_data
+    from workbench.evals.api import load_task_data
 
     with pytest.raises(BadInput, match="eval file not found"):
         load_task_data("gsm8k", tmp_path, limit=0)
@@ -215,7 +215,7 @@ def test_missing_eval_data_and_unknown_tasks(tmp_path):
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not beside this checkout")
 def test_real_eval_files_load_whole():
-    counts = {task: len(__import__("workbench.evals.cli", fromlist=["x"]).load_task_data(task, SHARED, 0))
+    counts = {task: len(__import__("workbench.evals.api", fromlist=["x"]).load_task_data(task, SHARED, 0))
               for task in ("arc-easy", "arc-challenge", "mmlu", "hellaswag", "gsm8k", "humaneval")}
     assert counts == {"arc-easy": 2376, "arc-challenge": 1172, "mmlu": 14079, "hellaswag": 10042,
                       "gsm8k": 1319, "humaneval": 164}

@@ -151,7 +151,7 @@ def test_scores_are_finite_numbers(run_copy):
 def test_a_stop_request_ends_the_eval_between_batches(tmp_path):
     from rich.progress import Progress
 
-    from workbench.evals.cli import EvalStopped, Reporter
+    from workbench.evals.api import EvalStopped, Reporter
 
     writer = runs.RunWriter(tmp_path / "run", "eval")
     with Progress(disable=True) as bar:

@@ -8,19 +8,20 @@ import pytest
 from workbench import runs
 from workbench.cli import main
 from workbench.errors import BadInput
-from workbench.speedrun import _training_status, chat_checkpoint
+from workbench.speedrun import chat_checkpoint
+from workbench.stages import training_state
 
 ASSET_EVALS = Path(__file__).resolve().parent.parent / "assets" / "evals"
 
 
 def test_training_status(tmp_path):
-    assert _training_status(tmp_path, 10) == "new"
+    assert training_state(tmp_path, 10) == "new"
     folder = tmp_path / "checkpoints" / "step_000005"
     folder.mkdir(parents=True)
     (folder / "model.safetensors").write_bytes(b"")
     (folder / "meta.json").write_text(json.dumps({"step": 5}))
-    assert _training_status(tmp_path, 10) == "partial"
-    assert _training_status(tmp_path, 5) == "done"
+    assert training_state(tmp_path, 10) == "partial"
+    assert training_state(tmp_path, 5) == "done"
 
 
 def _fake_checkpoint(run_dir: Path, step: int) -> Path:

@@ -580,10 +580,10 @@ def test_launch_refuses_to_overwrite_a_run_with_checkpoints(make_tiny_config):
     cfg = make_tiny_config()
     config_path = cfg.base_dir / "config.toml"
     assert suggested_stage(cfg) == "pretrain"  # data and tokenizer are there
-    (cfg.out_dir / "checkpoints" / "step_000020").mkdir(parents=True)
-    (cfg.out_dir / "checkpoints" / "step_000020" / "meta.json").write_text('{"step": 20, "stage": "pretrain"}')
+    (cfg.out_dir / "checkpoints" / "step_000040").mkdir(parents=True)  # all 40 steps: sft is next
+    (cfg.out_dir / "checkpoints" / "step_000040" / "meta.json").write_text('{"step": 40, "stage": "pretrain"}')
     assert suggested_stage(cfg) == "sft"
-    with pytest.raises(BadInput, match="already has checkpoints .newest step_000020.: resume it"):
+    with pytest.raises(BadInput, match="already has checkpoints .newest step_000040.: resume it"):
         launch_stage("pretrain", config_path)
     assert not (cfg.out_dir / "train.log").exists()  # nothing was started
 

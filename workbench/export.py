@@ -139,7 +139,7 @@ def eval_scores(checkpoint_path: Path) -> list[tuple[str, str, Any]]:
     """(task, headline score, examples) for every task in <checkpoint>/evals.json; garbage in the
     file is skipped, never fatal."""
     from workbench import checkpoint_files, runs
-    from workbench.evals.cli import headline
+    from workbench.evals.api import headline
 
     results = checkpoint_files.read_evals(checkpoint_path)
     rows = []

@@ -16,14 +16,13 @@ The summary at the end gives each stage's time and headline figures, then the re
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import time
-from contextlib import redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workbench import stages
 from workbench.errors import BadInput
 
 
@@ -68,29 +67,13 @@ class StageStopped(Exception):
     """A training stage was stopped (stop command, SIGTERM) before its last step."""
 
 
-def _newest_step(run_dir: Path) -> int | None:
-    """Step of the newest checkpoint in a run folder, None when there is none."""
-    from workbench import checkpoint_files
-
-    newest = checkpoint_files.newest(run_dir)
-    return None if newest is None else checkpoint_files.read_meta(newest).get("step", 0)
-
-
-def _training_status(run_dir: Path, total_steps: int) -> str:
-    """"done" (final checkpoint present), "partial" (resume it) or "new"."""
-    step = _newest_step(run_dir)
-    if step is None:
-        return "new"
-    return "done" if step >= total_steps else "partial"
-
-
 def chat_checkpoint(cfg) -> Path:
     """The checkpoint to chat with for a config: the newest of its most post-trained stage (GRPO,
     then SFT, then pretraining), since a chat model answers turns and a base model only continues text."""
     from workbench import runs
 
-    for stage in ("grpo", "sft", "pretrain"):
-        found = runs.list_checkpoints(cfg.stage_dir(stage))
+    for stage in reversed(stages.TRAINING_STAGES):
+        found = runs.list_checkpoints(stages.run_dir(cfg, stage))
         if found:
             return found[-1]
     raise BadInput(f"{cfg.out_dir}: no checkpoint yet (train first: `make train CONFIG=...` or "
@@ -103,14 +86,14 @@ def _heading(text: str) -> None:
 
 def speedrun(cfg, until: str = "grpo", verbose: bool = True) -> tuple[Path, list[StageResult]]:
     """Run every stage per the config up to the training stage `until` (pretrain, sft or grpo), then
-    evaluate each trained stage's last checkpoint; returns (report.md path, per-stage results)."""
+    evaluate each trained stage's last checkpoint; returns (report.md path, per-stage results). A
+    stage that stages.state finds done is skipped, a partial training stage resumed."""
     results: list[StageResult] = []
     started = time.time()
 
     # 1. data
     _heading("prepare")
-    manifest_path = cfg.data_dir / "manifest.json"
-    if manifest_path.exists():
+    if stages.state(cfg, "prepare") == "done":
         results.append(StageResult("prepare", "skipped", note=f"data already prepared in {cfg.data_dir}"))
     else:
         from workbench.data.prepare import prepare, summary_line
@@ -123,7 +106,7 @@ def speedrun(cfg, until: str = "grpo", verbose: bool = True) -> tuple[Path, list
 
     # 2. tokenizer
     _heading("tokenizer")
-    if Path(cfg.tokenizer_path).exists():
+    if stages.state(cfg, "tokenizer") == "done":
         results.append(StageResult("tokenizer", "skipped", note=f"tokenizer already trained: {cfg.tokenizer_path}"))
     else:
         from workbench.runs import RunWriter
@@ -136,31 +119,15 @@ def speedrun(cfg, until: str = "grpo", verbose: bool = True) -> tuple[Path, list
                                    {"chars_per_token": round(record["chars_per_token"], 3)}))
     _say(results[-1])
 
-    # 3. pretrain
-    _heading("pretrain")
-    results.append(_training_stage("pretrain", cfg.out_dir, cfg.train.steps,
-                                   lambda resume: _pretrain(cfg, resume, verbose)))
-    _say(results[-1])
-
-    trained = ["pretrain"]
-    # 4. sft
-    if until in ("sft", "grpo"):
-        _heading("sft")
-        results.append(_training_stage("sft", cfg.stage_dir("sft"), cfg.sft.steps,
-                                       lambda resume: _sft(cfg, resume, verbose)))
+    # 3-5. pretrain, sft, grpo (up to `until`)
+    train = {"pretrain": _pretrain, "sft": _sft, "grpo": _grpo}
+    for stage in stages.trained_stages(until):
+        _heading(stage)
+        results.append(_training_stage(cfg, stage, train[stage], verbose))
         _say(results[-1])
-        trained.append("sft")
-
-    # 5. grpo
-    if until == "grpo":
-        _heading("grpo")
-        results.append(_training_stage("grpo", cfg.stage_dir("grpo"), cfg.grpo.steps,
-                                       lambda resume: _grpo(cfg, resume, verbose)))
-        _say(results[-1])
-        trained.append("grpo")
 
     # 6. eval: every trained stage's last checkpoint on the same tasks (base -> SFT -> RL)
-    for stage in trained:
+    for stage in stages.trained_stages(until):
         _heading(f"eval of the {stage} checkpoint")
         results.append(_eval(cfg, stage, verbose))
         _say(results[-1])
@@ -175,12 +142,13 @@ def speedrun(cfg, until: str = "grpo", verbose: bool = True) -> tuple[Path, list
     return report_path, results
 
 
-def _training_stage(name: str, run_dir: Path, total_steps: int, train_fn) -> StageResult:
-    state = _training_status(run_dir, total_steps)
+def _training_stage(cfg, name: str, train_fn, verbose: bool) -> StageResult:
+    run_dir, total_steps = stages.run_dir(cfg, name), stages.total_steps(cfg, name)
+    state = stages.training_state(run_dir, total_steps)
     if state == "done":
         return StageResult(name, "skipped", note=f"already trained to step {total_steps} in {run_dir}")
     t = time.time()
-    figures = train_fn(state == "partial")
+    figures = train_fn(cfg, state == "partial", verbose)
     if figures.pop("stopped", False):
         raise StageStopped(f"{name} stopped before its last step ({run_dir}); run the speedrun again to resume it")
     return StageResult(name, "resumed" if state == "partial" else "ran", time.time() - t, str(run_dir), figures)
@@ -199,7 +167,7 @@ def _sft(cfg, resume: bool, verbose: bool) -> dict[str, Any]:
     from workbench.train.sft import sft
 
     result = sft(cfg, resume=resume, verbose=verbose)
-    evals = runs.read_metrics(cfg.stage_dir("sft"), kind="eval")
+    evals = runs.read_metrics(stages.run_dir(cfg, "sft"), kind="eval")
     figures = {"stopped": result.stopped, "loss": _round(result.last_loss)}
     if evals:
         first, last = evals[0], evals[-1]
@@ -227,32 +195,29 @@ def _grpo(cfg, resume: bool, verbose: bool) -> dict[str, Any]:
 
 
 def _eval(cfg, stage: str, verbose: bool) -> StageResult:
-    """`picochat eval` on the newest checkpoint of a training stage, with [eval] tasks and limit;
+    """The eval API on the newest checkpoint of a training stage, with [eval] tasks and limit;
     skipped when that checkpoint's evals.json already has every task at this limit."""
-    from workbench import checkpoint_files, cli
+    from workbench import checkpoint_files
     from workbench.evals.common import parse_tasks
 
     name = f"eval/{stage}"
-    checkpoint = checkpoint_files.newest(cfg.stage_dir(stage))
+    checkpoint = checkpoint_files.newest(stages.run_dir(cfg, stage))
     tasks = parse_tasks(cfg.eval.tasks)
-    done = checkpoint_files.read_evals(checkpoint)
-    if all(isinstance(done.get(task), dict) and done[task].get("limit") == cfg.eval.limit for task in tasks):
-        return StageResult(name, "skipped", note=f"{checkpoint} already evaluated", figures=_scores(done, tasks))
+    if stages.is_evaluated(checkpoint, tasks, cfg.eval.limit):
+        return StageResult(name, "skipped", note=f"{checkpoint} already evaluated",
+                           figures=_scores(checkpoint_files.read_evals(checkpoint), tasks))
+    from workbench.evals import api, cli
+
     t = time.time()
     # the data folder of the config being run (a checkpoint's frozen copy may predate an edit)
-    argv = ["eval", str(checkpoint), "--tasks", ",".join(tasks), "--limit", str(cfg.eval.limit),
-            "--device", cfg.run.device, "--data-dir", str(cfg.resolve_path(cfg.eval.data_dir))]
-    if cfg.eval.core_bundle:
-        argv += ["--core-bundle", str(cfg.resolve_path(cfg.eval.core_bundle))]
+    evaluation = api.evaluate(checkpoint, tasks, limit=cfg.eval.limit, device=cfg.run.device,
+                              data_dir=cfg.resolve_path(cfg.eval.data_dir),
+                              core_bundle=cfg.resolve_path(cfg.eval.core_bundle) if cfg.eval.core_bundle else None,
+                              progress=verbose)
     if verbose:
-        code = cli.main(argv)
-    else:
-        with redirect_stdout(io.StringIO()):
-            code = cli.main(argv)
-    if code != 0:
-        raise BadInput(f"{checkpoint}: `picochat {' '.join(argv)}` failed (exit {code})")
-    done = checkpoint_files.read_evals(checkpoint)
-    return StageResult(name, "ran", time.time() - t, str(checkpoint), _scores(done, tasks))
+        cli.print_results(evaluation)
+    return StageResult(name, "ran", time.time() - t, str(checkpoint),
+                       _scores(checkpoint_files.read_evals(checkpoint), tasks))
 
 
 def _scores(results: dict[str, Any], tasks: list[str]) -> dict[str, Any]:

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workbench import checkpoint_files, runs
+from workbench import checkpoint_files, runs, stages
 from workbench import config as config_module
 from workbench.errors import BadInput
 from workbench.runs import LIVE_STATES, exit_code
@@ -316,8 +316,8 @@ def read_point(point: Point) -> PointResult:
     state = runs.effective_state(status or None)
     checkpoint = checkpoint_files.newest(run_dir)
     meta = checkpoint_files.read_meta(checkpoint) if checkpoint else {}
-    step, total = meta.get("step"), meta.get("total_steps") or point.config.train.steps
-    finished = checkpoint is not None and isinstance(step, int) and isinstance(total, int) and step >= total
+    step, total = meta.get("step"), stages.total_steps(point.config, "pretrain")
+    finished = stages.training_state(run_dir, total) == "done"
     if state in LIVE_STATES and status.get("stage") == "pretrain":
         result.state = "running"
     elif finished:
@@ -448,12 +448,12 @@ def check_no_other_driver(sweep: Sweep) -> None:
 def prepare_inputs(point: Point, say: Callable[[str], None] = print) -> None:
     """The point's prepared data and tokenizer, made once and shared (see the module docstring)."""
     cfg = point.config
-    if not (cfg.data_dir / "manifest.json").is_file():
+    if stages.state(cfg, "prepare") != "done":
         from workbench.data.prepare import prepare, summary_line
 
         say(f"sweep: preparing data for {point.label} -> {cfg.data_dir}")
         say(f"sweep: {summary_line(prepare(cfg))}")
-    if not cfg.tokenizer_path.is_file():
+    if stages.state(cfg, "tokenizer") != "done":
         from workbench.tokenizer import train_from_config
 
         say(f"sweep: training the {cfg.tokenizer.vocab_size}-token tokenizer for {point.label} -> "

@@ -23,13 +23,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from workbench import checkpoint_files, runs
+from workbench import checkpoint_files, runs, stages
 from workbench.errors import BadInput
 from workbench.evals.common import SCORE_KEYS, TASKS, headline_score
+from workbench.stages import REPORT_COLUMNS, TRAINING_STAGES, WORKER_STAGES
 
-STAGES = ("prepare", "tokenizer", "pretrain", "sft", "grpo", "eval")
-TRAIN_STAGES = ("pretrain", "sft", "grpo")
-SIBLING_SUFFIXES = ("-sft", "-grpo", "-eval")
 SESSION_GAP_SECONDS = 600.0
 
 
@@ -59,21 +57,17 @@ def base_run_dir(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir).expanduser()
     if not run_dir.is_dir():
         raise BadInput(f"{run_dir}: no such run folder")
-    for suffix in SIBLING_SUFFIXES:
-        if run_dir.name.endswith(suffix):
-            base = run_dir.with_name(run_dir.name[: -len(suffix)])
-            if base.is_dir():
-                return base
-    return run_dir
+    base, _ = stages.split_folder(run_dir)
+    return base if base.is_dir() else run_dir
 
 
 def stage_folders(base: Path) -> dict[str, Path]:
     """Each folder of the run that exists: "" (the run itself), "sft", "grpo", "eval"."""
     folders = {"": base}
-    for suffix in SIBLING_SUFFIXES:
-        sibling = base.with_name(base.name + suffix)
+    for stage in stages.FOLDER_SUFFIXES:
+        sibling = stages.folder(base, stage)
         if sibling.is_dir():
-            folders[suffix[1:]] = sibling
+            folders[stage] = sibling
     return folders
 
 
@@ -200,7 +194,7 @@ def stage_summary(stage: str, records: list[dict[str, Any]], folder: Path) -> di
     if stage == "prepare":
         summary["summary"] = next((r.get("message") for r in reversed(mine)
                                    if r.get("kind") == "event" and "documents" in str(r.get("message", ""))), None)
-    if stage in TRAIN_STAGES:
+    if stage in TRAINING_STAGES:
         summary.update(
             steps=_last(mine, "train", "step"),
             tokens=_last(mine, "train", "tokens"),
@@ -265,25 +259,25 @@ def eval_results(folders: dict[str, Path]) -> list[dict[str, Any]]:
 def gather(run_dir: str | Path) -> dict[str, Any]:
     base = base_run_dir(run_dir)
     folders = stage_folders(base)
-    stages: dict[str, Any] = {}
+    summaries: dict[str, Any] = {}
     evals = eval_results(folders)
     evaluated = {str(Path(entry["checkpoint"]).resolve()) for entry in evals}
     for name, folder in folders.items():
         records = runs.read_metrics(folder)
         if name == "eval":  # only the evals of the checkpoints reported
             records = evals_of(records, evaluated)
-        present = [s for s in STAGES if any(r.get("stage") == s for r in records)]
+        present = [s for s in WORKER_STAGES if any(r.get("stage") == s for r in records)]
         for stage in present:
-            if stage == "eval" and "eval" in stages:  # eval records from several folders: add up
+            if stage == "eval" and "eval" in summaries:  # eval records from several folders: add up
                 extra = stage_summary(stage, records, folder)
-                stages["eval"]["wall_seconds"] = (stages["eval"].get("wall_seconds") or 0) + (
+                summaries["eval"]["wall_seconds"] = (summaries["eval"].get("wall_seconds") or 0) + (
                     extra.get("wall_seconds") or 0)
                 continue
-            if stage not in stages or (name and stage == name):
-                stages[stage] = stage_summary(stage, records, folder)
+            if stage not in summaries or (name and stage == name):
+                summaries[stage] = stage_summary(stage, records, folder)
     config_text = _read(str(base / "config.toml"))
     status = runs.read_status(base) or {}
-    total = sum(s.get("wall_seconds") or 0 for s in stages.values())
+    total = sum(s.get("wall_seconds") or 0 for s in summaries.values())
     return {
         "run": base.name,
         "folder": str(base.resolve()),
@@ -291,7 +285,7 @@ def gather(run_dir: str | Path) -> dict[str, Any]:
         "state": runs.effective_state(status) if status else "missing",
         "hardware": hardware(),
         "software": software(),
-        "stages": {s: stages[s] for s in STAGES if s in stages},
+        "stages": {s: summaries[s] for s in WORKER_STAGES if s in summaries},
         "total_wall_seconds": total,
         "evals": evals,
         "config_toml": config_text,
@@ -333,8 +327,8 @@ def score_cell(task: str, result: dict[str, Any]) -> str:
 
 def main_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Rows = metrics, columns = the training stages; every eval task with its chance level."""
-    stages = report["stages"]
-    columns = [s for s in TRAIN_STAGES if s in stages or any(e["stage"] == s for e in report["evals"])]
+    summaries = report["stages"]
+    columns = [s for s in REPORT_COLUMNS if s in summaries or any(e["stage"] == s for e in report["evals"])]
     newest_evals = {}
     for entry in report["evals"]:  # later checkpoints replace earlier ones
         newest_evals.setdefault(entry["stage"], {}).update(
@@ -348,7 +342,7 @@ def main_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             rows.append([label, chance] + cells)
 
     def stage_value(stage: str, key: str) -> Any:
-        return stages.get(stage, {}).get(key)
+        return summaries.get(stage, {}).get(key)
 
     add("wall time", "", [runs.format_duration(stage_value(s, "wall_seconds")) if stage_value(s, "wall_seconds")
                           is not None else "-" for s in columns])

@@ -20,7 +20,8 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
-from workbench.tui.launch import TRAINING_STAGES, Launched, display_path
+from workbench.stages import TRAINING_STAGES
+from workbench.tui.launch import Launched, display_path
 from workbench.tui.model import (
     CheckpointsListed,
     FolderRead,

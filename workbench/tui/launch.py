@@ -12,12 +12,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from workbench import checkpoint_files, runs
+from workbench import checkpoint_files, runs, stages
 from workbench import config as config_module
 from workbench.errors import BadInput
+from workbench.stages import TRAINING_STAGES, WORKER_STAGES
 
-STAGES = ("prepare", "tokenizer", "pretrain", "sft", "grpo", "eval")
-TRAINING_STAGES = ("pretrain", "sft", "grpo")
 EVAL_TASKS = ("bpb", "arc-easy", "arc-challenge", "mmlu", "hellaswag", "gsm8k", "humaneval", "core", "chatcore")
 
 
@@ -68,27 +67,18 @@ def display_path(path: Path) -> str:
 
 def running_stage(cfg: config_module.Config) -> str | None:
     """The stage a live worker of this config is running now (None: none is)."""
-    for folder in dict.fromkeys(cfg.stage_dir(stage) for stage in STAGES):
+    for folder in dict.fromkeys(stages.run_dir(cfg, stage) for stage in WORKER_STAGES):
         status = runs.read_status(folder)
-        if status and runs.effective_state(status) in runs.LIVE_STATES and status.get("stage") in STAGES:
+        if status and runs.effective_state(status) in runs.LIVE_STATES and status.get("stage") in WORKER_STAGES:
             return status["stage"]
     return None
 
 
 def suggested_stage(cfg: config_module.Config) -> str:
-    """The first stage the run still needs: prepare, tokenizer, pretrain, then sft, then grpo;
-    while a stage is running, that stage (nothing after it can start before it ends)."""
-    running = running_stage(cfg)
-    if running is not None:
-        return running
-    if not (cfg.data_dir / "manifest.json").is_file():
-        return "prepare"
-    if not cfg.tokenizer_path.is_file():
-        return "tokenizer"
-    for stage in TRAINING_STAGES:
-        if not runs.list_checkpoints(cfg.stage_dir(stage)):
-            return stage
-    return "eval"
+    """The stage the run needs next (stages.next_stage: a stage stopped part-way comes before the
+    ones after it), eval once all are done; while a stage is running, that stage (nothing after
+    it can start before it ends)."""
+    return running_stage(cfg) or stages.next_stage(cfg) or "eval"
 
 
 # ---- a new run's config: in the user's folder, with a name of its own ----
@@ -150,14 +140,14 @@ def launch_stage(stage: str, config_path: Path) -> Launched:
     """Start `picochat STAGE CONFIG` detached; its output goes to the stage's run folder/train.log.
     `eval` evaluates the newest checkpoint of the run with the config's [eval] tasks.
     Raises BadInput when the config is invalid or the stage cannot start (nothing is started then)."""
-    if stage not in STAGES:
-        raise BadInput(f"{stage}: unknown stage (one of {', '.join(STAGES)})")
+    if stage not in WORKER_STAGES:
+        raise BadInput(f"{stage}: unknown stage (one of {', '.join(WORKER_STAGES)})")
     cfg = config_module.load(config_path)
-    run_dir = cfg.stage_dir(stage)
+    run_dir = stages.run_dir(cfg, stage)
     if stage == "eval":
-        newest = runs.list_checkpoints(cfg.stage_dir("pretrain"))
+        newest = runs.list_checkpoints(stages.run_dir(cfg, "pretrain"))
         if not newest:
-            raise BadInput(f"{cfg.stage_dir('pretrain')}: no checkpoint to evaluate yet (pretrain first)")
+            raise BadInput(f"{stages.run_dir(cfg, 'pretrain')}: no checkpoint to evaluate yet (pretrain first)")
         return launch_eval(newest[-1], cfg.eval.tasks, cfg.eval.limit)
     existing = runs.read_status(run_dir)
     if existing and runs.effective_state(existing) in runs.LIVE_STATES and existing.get("stage") == stage:
@@ -186,7 +176,7 @@ def resume_plan(checkpoint: Path) -> tuple[str, Path, int, int]:
     newest = runs.list_checkpoints(run_dir)[-1]
     stage = _checkpoint_stage(newest)
     cfg = config_module.load(config_path)
-    total = {"pretrain": cfg.train.steps, "sft": cfg.sft.steps, "grpo": cfg.grpo.steps}[stage]
+    total = stages.configured_steps(cfg, stage)
     step = checkpoint_files.read_meta(newest).get("step", 0)  # a garbage meta.json: the worker's resume reports it
     if step >= total:
         raise BadInput(f"{run_dir.name} has done all {total} steps: raise the {stage} steps in "

@@ -25,8 +25,8 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from workbench import runs
+from workbench.stages import TRAINING_STAGES
 from workbench.tui.actions import control_run
-from workbench.tui.launch import TRAINING_STAGES
 from workbench.tui.model import ModelChanged
 from workbench.tui.screens.runs import STATE_STYLES, format_count
 from workbench.tui.series import X_AXES, RunMetrics

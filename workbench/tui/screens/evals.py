@@ -24,7 +24,7 @@ from textual.widgets import (
     Static,
 )
 
-from workbench import checkpoint_files, runs
+from workbench import checkpoint_files, runs, stages
 from workbench.errors import BadInput
 from workbench.evals.common import headline_score
 from workbench.tui.launch import EVAL_TASKS, launch_eval
@@ -34,8 +34,7 @@ from workbench.tui.widgets.common import KeyTable, NavBar, TickList
 
 def eval_folder(checkpoint: Path) -> Path:
     """Where `picochat eval` of a checkpoint logs its progress: RUN-eval beside the run."""
-    run_dir = checkpoint.parent.parent
-    return run_dir.with_name(f"{run_dir.name}-eval")
+    return stages.folder(checkpoint.parent.parent, "eval")
 
 
 def score_text(task: str, result) -> str:

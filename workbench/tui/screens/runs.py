@@ -18,7 +18,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
-from workbench import runs, sweep
+from workbench import runs, stages, sweep
 from workbench.errors import BadInput
 from workbench.runs import LIVE_STATES
 from workbench.tui.actions import control_run, resume_training
@@ -242,8 +242,8 @@ class RunsScreen(Screen):
             # Each folder on the screen that shows it: an eval's on Evals (RUN-eval is the eval of RUN),
             # a prepare's or a tokenizer's on Data, a training run on the Dashboard.
             stage = next((info.stage for info in self.app.model.runs if info.path == run_dir), "")
-            base = run_dir.with_name(run_dir.name.removesuffix("-eval"))
-            if stage == "eval" and base != run_dir and base.is_dir():
+            base, folder_stage = stages.split_folder(run_dir)
+            if stage == "eval" and folder_stage == "eval" and base.is_dir():
                 self.app.open_run(base, "evals")
             else:
                 self.app.open_run(run_dir, {"prepare": "data", "tokenizer": "data"}.get(stage, "dashboard"))
