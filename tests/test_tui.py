@@ -576,6 +576,28 @@ def test_rebase_leaves_paths_that_resolve_the_same_alone(tmp_path):
     assert rebase_paths(text, tmp_path / "old", tmp_path / "old") == (text, [])
 
 
+def test_rebase_rewrites_only_the_values_keeping_comments_escapes_and_inline_tables(tmp_path):
+    # The hand line scanner this replaced rewrote "a.txt" inside the comment instead of the list
+    # item, missed a value written with an escape ("tok\u0065n.json") or as UTF-8 ("café"), and
+    # missed keys in an inline table (no [sft] header).
+    import tomllib
+
+    text = ('# my config\nsft = { init_from = "runs/base", steps = 5 }  # inline\n\n'
+            '[run]\nname = "x"\nout_dir = "/abs/run"\n\n'
+            '[data]\nsources = [  # "a.txt" is the corpus\n  "a.txt",\n  \'café.txt\',\n]\n\n'
+            '[tokenizer]\npath = "tok\\u0065n.json"  # escaped\n')
+    old, new = tmp_path / "old", tmp_path / "new"
+    new_text, rewritten = rebase_paths(text, old, new)
+    assert rewritten == ["a.txt", "café.txt", "token.json", "runs/base"]
+    values = tomllib.loads(new_text)
+    assert values["data"]["sources"] == [str(old / "a.txt"), str(old / "café.txt")]
+    assert values["tokenizer"]["path"] == str(old / "token.json")
+    assert values["sft"] == {"init_from": str(old / "runs" / "base"), "steps": 5}
+    for kept in ('# my config\n', '  # inline\n', '[  # "a.txt" is the corpus\n', '  # escaped\n',
+                 'out_dir = "/abs/run"\n'):
+        assert kept in new_text, kept
+
+
 def test_launch_refuses_to_overwrite_a_run_with_checkpoints(make_tiny_config):
     cfg = make_tiny_config()
     config_path = cfg.base_dir / "config.toml"

@@ -6,7 +6,6 @@ which the app watches for the first lines of a worker that exits with an error. 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -112,8 +111,8 @@ def new_config(runs_dir: Path, stem: str = "new") -> Path:
     if errors:
         raise BadInput(errors[0])
     out_dir = Path(runs_dir) / name
-    text = _replace_literal(text, "run", "name", cfg.run.name, json.dumps(name))
-    text = _replace_literal(text, "run", "out_dir", cfg.run.out_dir, json.dumps(str(out_dir)))
+    text = _replace_string(text, "run", "name", cfg.run.name, name)
+    text = _replace_string(text, "run", "out_dir", cfg.run.out_dir, str(out_dir))
     path = folder / f"{name}.toml"
     runs.atomic_write_text(path, text)
     return path
@@ -259,32 +258,34 @@ def rebase_paths(text: str, old_base: Path, new_base: Path) -> tuple[str, list[s
             before = old.resolve_path(value).resolve()
             if new.resolve_path(value).resolve() == before:
                 continue
-            replaced = _replace_literal(text, section, key, value, json.dumps(str(before)))
+            replaced = _replace_string(text, section, key, value, str(before))
             if replaced != text:
                 text = replaced
                 rewritten.append(value)
     return text, rewritten
 
 
-def _replace_literal(text: str, section: str, key: str, value: str, replacement: str) -> str:
-    """Replace the first "value" (or 'value') string at or after `key =` inside [section]."""
-    lines = text.split("\n")
-    current, start = None, None
-    for index, line in enumerate(lines):
-        header = re.match(r"^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]", line)
-        if header:
-            current = header.group(1)
-        elif current == section and re.match(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=", line):
-            start = index
-            break
-    if start is None:
+def _replace_string(text: str, section: str, key: str, old: str, new: str) -> str:
+    """The config text with the string `old` of [section] key (its value, or the first equal item
+    of its list) set to `new`, and nothing else changed: comments, layout and the other values'
+    quoting stay as they were, and `new` is quoted and escaped as TOML wants. The text unchanged
+    when the key does not hold `old`."""
+    import tomlkit  # here: the TUI starts without loading it
+    from tomlkit.exceptions import TOMLKitError
+
+    try:
+        document = tomlkit.parse(text)
+    except TOMLKitError:  # callers parse the text first; one that does not parse is left as it is
         return text
-    for index in range(start, len(lines)):
-        for quoted in (json.dumps(value), f"'{value}'"):
-            if quoted in lines[index]:
-                lines[index] = lines[index].replace(quoted, replacement, 1)
-                return "\n".join(lines)
-    return text
+    table = document.get(section)
+    value = table.get(key) if isinstance(table, dict) else None
+    if isinstance(value, list) and old in value:
+        value[value.index(old)] = new
+    elif isinstance(value, str) and value == old:
+        table[key] = new
+    else:
+        return text
+    return tomlkit.dumps(document)
 
 
 # ---- helpers ----
