@@ -9,11 +9,16 @@ from workbench.tools import calculate
 from workbench.train.rewards import numeric_reward, tool_reward
 
 
+def generate(n: int, seed: int, start: int = 0) -> list[dict]:
+    """n chat conversations with calculator calls, as SFT reads them."""
+    return [problem.conversation() for problem in synthetic.problems(n, seed=seed, start=start)]
+
+
 def test_generate_is_deterministic_by_seed():
-    assert synthetic.generate(20, seed=3) == synthetic.generate(20, seed=3)
-    assert synthetic.generate(20, seed=3) != synthetic.generate(20, seed=4)
+    assert generate(20, seed=3) == generate(20, seed=3)
+    assert generate(20, seed=3) != generate(20, seed=4)
     # a stream can be read from any position: the resumable SFT sampler relies on it
-    assert synthetic.generate(5, seed=3, start=10) == synthetic.generate(15, seed=3)[10:]
+    assert generate(5, seed=3, start=10) == generate(15, seed=3)[10:]
 
 
 @pytest.mark.parametrize("difficulty", [1, 2, 3, 4, 6])
@@ -56,8 +61,7 @@ def test_conversation_has_a_calculator_call_and_a_checkable_answer():
              f"The answer is {problem.answer}.<|assistant_end|>")
     assert numeric_reward(reply, problem.answer) == 1.0
     assert tool_reward(reply, problem.answer) == 1.0
-    assert synthetic.reward(reply, problem) == 1.0
-    assert synthetic.reward(f"The answer is {problem.answer + 1}.", problem) == 0.0
+    assert numeric_reward(f"The answer is {problem.answer + 1}.", problem.answer) == 0.0
 
 
 def test_chat_family_greets_introduces_itself_and_answers_simple_questions():

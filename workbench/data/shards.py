@@ -62,10 +62,6 @@ def _open(path: Path):
         raise BadInput(f"{path}: corrupt parquet shard ({error})") from None
 
 
-def count_rows(path: str | Path) -> int:
-    return _open(Path(path)).metadata.num_rows
-
-
 def iter_documents(data_dir: str | Path, split: str, start: tuple[int, int] = (0, 0),
                    stride: tuple[int, int] = (0, 1)) -> Iterator[tuple[str, tuple[int, int]]]:
     """Yield (text, (shard_index, row_index)) for every document of the split from `start` on

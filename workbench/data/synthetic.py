@@ -5,7 +5,7 @@
 
 Why generate our own: a CPU-sized model cannot learn GSM8K in minutes, but it can learn to read a short
 story, write the one calculator expression it describes and copy the result. That gives (1) as much SFT
-chat data as a small model needs, with tool calls in the DESIGN.md chat format, and (2) a GRPO task
+chat data as a small model needs, with tool calls in the chat format (docs/interfaces.md), and (2) a GRPO task
 where a freshly fine-tuned small model is partly right, so reinforcement learning visibly helps in
 minutes. GSM8K stays the real benchmark.
 
@@ -139,18 +139,6 @@ def problem_at(seed: int, index: int, difficulty: int | tuple[int, int], max_ope
 def problems(n: int, difficulty: int | tuple[int, int] = (1, 3), seed: int = 0, start: int = 0,
              max_operand: int | None = None) -> list[Problem]:
     return [problem_at(seed, index, difficulty, max_operand) for index in range(start, start + n)]
-
-
-def generate(n: int, difficulty: int | tuple[int, int] = (1, 3), seed: int = 0, start: int = 0) -> list[dict]:
-    """n chat conversations ({"messages": [...]}) with calculator calls, deterministic by seed."""
-    return [problem.conversation() for problem in problems(n, difficulty, seed, start)]
-
-
-def reward(completion_text: str, problem: Problem) -> float:
-    """1.0 when the completion's final answer equals the problem's answer (see rewards.numeric_reward)."""
-    from workbench.train.rewards import numeric_reward
-
-    return numeric_reward(completion_text, problem.answer)
 
 
 # ---------------------------------------------------------------------------------------------

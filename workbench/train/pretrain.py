@@ -140,8 +140,6 @@ def _sharded_model(cfg, vocab_size: int, device):
 def _pretrain(cfg, resume: bool, dist, verbose: bool):
     import dataclasses
 
-    import torch  # noqa: F401  (heavy imports stay out of `picochat -h`)
-
     from workbench.checkpoint import load_checkpoint
     from workbench.evals.bpb import evaluate_bpb, val_batches
     from workbench.model import build_model, uses_flex

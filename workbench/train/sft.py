@@ -7,7 +7,7 @@ may be missing, "synthetic:arith:weight", "synthetic:chat:weight"), and
 writes its own run folder runs/NAME-sft with checkpoints whose meta says stage "sft", so evals and
 the chat front ends know it is a chat model.
 
-Batches hold one conversation per row in the DESIGN.md chat format, padded to the longest row
+Batches hold one conversation per row in the chat format (docs/interfaces.md), padded to the longest row
 (never split; longer than seq_len + 1 tokens: cut and counted); the loss covers the assistant's
 tokens only (its text, tool calls and <|assistant_end|>; not user turns, not tool output). The
 training loop is pretraining's (workbench/train/loop.py): same run folder contract, control
