@@ -254,3 +254,16 @@ def test_synthetic_chat_trains_and_validates_on_separate_streams(tokenizer):
     batches = chat.SftBatches(data.train, tokenizer, 128, 8)
     inputs, targets = next(batches)
     assert inputs.shape[0] == 8 and batches.stats.truncated == 0
+
+
+@pytest.mark.parametrize("name", ["tiny", "shakespeare"])
+def test_the_shipped_sft_mixtures_work_with_and_without_the_shared_folder(name, tmp_path):
+    from workbench import config as config_module
+
+    cfg = config_module.load(Path(__file__).resolve().parent.parent / "configs" / f"{name}.toml")
+    fresh_clone = chat.load_datasets(cfg.sft.datasets, lambda path: tmp_path / path, seed=0)  # no ../shared
+    assert [d.name for d in fresh_clone.train.datasets] == ["synthetic:arith", "synthetic:chat"]
+    assert len(fresh_clone.notes) == 1 and "self_instruct" in fresh_clone.notes[0]
+    if cfg.resolve_path("../shared/data/chat/self-instruct").exists():  # as in CI
+        with_shared = chat.load_datasets(cfg.sft.datasets, cfg.resolve_path, seed=0)
+        assert len(with_shared.train.datasets) == 3 and not with_shared.notes
