@@ -5,23 +5,19 @@ into Markdown, thoughts are folded and tool calls stand out."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from rich.text import Text
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Collapsible, Footer, Input, Label, Markdown, Select, Static
 
 from workbench import checkpoint_files
 from workbench.tui.model import checkpoint_label
+from workbench.tui.model_process import ModelProcess, WorkerEvent, worker_command
 from workbench.tui.widgets.common import NavBar
 
 SAMPLING_FIELDS = (  # input id -> (sampling key, label, default, type)
@@ -32,19 +28,7 @@ SAMPLING_FIELDS = (  # input id -> (sampling key, label, default, type)
 )
 
 
-def worker_command(checkpoint: Path) -> list[str]:
-    return [sys.executable, "-m", "workbench.engine.worker", str(checkpoint)]
-
-
-class WorkerEvent(Message):
-    """One JSON line from the model process (or {"type": "exit"} when it is gone)."""
-
-    def __init__(self, data: dict[str, Any], generation: int):
-        super().__init__()
-        self.data, self.generation = data, generation
-
-
-class ChatScreen(Screen):
+class ChatScreen(ModelProcess, Screen):
     TITLE = "Chat"
     BINDINGS = [
         Binding("escape", "stop_generation", "Stop generation", priority=True),
@@ -66,9 +50,7 @@ class ChatScreen(Screen):
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
-        self.process: subprocess.Popen | None = None
         self.checkpoint: Path | None = None
-        self.generation = 0  # bumped per model process: events of an old one are ignored
         self.messages: list[dict[str, Any]] = []
         self.answering = False
         self.parts: list[dict[str, str]] = []
@@ -108,16 +90,8 @@ class ChatScreen(Screen):
         self.checkpoint = checkpoint
         self.app.chat_checkpoint = checkpoint
         self.use_sampling_of(checkpoint)
-        self.generation += 1
         self.set_status(Text(f"loading {checkpoint_label(checkpoint)}…"))
-        command = getattr(self.app, "chat_worker_command", worker_command)(checkpoint)
-        try:
-            self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                            stderr=subprocess.DEVNULL, text=True, bufsize=1)
-        except OSError as error:
-            self.set_status(Text(f"cannot start the model process: {error}", style="bold red"))
-            return
-        self.read_events(self.process, self.generation)
+        self.launch_model(getattr(self.app, "chat_worker_command", worker_command)(checkpoint))
 
     def use_sampling_of(self, checkpoint: Path) -> None:
         """Fill the sampling fields from the checkpoint's [sample] section (its run's choice)."""
@@ -130,41 +104,8 @@ class ChatScreen(Screen):
                 self.query_one(f"#chat-{key}", Input).value = str(kind(value))
 
     def stop_model(self) -> None:
-        process, self.process = self.process, None
-        if process and process.poll() is None:
-            try:
-                process.stdin.close()
-            except OSError:
-                pass
-            process.terminate()
+        super().stop_model()
         self.answering = False
-
-    @work(thread=True, exclusive=False)
-    def read_events(self, process: subprocess.Popen, generation: int) -> None:
-        for line in process.stdout:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                data = json.loads(line)
-            except ValueError:
-                data = {"type": "error", "message": f"bad line from the model process: {line[:200]}"}
-            if isinstance(data, dict):
-                self.post_message(WorkerEvent(data, generation))
-        process.wait()
-        self.post_message(WorkerEvent({"type": "exit", "code": process.returncode}, generation))
-
-    def send(self, request: dict[str, Any]) -> bool:
-        if not self.process or self.process.poll() is not None:
-            self.set_status(Text("no model process running: pick a checkpoint", style="bold red"))
-            return False
-        try:
-            self.process.stdin.write(json.dumps(request) + "\n")
-            self.process.stdin.flush()
-        except (OSError, ValueError) as error:
-            self.set_status(Text(f"the model process is gone: {error}", style="bold red"))
-            return False
-        return True
 
     # ---- conversation ----
 

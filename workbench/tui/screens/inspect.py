@@ -6,8 +6,6 @@ text included. The model runs in the Chat screen's kind of child process
 
 from __future__ import annotations
 
-import json
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ from rich.cells import cell_len
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
-from textual import events, on, work
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -29,7 +27,7 @@ from textual.strip import Strip
 from textual.widgets import Footer, Select, Static, TextArea
 
 from workbench.tui.model import ModelChanged, checkpoint_label
-from workbench.tui.screens.chat import WorkerEvent, worker_command
+from workbench.tui.model_process import ModelProcess, WorkerEvent, worker_command
 from workbench.tui.widgets.common import NavBar
 
 # Loss bands in bits, each with its background: a fixed scale, so two checkpoints compare by eye.
@@ -235,7 +233,7 @@ class TokenView(ScrollView, can_focus=True):
         self.focus()
 
 
-class InspectScreen(Screen):
+class InspectScreen(ModelProcess, Screen):
     TITLE = "Inspect"
     BINDINGS = [
         Binding("ctrl+r", "inspect", "Inspect", priority=True),
@@ -261,9 +259,7 @@ class InspectScreen(Screen):
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
-        self.process: subprocess.Popen | None = None
         self.checkpoint: Path | None = None
-        self.generation = 0  # bumped per model process: events of an old one are ignored
         self.model_name = self.ready_text = ""  # the model's name; "ready: NAME, N params"
         self.last_error = ""  # the model process's last error line: why it exited, when it does
         self.sent = self.answered = 0  # inspect requests sent to this process, and replies to them
@@ -318,57 +314,14 @@ class InspectScreen(Screen):
     def start_model(self, checkpoint: Path) -> None:
         if checkpoint == self.checkpoint and self.process and self.process.poll() is None:
             return
-        self.stop_model()
         self.checkpoint = checkpoint
-        self.generation += 1
         self.sent = self.answered = 0
         self.model_name = self.ready_text = self.last_error = ""
         self.set_status(Text(f"loading {checkpoint_label(checkpoint)}…"))
-        command = getattr(self.app, "inspect_worker_command", worker_command)(checkpoint)
-        try:
-            self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                            stderr=subprocess.DEVNULL, text=True, bufsize=1)
-        except OSError as error:
-            self.set_status(Text(f"cannot start the model process: {error}", style="bold red"))
+        if not self.launch_model(getattr(self.app, "inspect_worker_command", worker_command)(checkpoint)):
             return
-        self.read_events(self.process, self.generation)
         if self.query_one("#inspect-input", TextArea).text.strip():
             self.action_inspect()  # the text on screen, read by the new checkpoint
-
-    def stop_model(self) -> None:
-        process, self.process = self.process, None
-        if process and process.poll() is None:
-            try:
-                process.stdin.close()
-            except OSError:
-                pass
-            process.terminate()
-
-    @work(thread=True, exclusive=False)
-    def read_events(self, process: subprocess.Popen, generation: int) -> None:
-        for line in process.stdout:
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except ValueError:
-                data = {"type": "error", "message": f"bad line from the model process: {line.strip()[:200]}"}
-            if isinstance(data, dict):
-                self.post_message(WorkerEvent(data, generation))
-        process.wait()
-        self.post_message(WorkerEvent({"type": "exit", "code": process.returncode}, generation))
-
-    def send(self, request: dict[str, Any]) -> bool:
-        if not self.process or self.process.poll() is not None:
-            self.set_status(Text("no model process running: pick a checkpoint", style="bold red"))
-            return False
-        try:
-            self.process.stdin.write(json.dumps(request) + "\n")
-            self.process.stdin.flush()
-        except (OSError, ValueError) as error:
-            self.set_status(Text(f"the model process is gone: {error}", style="bold red"))
-            return False
-        return True
 
     # ---- inspecting ----
 
