@@ -12,7 +12,8 @@ import pytest
 
 from workbench.errors import BadInput
 from workbench.evals import common, gsm8k, humaneval, multiple_choice
-from workbench.evals.reasoning import parse_completion
+from workbench.tasks.answers import final_number
+from workbench.tasks.answers import parse_text as parse_completion
 
 FIXTURES = Path(__file__).parent / "fixtures" / "evals"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -105,7 +106,7 @@ def test_gsm8k_answer_sheets():
     ("nothing here", None),
 ])
 def test_gsm8k_final_number(text, expected):
-    assert gsm8k.extract_answer(text) == expected
+    assert final_number(text) == expected
 
 
 def test_gsm8k_tool_calls_and_thoughts():

@@ -5,15 +5,10 @@ import math
 import pytest
 import torch
 
+from workbench.tasks.answers import chosen_letter as extract_letter
+from workbench.tasks.answers import parse_text as parse_completion
 from workbench.train import grpo
-from workbench.train.rewards import (
-    extract_letter,
-    extract_number,
-    letter_reward,
-    numeric_reward,
-    parse_completion,
-    tool_reward,
-)
+from workbench.train.rewards import extract_number, letter_reward, numeric_reward, tool_reward
 
 TOOL_REPLY = ("<|python_start|>4*12-7<|python_end|><|output_start|>41<|output_end|>"
               "The answer is 41.<|assistant_end|>")
@@ -29,8 +24,10 @@ def test_numeric_reward_reads_the_models_own_final_number():
     assert numeric_reward("She makes 9 * 2 = $18 a day.\n#### 18", 18) == 1.0
     assert numeric_reward("#### 1,250", 1250) == 1.0
     assert numeric_reward("no number at all", 3) == 0.0
-    # the calculator's output is not the model's answer
-    assert numeric_reward("<|python_start|>40+1<|python_end|><|output_start|>41<|output_end|>", 41) == 0.0
+    # an answer given by the calculator's output alone is the model's answer, as the GSM8K eval reads it
+    # (issue 17: it used to score 0.0 here and count right in the eval)
+    assert numeric_reward("<|python_start|>40+1<|python_end|><|output_start|>41<|output_end|>", 41) == 1.0
+    assert numeric_reward("<|python_start|>40+1<|python_end|><|output_start|>41<|output_end|>", 40) == 0.0
     assert extract_number("the answer is -3.5.") == -3.5
 
 

@@ -4,21 +4,20 @@ The model gets the question (a chat message for chat models, "Question: ...\\nAn
 models) and generates greedily; when it writes <|python_start|>expr<|python_end|> the engine runs
 the calculator and forces the result in. The final number is the one after the last "####", else
 the last number of the answer (outside the thought); it is right when it equals the reference
-numerically (commas, "$" and trailing ".0" do not matter).
+numerically (commas, "$" and trailing ".0" do not matter): workbench.tasks.answers, which the
+GRPO reward reads with too.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from workbench.errors import BadInput
 from workbench.evals.common import Progress, TaskResult, iter_jsonl, mean, no_progress, require
-from workbench.evals.reasoning import parse_completion, reasoning_metrics
-
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+from workbench.evals.reasoning import reasoning_metrics
+from workbench.tasks.answers import ParsedCompletion, final_number, normalize_number, parse, same_number
 
 
 @dataclass
@@ -27,37 +26,6 @@ class Problem:
     solution: str  # the reference solution text, ending in "#### N"
     answer: str  # N, normalised
     where: str = field(default="", compare=False)
-
-
-def normalize_number(text: str) -> str | None:
-    """'1,234.50' -> '1234.5'; '$18' -> '18'; None when there is no number."""
-    found = _NUMBER.search(text.replace("$", ""))
-    if not found:
-        return None
-    number = found.group(0).replace(",", "")
-    try:
-        value = float(number)
-    except ValueError:
-        return None
-    return str(int(value)) if value == int(value) and abs(value) < 1e15 else repr(value)
-
-
-def extract_answer(answer_text: str) -> str | None:
-    """The final number of an answer: after the last '####' if there is one, else the last number."""
-    if "####" in answer_text:
-        return normalize_number(answer_text.rsplit("####", 1)[1])
-    numbers = _NUMBER.findall(answer_text.replace("$", ""))
-    return normalize_number(numbers[-1]) if numbers else None
-
-
-def same_number(predicted: str | None, reference: str) -> bool:
-    if predicted is None:
-        return False
-    try:
-        a, b = float(predicted), float(reference)
-    except ValueError:
-        return predicted == reference
-    return abs(a - b) <= 1e-6 * max(1.0, abs(b))
 
 
 def load(path: str | Path) -> list[Problem]:
@@ -78,13 +46,15 @@ def load(path: str | Path) -> list[Problem]:
     return problems
 
 
-def score(problems: list[Problem], completions: list[str],
+def score(problems: list[Problem], completions: list[str | ParsedCompletion],
           count_tokens: Callable[[str], int] | None = None) -> TaskResult:
-    """Accuracy of generated completions (raw text, special tokens included) plus reasoning metrics."""
+    """Accuracy of generated completions (raw text, special tokens included, or read already from
+    the tokens) plus reasoning metrics. A completion is right when tasks.answers.number_correct
+    says so: the GRPO reward's reading."""
     if len(completions) != len(problems):
         raise ValueError(f"{len(completions)} completions for {len(problems)} problems")
-    parsed = [parse_completion(text) for text in completions]
-    predicted = [extract_answer(p.answer) for p in parsed]
+    parsed = [parse(completion) for completion in completions]
+    predicted = [final_number(p.answer) for p in parsed]
     correct = [same_number(pred, problem.answer) for pred, problem in zip(predicted, problems, strict=True)]
     details = {"correct": sum(correct), "answered_share": mean([float(p is not None) for p in predicted])}
     details.update(reasoning_metrics(parsed, correct, count_tokens))

@@ -22,8 +22,9 @@ from pathlib import Path
 
 from workbench.errors import BadInput
 from workbench.evals.common import Progress, TaskResult, iter_jsonl, mean, no_progress, require
-from workbench.evals.reasoning import parse_completion, reasoning_metrics
+from workbench.evals.reasoning import reasoning_metrics
 from workbench.evals.sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, run_program
+from workbench.tasks.answers import parse_text
 
 STOP_SEQUENCES = ["\ndef ", "\nclass ", "\nif ", "\nprint(", "\n#"]
 _CODE_BLOCK = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)(?:```|$)", re.S)
@@ -84,7 +85,7 @@ def score(problems: list[Problem], completions: list[str], timeout: float = DEFA
     """pass@1 of generated completions (raw text, special tokens included), each run in the sandbox."""
     if len(completions) != len(problems):
         raise ValueError(f"{len(completions)} completions for {len(problems)} problems")
-    parsed = [parse_completion(text) for text in completions]
+    parsed = [parse_text(text) for text in completions]
     programs = [assemble_program(problem, p.answer) for problem, p in zip(problems, parsed, strict=True)]
     workers = workers or max(1, min(8, os.cpu_count() or 1))
     results = []

@@ -87,15 +87,15 @@ class Task:
     name: str
     prompt_at: Any  # callable(index) -> Prompt
     held_out: list[Prompt]
-    reward_fn: Any  # callable(completion_text, answer) -> float in [0, 1]
-    correct_fn: Any  # callable(completion_text, answer) -> bool
+    reward_fn: Any  # callable(completion, answer) -> float in [0, 1]; completion: text or ParsedCompletion
+    correct_fn: Any  # callable(completion, answer) -> bool
     parts: dict[str, Task] = field(default_factory=dict)
 
-    def reward(self, text: str, answer: Any) -> float:
-        return float(self.reward_fn(text, answer))
+    def reward(self, completion, answer: Any) -> float:
+        return float(self.reward_fn(completion, answer))
 
-    def correct(self, text: str, answer: Any) -> bool:
-        return bool(self.correct_fn(text, answer))
+    def correct(self, completion, answer: Any) -> bool:
+        return bool(self.correct_fn(completion, answer))
 
     def scorer_for(self, prompt: Prompt) -> Task:
         return self.parts.get(prompt.task, self)
@@ -347,6 +347,7 @@ def rollout(engine, tokenizer, task: Task, prompts: list[Prompt], group_size: in
     """Sample and score group_size completions per prompt (one shared prefill per prompt; every
     prompt's rows decode together, generate_groups)."""
     from workbench.evals.generation import fit_prompt
+    from workbench.tasks.answers import parse_tokens
 
     context = getattr(engine.model, "max_context", None) if getattr(engine.model, "supports_kv_cache", False) else None
     prompt_ids = [fit_prompt(tokenizer.render_for_completion(p.messages), context, params.max_tokens) for p in prompts]
@@ -361,8 +362,10 @@ def rollout(engine, tokenizer, task: Task, prompts: list[Prompt], group_size: in
             group.completions.append(list(generation.tokens))
             group.sampled_masks.append(list(generation.sampled_mask))
             group.texts.append(text)
-            group.rewards.append(scorer.reward(text, prompt.answer))
-            group.correct.append(scorer.correct(text, prompt.answer))
+            # scored on the tokens' structure: text that spells a marker is not a tool call
+            completion = parse_tokens(tokenizer, generation.tokens)
+            group.rewards.append(scorer.reward(completion, prompt.answer))
+            group.correct.append(scorer.correct(completion, prompt.answer))
         groups.append(group)
     return groups
 
