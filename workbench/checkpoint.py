@@ -37,7 +37,7 @@ from workbench.checkpoint_files import (
 )
 from workbench.config import Config
 from workbench.errors import BadInput, first_line
-from workbench.files import fsync_path
+from workbench.files import fsync_path, replace_folder
 from workbench.int8 import int8_layout, quantize_model
 from workbench.runs import list_checkpoints
 from workbench.tokenizer import Tokenizer
@@ -114,15 +114,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, conf
         raise BadInput(f"{final}: could not be saved ({reason}); the checkpoints saved before are "
                        f"intact") from None
 
-    if final.exists():  # same step saved again (a "save" command at the last step, say)
-        old = folder / f"{TEMP_PREFIX}old-{final.name}"
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-        os.replace(temporary, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(temporary, final)
+    replace_folder(temporary, final)  # the same step may be saved again (a "save" at the last step)
     fsync_path(folder)
 
     if keep_last > 0:

@@ -25,12 +25,12 @@ needs safetensors and json only: transformers is never imported here.
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from workbench.errors import BadInput
+from workbench.files import replace_folder
 
 FORMATS = ("hf", "safetensors")
 TEMPLATE_DIR = Path(__file__).resolve().parent / "export_template"
@@ -314,13 +314,5 @@ def export_checkpoint(spec: str | Path, out: str | Path, fmt: str = "hf", force:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
 
-    if out.exists():  # empty, or replaced with force: moved aside first, so a crash leaves one of the two
-        old = out.with_name(f".tmp-old-{out.name}")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(out, old)
-        os.replace(temporary, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(temporary, out)
+    replace_folder(temporary, out)  # an empty folder, or one replaced with --force
     return out

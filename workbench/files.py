@@ -7,6 +7,7 @@ Only the standard library is imported: every module may use this one.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 
@@ -35,3 +36,18 @@ def fsync_path(path: str | Path) -> None:
         pass
     finally:
         os.close(descriptor)
+
+
+def replace_folder(complete: Path, final: Path) -> None:
+    """Put the finished folder `complete` in the place of `final` (a re-saved checkpoint, a re-exported
+    folder). An existing `final` is first moved aside to `.tmp-old-NAME`, so a crash between the two
+    renames leaves one whole copy (checkpoint_files.recover_interrupted_saves puts a checkpoint back)."""
+    if not final.exists():
+        os.replace(complete, final)
+        return
+    old = final.with_name(f".tmp-old-{final.name}")
+    if old.exists():
+        shutil.rmtree(old)
+    os.replace(final, old)
+    os.replace(complete, final)
+    shutil.rmtree(old, ignore_errors=True)
