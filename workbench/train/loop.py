@@ -447,7 +447,7 @@ def train(*, stage: str, config, model: torch.nn.Module, optimizers, tokenizer,
                 # The start-up peak can be measured while other jobs hold the cores: no step can beat
                 # the hardware, so the best rate seen is a floor for the peak and MFU stays <= 100%.
                 peak = max(peak, achieved)
-                mfu = 100 * achieved / peak
+                mfu = 100 * (achieved / peak)  # a ratio <= 1 first: (100 * a) / a can round above 100
             matrix_lr = next((g["lr"] for g in optimizers.groups if g.get("name") == "matrix"),
                              optimizers.groups[0]["lr"])
             writer.log("train", step=step, loss=last_loss, lr=matrix_lr, lr_multiplier=multiplier,
