@@ -3,6 +3,7 @@ checkpoint), with their confirmations, so every screen asks the same question th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from textual.screen import Screen
@@ -10,7 +11,7 @@ from textual.screen import Screen
 from workbench import runs
 from workbench.errors import BadInput
 from workbench.runs import LIVE_STATES
-from workbench.tui.launch import launch_resume, resume_plan
+from workbench.tui.launch import Launched, launch_resume, resume_plan
 from workbench.tui.widgets.dialogs import ConfirmDialog
 
 
@@ -52,12 +53,20 @@ def resume_training(screen: Screen, checkpoint: Path) -> None:
     def start(confirmed: bool | None) -> None:
         if not confirmed:
             return
-        try:
-            launched = launch_resume(newest)
-        except BadInput as error:
-            screen.notify(str(error), severity="error")
-            return
-        screen.app.watch_launch(launched)
-        screen.app.open_run(launched.run_dir)
+        launched = launch_and_watch(screen, launch_resume, newest)
+        if launched:
+            screen.app.open_run(launched.run_dir)
 
     screen.app.push_screen(ConfirmDialog(question), start)
+
+
+def launch_and_watch(screen: Screen, launch: Callable[[Path], Launched], path: Path) -> Launched | None:
+    """Start a detached worker and have the app watch it (it reports a failed start); a refusal
+    (a run already running there, say) is an error toast, and None."""
+    try:
+        launched = launch(path)
+    except BadInput as error:
+        screen.notify(str(error), severity="error")
+        return None
+    screen.app.watch_launch(launched)
+    return launched

@@ -21,8 +21,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from workbench import checkpoint_files
-from workbench.errors import BadInput
-from workbench.tui.actions import resume_training
+from workbench.tui.actions import launch_and_watch, resume_training
 from workbench.tui.launch import launch_quantize
 from workbench.tui.model import CheckpointInfo, ModelChanged, checkpoint_name
 from workbench.tui.screens.runs import format_count
@@ -173,13 +172,8 @@ class CheckpointsScreen(Screen):
         path = self.selected()
         if path is None:
             return
-        try:
-            launched = launch_quantize(path)
-        except BadInput as error:
-            self.notify(str(error), severity="error")
-            return
-        self.app.watch_launch(launched)
-        self.notify(f"the INT8 copy of {path.name} will show here as int8/{path.name}")
+        if launch_and_watch(self, launch_quantize, path):
+            self.notify(f"the INT8 copy of {path.name} will show here as int8/{path.name}")
 
     def action_export(self) -> None:
         path = self.selected()
