@@ -202,9 +202,10 @@ def test_bad_task_files_are_bad_input(tmp_path):
 # ---- a real run ----
 
 
-def no_letter_e(text, answer):
-    """A toy reward the pretrained tiny model earns some of the time: answer without the letter e."""
-    words = text.split("<|")[0]
+def no_letter_e(completion, answer):
+    """A toy reward the pretrained tiny model earns some of the time: answer without the letter e.
+    Rewards read the parsed completion (tasks/answers.py), as every task's reward does."""
+    words = completion.answer_text
     return 1.0 if words.strip() and "e" not in words.lower() else 0.0
 
 
