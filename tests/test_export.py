@@ -308,10 +308,15 @@ def test_exported_logits_equal_picochats_with_and_without_the_kv_cache(checkpoin
 def test_greedy_generation_equals_picochats(checkpoint, transformers_run):
     results, _ = transformers_run
     engine = Engine(checkpoint.model, checkpoint.tokenizer)
+    lengths = []
     for ids, generated in zip(prompt_ids(checkpoint), results["generated"], strict=True):
         expected = engine.generate(ids, SamplingParams(temperature=0.0, max_tokens=32), use_tools=False)[0]
         assert generated == expected.tokens
-        assert len(generated) == 32  # the model writes text here, not an early stop token
+        # Both stopped at the same place: all 32 tokens, or picochat's own stop token (the tiny model
+        # may start a new document); at least one prompt runs the whole 32.
+        assert len(generated) == 32 or expected.finish_reason == "stop", (len(generated), expected.finish_reason)
+        lengths.append(len(generated))
+    assert max(lengths) == 32, lengths
 
 
 @pytest.mark.slow
