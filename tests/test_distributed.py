@@ -219,6 +219,7 @@ batches = val_batches(checkpoint.config, checkpoint.tokenizer, 3, "cpu", 4096, i
 bpb = evaluate_bpb(checkpoint.model, checkpoint.tokenizer, batches, dist=info)
 if info.rank == 0:
     print("BPB", json.dumps(bpb))
+dist.barrier()  # both ranks done before teardown: gloo aborted a rank once when one tore down first
 dist.destroy_process_group()
 """)
     env = dict(os.environ, OMP_NUM_THREADS="1")
