@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,11 @@ def make_tiny_config(tiny_root, tiny_tokenizer_path, tmp_path_factory):
         return _write_config(folder / "config.toml", _merge(sections, overrides))
 
     return make
+
+
+@pytest.fixture
+def runs_dir(tmp_path) -> Path:
+    """A writable copy of the recorded run folders (tests/fixtures/runs) for the TUI tests."""
+    target = tmp_path / "runs"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "runs", target, ignore=shutil.ignore_patterns("*.py"))
+    return target

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from textual.widgets import Button, DataTable, Input, Markdown, OptionList, Static, TextArea
+from tui_helpers import until
 
 from workbench import config as config_module
 from workbench import runs
@@ -27,15 +28,7 @@ from workbench.tui.series import RunMetrics, Series, Summary, downsample, ema
 from workbench.tui.widgets.dialogs import ConfirmDialog, PromptDialog
 from workbench.tui.widgets.plot import MetricPlot
 
-FIXTURE_RUNS = Path(__file__).parent / "fixtures" / "runs"
 SIZE = (140, 44)
-
-
-@pytest.fixture
-def runs_dir(tmp_path) -> Path:
-    target = tmp_path / "runs"
-    shutil.copytree(FIXTURE_RUNS, target, ignore=shutil.ignore_patterns("*.py"))
-    return target
 
 
 def live_run(runs_dir: Path, name: str = "live", steps: int = 0) -> runs.RunWriter:
@@ -47,17 +40,6 @@ def live_run(runs_dir: Path, name: str = "live", steps: int = 0) -> runs.RunWrit
                    tokens_per_second=1000.0, mfu=1.0)
         writer.heartbeat(step, tokens=step * 512)
     return writer
-
-
-async def until(pilot, condition, seconds: float = 10.0) -> bool:
-    """Let the app run until condition() holds (the watcher thread reads run folders twice a
-    second), or the time is up; returns whether it held."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await pilot.pause(0.1)
-    return True
 
 
 def text_of(widget: Static) -> str:

@@ -11,12 +11,12 @@ import os
 import re
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 from textual.widgets import DataTable, Label, OptionList, Static, TextArea
+from tui_helpers import until
 
 from workbench import config as config_module
 from workbench import runs
@@ -24,15 +24,7 @@ from workbench.tui.app import PicochatApp
 from workbench.tui.widgets.dialogs import ConfirmDialog
 from workbench.tui.widgets.plot import MetricPlot
 
-FIXTURE_RUNS = Path(__file__).parent / "fixtures" / "runs"
 SIZE = (140, 44)
-
-
-@pytest.fixture
-def runs_dir(tmp_path) -> Path:
-    target = tmp_path / "runs"
-    shutil.copytree(FIXTURE_RUNS, target, ignore=shutil.ignore_patterns("*.py"))
-    return target
 
 
 def text_of(widget) -> str:
@@ -45,15 +37,6 @@ def notes(app) -> list:
 
 def rows_of(table: DataTable) -> list[list[str]]:
     return [[str(cell) for cell in table.get_row_at(index)] for index in range(table.row_count)]
-
-
-async def until(pilot, condition, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await pilot.pause(0.1)
-    return True
 
 
 def int8_copy(runs_dir: Path, evals: dict | None = None) -> Path:

@@ -12,10 +12,10 @@ import json
 import math
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+from tui_helpers import FIXTURE_RUNS, until
 
 CORPUS_LINE = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
 
@@ -90,7 +90,6 @@ def test_inspect_stops_at_the_context_and_checks_its_request(worker):
 
 # ---- the screen ----
 
-FIXTURE_RUNS = Path(__file__).parent / "fixtures" / "runs"
 FIXTURE_REPLY = Path(__file__).parent / "fixtures" / "inspect_reply.json"  # tiny model on FIXTURE_TEXT
 FIXTURE_TEXT = "".join(token["text"] for token in json.loads(FIXTURE_REPLY.read_text())["tokens"])
 
@@ -127,15 +126,6 @@ def app_with_fake_worker(tmp_path, runs_dir=FIXTURE_RUNS):
     app = PicochatApp(runs_dir)
     app.inspect_worker_command = lambda checkpoint: [sys.executable, str(script), str(FIXTURE_REPLY), str(log)]
     return app, log
-
-
-async def until(pilot, condition, seconds: float = 20.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await pilot.pause(0.1)
-    return True
 
 
 def shown(widget) -> str:
