@@ -11,6 +11,10 @@ RecursionError, and an integer of more than 4,300 digits raises NumberTooLong in
 ValueError. A reader's existing `except json.JSONDecodeError` then counts or reports them, with
 the file and line, like any other bad JSON.
 
+parse_json_document(path, text) is the whole-file reading of a .json a user hands us: its one
+value, JSON_LINES when the file holds one value per line (JSON Lines saved as .json; the caller
+reads it line by line), BadInput naming the file and line otherwise.
+
 Only the standard library is imported: every reader may use this module.
 """
 
@@ -46,6 +50,22 @@ def parse_json(text: str | bytes) -> Any:
 
 def _document(text: str | bytes) -> str:
     return text if isinstance(text, str) else ""
+
+
+JSON_LINES = object()  # parse_json_document's answer for a file of one JSON value per line
+
+
+def parse_json_document(path: str | Path, text: str) -> Any:
+    """The one JSON value of a whole file's text, or JSON_LINES when a second value follows the
+    first. BadInput "PATH:LINE: invalid JSON (...)" or "PATH:LINE: nested too deeply" otherwise."""
+    try:
+        return parse_json(text)
+    except NestedTooDeeply as error:
+        raise BadInput(f"{path}:{error.lineno}: {error.msg}") from None
+    except json.JSONDecodeError as error:
+        if error.msg == "Extra data":
+            return JSON_LINES
+        raise BadInput(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from None
 
 
 def file_type(mode: int) -> str:

@@ -45,7 +45,8 @@ from typing import Any
 
 from workbench.data.sources import BOM, SNIFF_BYTES, decode_line, sniff_head
 from workbench.errors import BadInput
-from workbench.input_files import NestedTooDeeply, open_regular, parse_json
+from workbench.input_files import JSON_LINES, NestedTooDeeply, open_regular, parse_json, parse_json_document
+from workbench.tasks.answers import final_number
 
 ROLES = ("system", "user", "assistant")
 PART_TYPES = ("text", "thinking", "python", "python_output")
@@ -222,14 +223,9 @@ def load_chat_json(path: str | Path, turn_prefixes=DEFAULT_TURN_PREFIXES) -> tup
     except UnicodeDecodeError as error:
         raise BadInput(f"{path}: not UTF-8 (byte {error.start})") from None
     del raw
-    try:
-        items = parse_json(text)
-    except NestedTooDeeply as error:
-        raise BadInput(f"{path}:{error.lineno}: {error.msg}") from None
-    except json.JSONDecodeError as error:
-        if error.msg == "Extra data":  # JSON Lines saved as .json
-            return load_chat_jsonl(path, turn_prefixes)
-        raise BadInput(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from None
+    items = parse_json_document(path, text)
+    if items is JSON_LINES:
+        return load_chat_jsonl(path, turn_prefixes)
     if not isinstance(items, list):
         raise BadInput(f"{path}: expected a JSON list of conversations (\"User: ... Assistant: ...\" strings "
                        f"or {{\"messages\": [...]}} objects), got a {type(items).__name__}")
@@ -428,11 +424,10 @@ def load_datasets(specs: list[str], resolve_path, seed: int, val_fraction: float
 
 def _final_answer(reply: dict[str, Any]) -> float | None:
     """The number after "####" in a reference reply (GSM8K style), if any."""
-    from workbench.train.rewards import extract_number
-
     content = reply["content"]
     text = content if isinstance(content, str) else "".join(p["text"] for p in content if p["type"] == "text")
-    return extract_number(text) if "####" in text else None
+    number = final_number(text) if "####" in text else None
+    return None if number is None else float(number)
 
 
 class ChatMixture:

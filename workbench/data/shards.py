@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from workbench.data.sources import read_row_group
 from workbench.errors import BadInput
 from workbench.input_files import parse_json
 
@@ -95,10 +96,7 @@ def iter_documents(data_dir: str | Path, split: str, start: tuple[int, int] = (0
             if first_row + group_rows <= skip or (first_group_number + group) % streams != stream:
                 first_row += group_rows
                 continue
-            try:
-                texts = parquet.read_row_group(group, columns=[TEXT_COLUMN]).column(0).to_pylist()
-            except Exception as error:
-                raise BadInput(f"{path}: corrupt parquet shard, row group {group} ({error})") from None
+            texts = read_row_group(parquet, group, TEXT_COLUMN, path)
             for offset, text in enumerate(texts):
                 row = first_row + offset
                 if row < skip or text is None:

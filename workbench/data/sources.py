@@ -30,7 +30,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from workbench.errors import BadInput
-from workbench.input_files import NestedTooDeeply, not_regular_reason, open_regular, parse_json
+from workbench.input_files import (
+    JSON_LINES,
+    NestedTooDeeply,
+    not_regular_reason,
+    open_regular,
+    parse_json,
+    parse_json_document,
+)
 
 KINDS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "jsonl", ".json": "json",
          ".csv": "csv", ".parquet": "parquet"}
@@ -302,17 +309,11 @@ def _read_json(path: Path, report: SourceReport, text_field: str = "text", **_: 
         report.skipped_file = f"invalid UTF-8 at byte {error.start}"
         return
     del raw
-    try:
-        data = parse_json(text)
-    except NestedTooDeeply as error:
-        raise BadInput(f"{path}:{error.lineno}: {error.msg}") from None
-    except json.JSONDecodeError as error:
-        if error.msg == "Extra data":  # JSON Lines saved as .json
-            del text
-            yield from _read_jsonl(path, report, text_field=text_field)
-            return
-        raise BadInput(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from None
+    data = parse_json_document(path, text)
     del text
+    if data is JSON_LINES:
+        yield from _read_jsonl(path, report, text_field=text_field)
+        return
     if isinstance(data, dict) and text_field in data and isinstance(data[text_field], str):
         data = [data]
     if not isinstance(data, list):
@@ -395,10 +396,7 @@ def _read_parquet(path: Path, report: SourceReport, text_field: str = "text", **
     metadata = parquet.metadata
     first_row = 0
     for group in range(metadata.num_row_groups):
-        try:
-            texts = parquet.read_row_group(group, columns=[text_field]).column(0).to_pylist()
-        except Exception as error:
-            raise BadInput(f"{path}: corrupt parquet, row group {group} ({_first_line(error)})") from None
+        texts = read_row_group(parquet, group, text_field, path)
         for offset, value in enumerate(texts):
             row = first_row + offset
             if value is None:
@@ -409,6 +407,15 @@ def _read_parquet(path: Path, report: SourceReport, text_field: str = "text", **
                 yield value, row
         first_row += len(texts)
         report.bytes_read = report.size * (group + 1) // metadata.num_row_groups
+
+
+def read_row_group(parquet, group: int, column: str, path: Path) -> list:
+    """One column of one row group of an open pyarrow ParquetFile, as Python values; BadInput
+    "PATH: corrupt parquet, row group N (...)" when it cannot be read."""
+    try:
+        return parquet.read_row_group(group, columns=[column]).column(0).to_pylist()
+    except Exception as error:  # ArrowInvalid / OSError: a damaged page or a truncated file
+        raise BadInput(f"{path}: corrupt parquet, row group {group} ({_first_line(error)})") from None
 
 
 def _first_line(error: Exception) -> str:

@@ -172,25 +172,29 @@ OPPOSITES = {"hot": "cold", "big": "small", "up": "down", "day": "night", "fast"
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 
 
+# Questions about the tables above: (table, the question's wordings, the answer), where {key} is
+# an entry's key ({Key} capitalized) and {value} its value.
+TABLE_FACTS = [
+    (CAPITALS, ["What is the capital of {key}?", "Which city is the capital of {key}?"],
+     "The capital of {key} is {value}."),
+    (COLORS, ["What color is {key}?"], "{Key} is {value}."),
+    (SOUNDS, ["What sound does a {key} make?", "What does a {key} say?"], "A {key} {value}."),
+    (OPPOSITES, ["What is the opposite of {key}?", "Tell me the opposite of {key}."],
+     "The opposite of {key} is {value}."),
+]
+
+
 def _fact(rng: random.Random) -> tuple[str, str]:
     """One simple question with its one-sentence answer."""
-    kind = rng.randrange(6)
-    if kind == 0:
-        country, city = rng.choice(sorted(CAPITALS.items()))
-        return rng.choice([f"What is the capital of {country}?", f"Which city is the capital of {country}?"]), \
-            f"The capital of {country} is {city}."
-    if kind == 1:
-        thing, color = rng.choice(sorted(COLORS.items()))
-        return f"What color is {thing}?", f"{_capitalized(thing)} is {color}."
-    if kind == 2:
-        animal, sound = rng.choice(sorted(SOUNDS.items()))
-        return rng.choice([f"What sound does a {animal} make?", f"What does a {animal} say?"]), \
-            f"A {animal} {sound}."
-    if kind == 3:
-        word, opposite = rng.choice(sorted(OPPOSITES.items()))
-        return rng.choice([f"What is the opposite of {word}?", f"Tell me the opposite of {word}."]), \
-            f"The opposite of {word} is {opposite}."
-    if kind == 4:
+    kind = rng.randrange(len(TABLE_FACTS) + 2)
+    if kind < len(TABLE_FACTS):
+        table, questions, answer = TABLE_FACTS[kind]
+        key, value = rng.choice(sorted(table.items()))
+        # a single wording draws nothing, so every seed gives the conversations it always gave
+        question = rng.choice(questions) if len(questions) > 1 else questions[0]
+        words = {"key": key, "Key": _capitalized(key), "value": value}
+        return question.format(**words), answer.format(**words)
+    if kind == len(TABLE_FACTS):
         index = rng.randrange(len(DAYS))
         return f"What day comes after {DAYS[index]}?", f"After {DAYS[index]} comes {DAYS[(index + 1) % 7]}."
     word = rng.choice(ITEMS)
