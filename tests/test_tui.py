@@ -330,6 +330,21 @@ async def test_checkpoint_browser_diff_export_delete(runs_dir, tmp_path):
         assert await until(pilot, lambda: table.row_count == 3)
 
 
+async def test_checkpoint_browser_shows_every_column_at_80_columns(runs_dir):
+    app = PicochatApp(runs_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("5")
+        await pilot.pause()
+        table = app.screen.query_one(DataTable)
+        headers = [str(column.label) for column in table.columns.values()]
+        assert headers == ["run", "checkpoint", "stage", "step", "tokens", "val bpb", "disk", "evals"]
+        assert table.virtual_size.width <= table.size.width  # nothing scrolls off the right edge
+        assert table_rows(table)[3][-1] == "arc-easy…"  # the evals list cut to what is left
+        await pilot.resize_terminal(140, 44)
+        assert await until(pilot, lambda: "weights" in [str(column.label) for column in table.columns.values()])
+        assert table_rows(table)[3][-1] == "arc-easy, bpb, gsm8k"
+
+
 async def test_eval_screen_shows_results_of_the_run_and_live_progress(runs_dir):
     app = PicochatApp(runs_dir)
     async with app.run_test(size=SIZE) as pilot:

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import tomli_w
+from rich.cells import cell_len
 from rich.markup import escape
 from rich.syntax import Syntax
 from rich.text import Text
@@ -28,8 +29,12 @@ from workbench.tui.screens.runs import format_count
 from workbench.tui.widgets.common import KeyTable, NavBar
 from workbench.tui.widgets.dialogs import ConfirmDialog, PromptDialog
 
-# weights: model.safetensors; disk: the whole folder (optimizer state too). Fits 80 columns.
+# weights: model.safetensors; disk: the whole folder (optimizer state too, what delete frees).
 COLUMNS = ("run", "checkpoint", "stage", "step", "tokens", "val bpb", "weights", "disk", "evals")
+# Below this many terminal columns weights gives way, and the evals list is cut to what is left,
+# so that every column shows at 80 columns.
+NARROW = 100
+NARROW_COLUMNS = tuple(column for column in COLUMNS if column != "weights")
 
 
 def format_size(size: int) -> str:
@@ -78,9 +83,8 @@ class CheckpointsScreen(Screen):
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
-        table = self.query_one(DataTable)
-        for column in COLUMNS:
-            table.add_column(column, key=column)
+        self.columns: tuple[str, ...] = ()
+        self.set_columns()
         self.marked: list[Path] = []
         self.diff_text = ""
         self.shown: list[CheckpointInfo] | None = None
@@ -88,6 +92,23 @@ class CheckpointsScreen(Screen):
 
     def on_screen_resume(self) -> None:
         self.sync_with_app()
+
+    def on_resize(self) -> None:
+        if self.set_columns():
+            self.shown = None
+            self.refresh_table()
+
+    def set_columns(self) -> bool:
+        """The columns for this terminal's width; whether they changed."""
+        columns = COLUMNS if (self.app.size.width or 80) >= NARROW else NARROW_COLUMNS
+        if columns == self.columns:
+            return False
+        self.columns = columns
+        table = self.query_one(DataTable)
+        table.clear(columns=True)
+        for column in columns:
+            table.add_column(column, key=column)
+        return True
 
     def sync_with_app(self) -> None:
         first_time = self.shown is None
@@ -114,23 +135,37 @@ class CheckpointsScreen(Screen):
         self.marked = [path for path in self.marked if path in paths]
         table = self.query_one(KeyTable)
         selected = self.selected()
-        entries = []
+        rows = []
         for info in checkpoints:
             path, meta = info.path, info.meta
             bpb = info.val_bpb
-            # DataTable reads str cells as Rich markup: what the JSON files say is escaped to show as it is
-            entries.append((str(path), (
-                ("● " if path in self.marked else "") + escape(path.parent.parent.name), checkpoint_name(path),
-                escape(str(meta.get("stage", "-"))), escape(str(meta.get("step", "-"))), format_count(meta.get("tokens")),
-                f"{bpb:.4f}" if bpb is not None else "-", format_size(info.model_bytes) if info.model_bytes else "-",
-                format_size(info.total_bytes), escape(", ".join(sorted(info.evals)) or "-"))))
-        table.replace_rows(entries)
+            rows.append({
+                "run": ("● " if path in self.marked else "") + path.parent.parent.name,
+                "checkpoint": checkpoint_name(path), "stage": str(meta.get("stage", "-")),
+                "step": str(meta.get("step", "-")), "tokens": format_count(meta.get("tokens")),
+                "val bpb": f"{bpb:.4f}" if bpb is not None else "-",
+                "weights": format_size(info.model_bytes) if info.model_bytes else "-",
+                "disk": format_size(info.total_bytes), "evals": ", ".join(sorted(info.evals)) or "-"})
+        if self.columns == NARROW_COLUMNS:
+            room = self.evals_room(rows)
+            for row in rows:
+                if cell_len(row["evals"]) > room:
+                    row["evals"] = row["evals"][:room - 1].rstrip(", ") + "…"
+        # DataTable reads str cells as Rich markup: what the JSON files say is escaped to show as it is
+        table.replace_rows([(str(info.path), tuple(escape(row[column]) for column in self.columns))
+                            for info, row in zip(checkpoints, rows, strict=True)])
         empty = self.query_one("#ckpt-empty", Static)
         empty.display = not checkpoints
         empty.update(f"No checkpoints in {self.app.runs_dir} yet: a training run saves them every "
                      f"[train] save_every steps.")
         if selected in paths:
             table.move_cursor(row=paths.index(selected))
+
+    def evals_room(self, rows: list[dict[str, str]]) -> int:
+        """What the other columns (each with a cell of padding either side) and the scrollbar leave."""
+        others = sum(max(cell_len(text) for text in [column] + [row[column] for row in rows]) + 2
+                     for column in self.columns if column != "evals")
+        return max(6, (self.app.size.width or 80) - others - 2 - 2)
 
     def selected(self) -> Path | None:
         table = self.query_one(DataTable)
