@@ -24,30 +24,21 @@ class PicochatConfig(PreTrainedConfig):
         "max_position_embeddings": "seq_len",
     }
 
-    def __init__(self, vocab_size: int = 32768, kind: str = "gpt", depth: int = 4, width: int = 256,
-                 heads: int = 4, kv_heads: int = 2, seq_len: int = 256, window_pattern: str = "SSSL",
-                 short_window: int = 128, mlp_ratio: int = 4, logit_softcap: float = 15.0,
-                 rope_base: float = 10000.0, context: int = 8, dropout: float = 0.0,
-                 use_cache: bool = True, tie_word_embeddings: bool = False, **kwargs):
-        if kind != "gpt":
-            raise ValueError(f"picochat: only the gpt model kind exports, not {kind!r}")
-        if width % heads or (width // heads) % 2 or heads % kv_heads:
-            raise ValueError(f"picochat: width {width}, heads {heads}, kv_heads {kv_heads}: width must split "
-                             "into heads of even size and heads into kv_heads groups")
-        self.vocab_size = vocab_size
-        self.kind = kind
-        self.depth = depth
-        self.width = width
-        self.heads = heads
-        self.kv_heads = kv_heads
-        self.seq_len = seq_len
-        self.window_pattern = window_pattern
-        self.short_window = short_window
-        self.mlp_ratio = mlp_ratio
-        self.logit_softcap = logit_softcap
-        self.rope_base = rope_base
-        self.context = context  # the mlp baseline's field, kept so config.json holds all of [model]
-        self.dropout = dropout
+    # picochat's [model] fields, resolved, and the vocabulary size, with the defaults of an unset field
+    FIELDS = {"vocab_size": 32768, "kind": "gpt", "depth": 4, "width": 256, "heads": 4, "kv_heads": 2,
+              "seq_len": 256, "window_pattern": "SSSL", "short_window": 128, "mlp_ratio": 4,
+              "logit_softcap": 15.0, "rope_base": 10000.0,
+              "context": 8,  # the mlp baseline's field, kept so config.json holds all of [model]
+              "dropout": 0.0}
+
+    def __init__(self, use_cache: bool = True, tie_word_embeddings: bool = False, **kwargs):
+        for name, default in self.FIELDS.items():
+            setattr(self, name, kwargs.pop(name, default))
+        if self.kind != "gpt":
+            raise ValueError(f"picochat: only the gpt model kind exports, not {self.kind!r}")
+        if self.width % self.heads or (self.width // self.heads) % 2 or self.heads % self.kv_heads:
+            raise ValueError(f"picochat: width {self.width}, heads {self.heads}, kv_heads {self.kv_heads}: width "
+                             "must split into heads of even size and heads into kv_heads groups")
         self.use_cache = use_cache
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
 
