@@ -277,7 +277,8 @@ def test_a_real_sweep_shares_data_trains_every_point_and_resumes_an_unfinished_o
 # ---- the TUI: a sweep's runs grouped under it, and overlaid on the dashboard with one key ----
 
 
-async def test_runs_screen_groups_a_sweep_and_o_overlays_its_runs(tmp_path):
+def recorded_sweep(tmp_path: Path) -> Path:
+    """A runs folder with a three-point sweep (points best first) and one run of its own."""
     runs_dir = tmp_path / "runs"
     for name in ("other", "lr-sweep-matrix_lr0.01", "lr-sweep-matrix_lr0.02", "lr-sweep-matrix_lr0.04"):
         shutil.copytree(FIXTURE_RUN, runs_dir / name)
@@ -287,6 +288,28 @@ async def test_runs_screen_groups_a_sweep_and_o_overlays_its_runs(tmp_path):
               {"name": "lr-sweep-matrix_lr0.04", "label": "matrix_lr0.04", "state": "running", "val_bpb": None}]
     (runs_dir / "lr-sweep" / "sweep.json").write_text(json.dumps(
         {"name": "lr-sweep", "state": "done", "driver": None, "points": points}))
+    return runs_dir
+
+
+def test_picochat_runs_groups_a_sweep_as_the_runs_screen_does(tmp_path, capsys):
+    runs_dir = recorded_sweep(tmp_path)
+    (tmp_path / "runs" / "next-sweep").mkdir()  # planned, no run folder yet: listed first
+    (tmp_path / "runs" / "next-sweep" / "sweep.json").write_text(json.dumps(
+        {"name": "next-sweep", "state": "running", "points": [{"name": "next-sweep-depth2"}]}))
+    assert cli.main(["runs", str(runs_dir)]) == 0
+    lines = [line.rstrip() for line in capsys.readouterr().out.splitlines()[1:]]
+    names = [line.split()[0] if not line.startswith("   ") else "  " + line.split()[0] for line in lines]
+    assert names[0] == "next-sweep" and lines[0].split()[1:4] == ["stopped", "sweep", "0/1"]
+    header = names.index("lr-sweep")
+    assert names[header + 1:header + 4] == ["  lr-sweep-matrix_lr0.02", "  lr-sweep-matrix_lr0.01",
+                                            "  lr-sweep-matrix_lr0.04"]
+    assert lines[header].split()[1:4] == ["done", "sweep", "2/3"]
+    assert sorted(names) == sorted(["next-sweep", "lr-sweep", "other", "  lr-sweep-matrix_lr0.02",
+                                    "  lr-sweep-matrix_lr0.01", "  lr-sweep-matrix_lr0.04"])
+
+
+async def test_runs_screen_groups_a_sweep_and_o_overlays_its_runs(tmp_path):
+    runs_dir = recorded_sweep(tmp_path)
     app = PicochatApp(runs_dir)
     async with app.run_test(size=(140, 44)) as pilot:
         await pilot.pause()

@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from workbench import runs
+from workbench import runs, sweep
 from workbench.errors import BadInput
 
 
@@ -53,14 +53,21 @@ def _fmt(value, spec: str = "") -> str:
 def run(args: argparse.Namespace) -> int:
     console = Console()
     if args.verb == "runs":
-        infos = runs.list_runs(args.runs_dir or runs_root())
-        if not infos:
-            console.print(f"no runs in {args.runs_dir or runs_root()}")
+        root = args.runs_dir or runs_root()
+        infos, sweeps = runs.list_runs(root), sweep.list_sweeps(root)
+        if not infos and not sweeps:
+            console.print(f"no runs in {root}", markup=False)
             return 0
         table = Table("run", "state", "stage", "step", "loss", "tok/s", "eta", box=None)
-        for info in infos:  # Text cells: a run folder's words are shown as they are, never as markup
+        # Text cells: a run folder's words are shown as they are, never as markup. A sweep's points
+        # are indented under it, best first, step saying how many of them are done.
+        for depth, info in sweep.grouped(infos, sweeps):
+            if isinstance(info, sweep.SweepInfo):
+                table.add_row(Text(info.name, style="bold"), Text(info.state), "sweep",
+                              f"{info.done}/{len(info.points)}", "-", "-", "-")
+                continue
             step = f"{info.step}/{info.total_steps}" if info.total_steps else str(info.step)
-            table.add_row(Text(info.name), info.state, Text(info.stage), step, _fmt(info.loss, ".4f"),
+            table.add_row(Text("  " * depth + info.name), info.state, Text(info.stage), step, _fmt(info.loss, ".4f"),
                           _fmt(info.tokens_per_second, ",.0f"), runs.format_duration(info.eta_seconds))
         console.print(table)
         return 0

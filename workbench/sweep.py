@@ -586,6 +586,26 @@ def read_sweep(sweep_dir: str | Path) -> SweepInfo | None:
     return SweepInfo(str(data.get("name") or sweep_dir.name), sweep_dir, state, points, pid, alive)
 
 
+def grouped(infos: list[runs.RunInfo], sweeps: list[SweepInfo]) -> list[tuple[int, SweepInfo | runs.RunInfo]]:
+    """(depth, sweep or run) in the runs' order (newest first), except that a sweep's runs come
+    together (best first, at depth 1) right after the sweep, where its newest run would be; a sweep
+    with no run folder yet comes first. `picochat runs` and the TUI's Runs screen list them so."""
+    by_name = {info.name: info for info in infos}
+    member_of = {name: found for found in sweeps for name in found.run_names}
+    entries: list[tuple[int, SweepInfo | runs.RunInfo]] = [
+        (0, found) for found in sweeps if not any(name in by_name for name in found.run_names)]
+    shown: set[Path] = set()
+    for info in infos:
+        found = member_of.get(info.name)
+        if found is None:
+            entries.append((0, info))
+        elif found.path not in shown:
+            shown.add(found.path)
+            entries.append((0, found))
+            entries.extend((1, by_name[name]) for name in found.run_names if name in by_name)
+    return entries
+
+
 def list_sweeps(runs_dir: str | Path) -> list[SweepInfo]:
     """Every sweep folder (one with a readable sweep.json) under runs_dir, by name."""
     runs_dir = Path(runs_dir)

@@ -84,22 +84,13 @@ def grouped_rows(infos: list[runs.RunInfo], sweeps: list[sweep.SweepInfo],
     """(row key, row) in the runs' order (newest first), except that a sweep's runs come together,
     indented under a header row for the sweep, where its newest run would be. Messages are cut to
     message_width, so the table fits the terminal."""
-    by_name = {info.name: info for info in infos}
-    member_of = {name: found for found in sweeps for name in found.run_names}
-    entries = [(SWEEP_KEY + str(found.path), sweep_row(found, message_width)) for found in sweeps
-               if not any(name in by_name for name in found.run_names)]  # no run folder yet: on top
-    shown: set[Path] = set()
-    for info in infos:
-        found = member_of.get(info.name)
-        if found is None:
-            entries.append((str(info.path), run_row(info, message_width)))
-        elif found.path not in shown:
-            shown.add(found.path)
-            entries.append((SWEEP_KEY + str(found.path), sweep_row(found, message_width)))
-            for name in found.run_names:
-                if name in by_name:
-                    row = run_row(by_name[name], message_width)
-                    entries.append((str(by_name[name].path), (Text("  " + by_name[name].name), *row[1:])))
+    entries = []
+    for depth, item in sweep.grouped(infos, sweeps):
+        if isinstance(item, sweep.SweepInfo):
+            entries.append((SWEEP_KEY + str(item.path), sweep_row(item, message_width)))
+        else:
+            row = run_row(item, message_width)
+            entries.append((str(item.path), (Text("  " + item.name), *row[1:]) if depth else row))
     return entries
 
 
