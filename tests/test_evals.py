@@ -12,6 +12,7 @@ import pytest
 
 from workbench.errors import BadInput
 from workbench.evals import common, gsm8k, humaneval, multiple_choice
+from workbench.tasks import gsm8k as gsm8k_task
 from workbench.tasks.answers import final_number
 from workbench.tasks.answers import parse_text as parse_completion
 
@@ -86,7 +87,7 @@ def test_choice_rows_score_only_the_continuation(tiny_tokenizer):
 
 
 def test_gsm8k_answer_sheets():
-    problems = gsm8k.load(fixture_path("gsm8k"))
+    problems = gsm8k_task.load(fixture_path("gsm8k"))
     assert problems[0].answer == "18"
     perfect = gsm8k.score(problems, [p.solution for p in problems])
     assert perfect.accuracy == 1.0 and perfect.chance == 0.0 and perfect.details["answered_share"] == 1.0

@@ -5,10 +5,14 @@ import math
 import pytest
 import torch
 
+from workbench.tasks import arc, gsm8k
 from workbench.tasks.answers import chosen_letter as extract_letter
+from workbench.tasks.answers import final_number
 from workbench.tasks.answers import parse_text as parse_completion
+from workbench.tasks.arc import reward as letter_reward
+from workbench.tasks.gsm8k import reward as numeric_reward
+from workbench.tasks.tool import reward as tool_reward
 from workbench.train import grpo
-from workbench.train.rewards import extract_number, letter_reward, numeric_reward, tool_reward
 
 TOOL_REPLY = ("<|python_start|>4*12-7<|python_end|><|output_start|>41<|output_end|>"
               "The answer is 41.<|assistant_end|>")
@@ -28,7 +32,7 @@ def test_numeric_reward_reads_the_models_own_final_number():
     # (issue 17: it used to score 0.0 here and count right in the eval)
     assert numeric_reward("<|python_start|>40+1<|python_end|><|output_start|>41<|output_end|>", 41) == 1.0
     assert numeric_reward("<|python_start|>40+1<|python_end|><|output_start|>41<|output_end|>", 40) == 0.0
-    assert extract_number("the answer is -3.5.") == -3.5
+    assert float(final_number("the answer is -3.5.")) == -3.5
 
 
 def test_parse_completion_separates_tool_calls_and_thoughts():
@@ -183,8 +187,8 @@ def test_file_tasks_read_the_shared_data(tiny_config):
         assert prompt.messages[0]["role"] == "user" and prompt.answer is not None
         assert task.prompt_at(5) == task.prompt_at(5)  # deterministic: a resumed run sees the same prompts
         assert len(task.held_out) == cfg.grpo.held_out
-    arc = grpo.arc_prompts(Path(tiny_config.eval.data_dir, "arc", "ai2-format", "ARC-Easy-Dev.jsonl"))
-    assert all(p.answer in "ABCDE" for p in arc) and "A. " in arc[0].messages[0]["content"]
+    arc_prompts = arc.prompts(Path(tiny_config.eval.data_dir, "arc", "ai2-format", "ARC-Easy-Dev.jsonl"))
+    assert all(p.answer in "ABCDE" for p in arc_prompts) and "A. " in arc_prompts[0].messages[0]["content"]
 
 
 def test_bad_task_files_are_bad_input(tmp_path):
@@ -193,10 +197,10 @@ def test_bad_task_files_are_bad_input(tmp_path):
     bad = tmp_path / "train.jsonl"
     bad.write_text('{"question": "q", "answer": "no final line"}\n')
     with pytest.raises(BadInput, match="train.jsonl:1"):
-        grpo.gsm8k_prompts(bad)
+        gsm8k.prompts(bad)
     bad.write_text("{oops\n")
     with pytest.raises(BadInput, match="train.jsonl:1: not valid JSON"):
-        grpo.gsm8k_prompts(bad)
+        gsm8k.prompts(bad)
 
 
 # ---- a real run ----

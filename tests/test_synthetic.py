@@ -5,8 +5,9 @@ import re
 import pytest
 
 from workbench.data import synthetic
+from workbench.tasks.arith import reward as numeric_reward
+from workbench.tasks.tool import reward as tool_reward
 from workbench.tools import calculate
-from workbench.train.rewards import numeric_reward, tool_reward
 
 
 def generate(n: int, seed: int, start: int = 0) -> list[dict]:

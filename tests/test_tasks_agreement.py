@@ -11,9 +11,10 @@ import re
 import pytest
 
 from workbench.evals import gsm8k, multiple_choice
+from workbench.tasks import arc, registry, tool
+from workbench.tasks import gsm8k as gsm8k_task
 from workbench.tasks.answers import chosen_letter, parse, parse_text, parse_tokens
 from workbench.tokenizer import SPECIAL_TOKENS
-from workbench.train import grpo, rewards
 
 CALL = "<|python_start|>6*7<|python_end|><|output_start|>42<|output_end|>"
 END = "<|assistant_end|>"
@@ -75,11 +76,11 @@ def eval_letter_right(completion: str, gold: str) -> bool:
 @pytest.mark.parametrize("case, completion, reference, right", NUMERIC, ids=[row[0] for row in NUMERIC])
 def test_gsm8k_and_arith_rewards_agree_with_the_eval(case, completion, reference, right, tiny_config):
     assert eval_number_right(completion, reference) is right
-    assert rewards.numeric_reward(completion, reference) == (1.0 if right else 0.0)  # GRPO's gsm8k task
-    arith = grpo.single_task(tiny_config, "arith")
+    assert gsm8k_task.reward(completion, reference) == (1.0 if right else 0.0)  # GRPO's gsm8k task
+    arith = registry.single_task(tiny_config, "arith")
     assert arith.correct(completion, reference) is right
     assert arith.reward(completion, reference) == (1.0 if right else 0.0)
-    tool = grpo.single_task(tiny_config, "tool")  # right earns at least half; wrong earns nothing
+    tool = registry.single_task(tiny_config, "tool")  # right earns at least half; wrong earns nothing
     assert tool.correct(completion, reference) is right
     assert (tool.reward(completion, reference) > 0) is right
 
@@ -87,7 +88,7 @@ def test_gsm8k_and_arith_rewards_agree_with_the_eval(case, completion, reference
 @pytest.mark.parametrize("case, completion, gold, right", LETTERS, ids=[row[0] for row in LETTERS])
 def test_multiple_choice_reward_agrees_with_the_eval(case, completion, gold, right):
     assert eval_letter_right(completion, gold) is right
-    assert rewards.letter_reward(completion, gold) == (1.0 if right else 0.0)  # GRPO's arc task
+    assert arc.reward(completion, gold) == (1.0 if right else 0.0)  # GRPO's arc task
 
 
 def token_ids(tokenizer, text: str, markers_as_text: bool = False) -> list[int]:
@@ -107,13 +108,13 @@ def test_a_completion_read_from_its_tokens_scores_as_its_text(case, completion, 
     from_tokens = parse_tokens(tiny_tokenizer, token_ids(tiny_tokenizer, completion))
     assert from_tokens == parse_text(completion)
     assert eval_number_right(from_tokens, reference) is right
-    assert rewards.numeric_reward(from_tokens, reference) == (1.0 if right else 0.0)
+    assert gsm8k_task.reward(from_tokens, reference) == (1.0 if right else 0.0)
 
 
 def test_text_that_spells_a_tool_call_is_not_a_tool_call(tiny_tokenizer):
     reply = CALL + "The answer is 42." + END
-    assert rewards.tool_reward(parse_tokens(tiny_tokenizer, token_ids(tiny_tokenizer, reply)), 42) == 1.0
+    assert tool.reward(parse_tokens(tiny_tokenizer, token_ids(tiny_tokenizer, reply)), 42) == 1.0
     spelled = parse_tokens(tiny_tokenizer, token_ids(tiny_tokenizer, reply, markers_as_text=True))
     assert spelled.tool_calls == [] and not spelled.ended
-    assert rewards.tool_reward(spelled, 42) == 0.5  # right, but the calculator never ran
+    assert tool.reward(spelled, 42) == 0.5  # right, but the calculator never ran
 

@@ -24,7 +24,8 @@ Tasks ([grpo] task, or a mixture [grpo] tasks = ["arith:1.0", "gsm8k:0.5"] whose
 weight and scored by their own task's reward): "arith" (synthetic word problems of difficulty 1-2,
 numeric reward), "gsm8k" (train split, numeric reward), "arc" (ARC-Easy train split, letter reward),
 "tool" (synthetic problems with large operands, reward for using the calculator correctly and
-answering right).
+answering right). Each task lives in workbench/tasks/ (its data, prompts, scoring and reward, the
+same scoring as its eval); tasks/registry.py builds the [grpo] one.
 
 Measured, not hoped for: [grpo] held_out prompts of each task (never trained on) are answered
 greedily by the starting checkpoint (the frozen-policy baseline, step 0) and by the policy every
@@ -44,195 +45,20 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
-import random
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from workbench.errors import BadInput
-from workbench.train import rewards
+from workbench.tasks.base import HELD_OUT_SEED_OFFSET, Prompt, Task
+from workbench.tasks.registry import build_task
 
 HELD_OUT_SAMPLED_PROMPTS = 32  # the first held-out prompts also get sampled answers (mean reward)
 HELD_OUT_SAMPLES = 4  # completions per such prompt at the training temperature
 Z95 = 1.959964  # two-sided 95% normal quantile
-TASK_SEED_OFFSET = 7919  # GRPO prompts come from a different stream than SFT's synthetic data
-HELD_OUT_SEED_OFFSET = 104_729
 ADVANTAGE_EPSILON = 1e-4
-# The arith task's levels: where a CPU-sized SFT model is partly right. Level 3 (three operations)
-# it almost never solves and level 1 it soon always solves, and a group whose answers are all
-# wrong or all right teaches nothing.
-ARITH_DIFFICULTY = (1, 2)
-
-
-# ---------------------------------------------------------------------------------------------
-# tasks: prompts with known answers and a reward
-
-
-@dataclass
-class Prompt:
-    messages: list[dict[str, Any]]
-    answer: Any
-    task: str = ""  # the task it came from, in a mixture
-
-
-@dataclass
-class Task:
-    """A source of prompts (index -> Prompt, deterministic) and how to score a completion. A
-    mixture has `parts`: each prompt is scored, and each part's held-out set evaluated, by its own
-    task."""
-
-    name: str
-    prompt_at: Any  # callable(index) -> Prompt
-    held_out: list[Prompt]
-    reward_fn: Any  # callable(completion, answer) -> float in [0, 1]; completion: text or ParsedCompletion
-    correct_fn: Any  # callable(completion, answer) -> bool
-    parts: dict[str, Task] = field(default_factory=dict)
-
-    def reward(self, completion, answer: Any) -> float:
-        return float(self.reward_fn(completion, answer))
-
-    def correct(self, completion, answer: Any) -> bool:
-        return bool(self.correct_fn(completion, answer))
-
-    def scorer_for(self, prompt: Prompt) -> Task:
-        return self.parts.get(prompt.task, self)
-
-    def evaluated(self) -> list[Task]:
-        """The tasks whose held-out prompts are evaluated: the parts of a mixture, or itself."""
-        return list(self.parts.values()) or [self]
-
-
-def _numeric_correct(text: str, answer: Any) -> bool:
-    return rewards.numeric_reward(text, answer) == 1.0
-
-
-def _synthetic_task(name: str, seed: int, difficulty, max_operand, reward_fn, held_out: int) -> Task:
-    from workbench.data.synthetic import problem_at
-
-    low, high = difficulty
-
-    def prompt_at(index: int) -> Prompt:
-        # Difficulties take turns, so every step sees the same mix and the reward curve shows
-        # learning rather than which levels a step happened to draw.
-        level = low + index % (high - low + 1)
-        problem = problem_at(seed + TASK_SEED_OFFSET, index, level, max_operand)
-        return Prompt(problem.prompt(), problem.answer, name)
-
-    held = [problem_at(seed + HELD_OUT_SEED_OFFSET, i, difficulty, max_operand) for i in range(held_out)]
-    return Task(name, prompt_at, [Prompt(p.prompt(), p.answer, name) for p in held], reward_fn, _numeric_correct)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        raise BadInput(f"{path}: missing (the [grpo] task reads it from [eval] data_dir)")
-    records = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise BadInput(f"{path}:{number}: not valid JSON") from None
-    if not records:
-        raise BadInput(f"{path}: no records")
-    return records
-
-
-def _file_task(name: str, train: list[Prompt], held: list[Prompt], seed: int, reward_fn, correct_fn,
-               held_out: int) -> Task:
-    order = list(range(len(train)))
-    random.Random(f"grpo:{name}:{seed}").shuffle(order)
-
-    def prompt_at(index: int) -> Prompt:
-        return replace(train[order[index % len(order)]], task=name)
-
-    return Task(name, prompt_at, [replace(p, task=name) for p in held[:held_out]], reward_fn, correct_fn)
-
-
-def gsm8k_prompts(path: Path) -> list[Prompt]:
-    prompts = []
-    for number, record in enumerate(_read_jsonl(path), start=1):
-        if not isinstance(record, dict) or not isinstance(record.get("question"), str) or "####" not in str(
-                record.get("answer", "")):
-            raise BadInput(f"{path}:{number}: expected GSM8K {{\"question\", \"answer\": \"... #### N\"}}")
-        answer = rewards.extract_number(record["answer"])
-        prompts.append(Prompt([{"role": "user", "content": record["question"]}], answer))
-    return prompts
-
-
-def arc_prompts(path: Path) -> list[Prompt]:
-    """AI2 ARC records as chat prompts listing the choices as A-E; the answer is the letter."""
-    prompts = []
-    for number, record in enumerate(_read_jsonl(path), start=1):
-        try:
-            question = record["question"]
-            labels = [choice["label"] for choice in question["choices"]]
-            key = record["answerKey"]
-            letters = "ABCDE"[:len(labels)]
-            lines = [f"{letter}. {choice['text']}" for letter, choice in zip(letters, question["choices"], strict=True)]
-            answer = letters[labels.index(key)]
-        except (KeyError, TypeError, ValueError, IndexError):
-            raise BadInput(f"{path}:{number}: expected an AI2 ARC record {{question: {{stem, choices}}, "
-                           f"answerKey}}") from None
-        content = f"{question['stem']}\n\n" + "\n".join(lines) + "\n\nAnswer with the letter of the correct choice."
-        prompts.append(Prompt([{"role": "user", "content": content}], answer))
-    return prompts
-
-
-def build_task(cfg) -> Task:
-    """The [grpo] task, or the mixture of [grpo] tasks. Files come from [eval] data_dir (the shared
-    data folder)."""
-    specs = [spec.partition(":") for spec in cfg.grpo.tasks] or [(cfg.grpo.task, "", "")]
-    tasks = {name: single_task(cfg, name) for name, _, _ in specs}
-    if len(tasks) == 1:
-        return next(iter(tasks.values()))
-    weights = {}
-    for name, _, weight in specs:  # config.py checked names and weights
-        weights[name] = weights.get(name, 0.0) + (float(weight) if weight else 1.0)
-    return mixed_task(tasks, weights, cfg.run.seed)
-
-
-def single_task(cfg, name: str) -> Task:
-    seed, held_out = cfg.run.seed, cfg.grpo.held_out
-    if name == "arith":
-        return _synthetic_task(name, seed, ARITH_DIFFICULTY, None, rewards.numeric_reward, held_out)
-    if name == "tool":  # operands too big to add in one's head: the calculator is the way
-        return _synthetic_task(name, seed, (2, 3), 999, rewards.tool_reward, held_out)
-    data_dir = cfg.resolve_path(cfg.eval.data_dir)
-    if name == "gsm8k":
-        return _file_task(name, gsm8k_prompts(data_dir / "gsm8k" / "train.jsonl"),
-                          gsm8k_prompts(data_dir / "gsm8k" / "test.jsonl"), seed,
-                          rewards.numeric_reward, _numeric_correct, held_out)
-    if name == "arc":
-        folder = data_dir / "arc" / "ai2-format"
-        return _file_task(name, arc_prompts(folder / "ARC-Easy-Train.jsonl"),
-                          arc_prompts(folder / "ARC-Easy-Dev.jsonl"), seed,
-                          rewards.letter_reward, lambda text, answer: rewards.letter_reward(text, answer) == 1.0,
-                          held_out)
-    raise BadInput(f"[grpo] task: unknown task {name!r} (arith, gsm8k, arc, tool)")
-
-
-def mixed_task(tasks: dict[str, Task], weights: dict[str, float], seed: int) -> Task:
-    """Prompt i comes from a task drawn by weight with a generator seeded by (seed, i), and is that
-    task's prompt i: a pure function of i, so a resumed run draws the same prompts."""
-    names = list(tasks)
-    total = sum(weights.values())
-    edges = [sum(weights[n] for n in names[:k + 1]) / total for k in range(len(names))]
-
-    def prompt_at(index: int) -> Prompt:
-        u = random.Random(f"grpo-mix:{seed}:{index}").random()
-        name = next((n for n, edge in zip(names, edges, strict=True) if u < edge), names[-1])
-        return tasks[name].prompt_at(index)
-
-    def unscored(text: str, answer: Any) -> float:
-        raise AssertionError("a mixture scores each prompt with its own task (Task.scorer_for)")
-
-    held = [prompt for task in tasks.values() for prompt in task.held_out]
-    return Task("+".join(names), prompt_at, held, unscored, unscored, parts=dict(tasks))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -232,7 +232,7 @@ def chat_probe(model, tokenizer, probes, device, seed: int = 0, temperature: flo
     <|assistant_end|>, "accuracy": share of right final numbers among prompts with a known answer},
     (the first prompt, its reply) as a sample)."""
     from workbench.engine import Engine, SamplingParams
-    from workbench.train.rewards import numeric_reward
+    from workbench.tasks.answers import number_correct
 
     engine = Engine(model, tokenizer, device=device)
     end_id = tokenizer.special_id("<|assistant_end|>")
@@ -245,7 +245,7 @@ def chat_probe(model, tokenizer, probes, device, seed: int = 0, temperature: flo
         ended += int(generation.tokens[-1:] == [end_id])
         if answer is not None:
             scored += 1
-            correct += numeric_reward(text, answer)
+            correct += number_correct(text, answer)
         if index == 0:
             content = messages[-1]["content"]
             sample = (content if isinstance(content, str) else str(content), text)
