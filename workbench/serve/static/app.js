@@ -10,6 +10,14 @@ const KEPT_CONVERSATIONS = 50;
 const MODEL_RETRY_SECONDS = [1, 2, 5, 10]; // then every 10 s
 const BOTTOM_SLACK_PX = 24; // a reader this close to the bottom is "at the bottom" and gets followed
 
+// A new element with its class and text, so that markup built here reads as the tree it makes.
+function newElement(tag, className = "", text = "") {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text) node.textContent = text;
+  return node;
+}
+
 let model = null; // the /v1/models card; Send stays off until it has come
 let conversations = loadConversations();
 let current = null; // the conversation on screen
@@ -158,10 +166,8 @@ function renderHistory() {
 function historyItem(conversation) {
   const item = document.createElement("li");
   item.dataset.id = conversation.id;
-  const open = document.createElement("button");
+  const open = newElement("button", "open", conversation.title);
   open.type = "button";
-  open.className = "open";
-  open.textContent = conversation.title;
   open.title = conversation.title;
   if (conversation === current) open.setAttribute("aria-current", "page");
   open.addEventListener("click", () => openConversation(conversation));
@@ -185,8 +191,7 @@ function focusInHistory(conversation, selector) {
 }
 
 function startRename(item, conversation) {
-  const field = document.createElement("input");
-  field.className = "rename-field";
+  const field = newElement("input", "rename-field");
   field.value = conversation.title;
   field.maxLength = 200;
   field.setAttribute("aria-label", "Chat name");
@@ -256,37 +261,21 @@ async function copyText(text) {
 // ---- rendering ----
 
 function messageElement(message) {
-  const element = document.createElement("article");
-  element.className = `message ${message.role}`;
-  const role = document.createElement("div");
-  role.className = "role";
-  role.textContent = message.role === "user" ? "You" : modelName(message);
-  element.append(role);
+  const article = newElement("article", `message ${message.role}`);
+  article.append(newElement("div", "role", message.role === "user" ? "You" : modelName(message)));
   if (message.role === "assistant") {
-    const thought = document.createElement("details");
-    thought.className = "thought";
-    const summary = document.createElement("summary");
-    summary.textContent = "Thought";
-    const thoughtText = document.createElement("div");
-    thoughtText.className = "thought-text";
-    thought.append(summary, thoughtText);
-    element.append(thought);
+    const thought = newElement("details", "thought");
+    thought.append(newElement("summary", "", "Thought"), newElement("div", "thought-text"));
+    article.append(thought);
   }
-  const content = document.createElement("div");
-  content.className = "content";
-  const footer = document.createElement("div");
-  footer.className = "footer";
-  const meta = document.createElement("span");
-  meta.className = "meta muted";
-  const copy = document.createElement("button");
+  const copy = newElement("button", "copy-message", "Copy");
   copy.type = "button";
-  copy.className = "copy-message";
-  copy.textContent = "Copy";
   copy.addEventListener("click", () => copyText(message.content));
-  footer.append(meta, copy);
-  element.append(content, footer);
-  showMessage(element, message);
-  return element;
+  const footer = newElement("div", "footer");
+  footer.append(newElement("span", "meta muted"), copy);
+  article.append(newElement("div", "content"), footer);
+  showMessage(article, message);
+  return article;
 }
 
 // The parts of a message element that change while it streams, except its content.
@@ -315,10 +304,7 @@ function showMessage(element, message, view = null) {
   if (view) view.finish(message.content);
   else content.innerHTML = Markdown.render(message.content);
   if (message.error) {
-    const error = document.createElement("div");
-    error.className = "error";
-    error.textContent = message.error;
-    content.append(error);
+    content.append(newElement("div", "error", message.error));
   }
 }
 
