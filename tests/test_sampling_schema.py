@@ -17,8 +17,9 @@ from workbench import config as config_module
 from workbench.config import SAMPLE_SETTINGS
 from workbench.engine import Engine, SamplingParams
 from workbench.engine.chat_cli import add_arguments, apply_settings
-from workbench.serve.app import BackgroundServer, create_app, describe_model
-from workbench.serve.protocol import ChatRequest
+from workbench.serve.app import BackgroundServer, ServedModel, create_app, describe_model, prepare_job
+from workbench.serve.protocol import ChatRequest, Limits
+from workbench.tui.app import PicochatApp
 
 # (setting, value, accepted). The server also keeps OpenAI's temperature ceiling of 2 (a config may
 # go higher: tests/test_config.py) and its context limits on max_tokens, so the table stays inside both.
@@ -40,8 +41,12 @@ TABLE = [
 
 
 @pytest.fixture(scope="module")
-def server(tiny_checkpoint):
-    engine = Engine.from_checkpoint(tiny_checkpoint, device="cpu")
+def engine(tiny_checkpoint):
+    return Engine.from_checkpoint(tiny_checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def server(engine, tiny_checkpoint):
     app = create_app(engine, describe_model(engine, tiny_checkpoint))
     with BackgroundServer(app) as running:
         yield running
@@ -98,3 +103,24 @@ def test_every_setting_is_a_request_field_a_chat_option_and_a_param():
     for name in SAMPLE_SETTINGS:
         assert name in ChatRequest.model_fields and name in options
         assert getattr(SamplingParams(), name) == (None if name == "seed" else getattr(defaults, name))
+
+
+def test_a_model_without_sample_defaults_gets_the_schemas_max_tokens(engine, monkeypatch):
+    monkeypatch.setattr(config_module.SampleSection, "max_tokens", 7)
+    chat = ChatRequest(model="tiny-test", messages=[{"role": "user", "content": "hi"}])
+    model = ServedModel(id="tiny-test", context_length=engine.model.max_context)
+    job = prepare_job(engine, chat, [{"role": "user", "content": "hi"}], model, Limits(), truncate=False)
+    assert job.params.max_tokens == 7
+
+
+async def test_the_chat_screen_starts_from_the_schemas_defaults(tmp_path, monkeypatch):
+    monkeypatch.setattr(config_module.SampleSection, "temperature", 0.3)
+    monkeypatch.setattr(config_module.SampleSection, "max_tokens", 77)
+    app = PicochatApp(tmp_path / "runs")
+    async with app.run_test(size=(140, 44)) as pilot:
+        app.action_show("chat")
+        await pilot.pause()
+        shown = {key: app.screen.query_one(f"#chat-{key}").value
+                 for key in ("temperature", "top_k", "top_p", "max_tokens")}
+        assert shown == {"temperature": "0.3", "top_k": "50", "top_p": "1.0", "max_tokens": "77"}
+        assert app.screen.sampling() == {"temperature": 0.3, "top_k": 50, "top_p": 1.0, "max_tokens": 77}

@@ -33,6 +33,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from workbench import checkpoint_files
+from workbench.config import SAMPLE_SETTINGS, SampleSection
 from workbench.serve import protocol
 from workbench.serve.guard import Gate, allowed_hosts, guarded_h11
 from workbench.serve.protocol import ApiError, Limits
@@ -80,8 +81,8 @@ def describe_model(engine: Any, checkpoint: str | Path | None = None, name: str 
             suffix = f"-{served.stage}" if served.stage in ("sft", "grpo") else ""
             served.id = f"{run_name}{suffix}"
         sample = config.get("sample", {})
-        served.defaults = {key: sample[key] for key in
-                           ("temperature", "top_k", "top_p", "repetition_penalty", "max_tokens") if key in sample}
+        # a model's seed stays out: every request without one would get the same answer
+        served.defaults = {key: sample[key] for key in SAMPLE_SETTINGS if key != "seed" and key in sample}
     return served
 
 
@@ -265,7 +266,7 @@ def prepare_job(engine: Any, chat: protocol.ChatRequest, messages: list[dict[str
     if requested is not None and requested > ceiling:
         raise ApiError(400, f"{param} is too large: {requested}; this server allows at most {ceiling}", param,
                        "integer_above_max_value")
-    default = min(int(model.defaults.get("max_tokens", 256)), ceiling)
+    default = min(int(model.defaults.get("max_tokens", SampleSection.max_tokens)), ceiling)
     if requested is not None:
         reserve = requested
     else:  # the default adapts to the prompt; when cutting the prompt, keep room for a fair answer

@@ -16,16 +16,17 @@ from textual.screen import Screen
 from textual.widgets import Collapsible, Footer, Input, Label, Markdown, Select, Static
 
 from workbench import checkpoint_files
+from workbench.config import SampleSection
 from workbench.tui.model import checkpoint_label
 from workbench.tui.model_process import ModelProcess, WorkerEvent, worker_command
 from workbench.tui.widgets.common import NavBar
 
-SAMPLING_FIELDS = (  # input id -> (sampling key, label, default, type)
-    ("temperature", "temperature", "0.8", float),
-    ("top_k", "top-k", "50", int),
-    ("top_p", "top-p", "1.0", float),
-    ("max_tokens", "max tokens", "256", int),
-)
+# [sample] key -> label of its input; default and type come from the one sampling schema
+SAMPLING_FIELDS = {"temperature": "temperature", "top_k": "top-k", "top_p": "top-p", "max_tokens": "max tokens"}
+
+
+def sampling_default(key: str) -> int | float:
+    return getattr(SampleSection, key)
 
 
 class ChatScreen(ModelProcess, Screen):
@@ -40,10 +41,10 @@ class ChatScreen(ModelProcess, Screen):
         yield NavBar("chat")
         with Horizontal(id="chat-top"):
             yield Select([], prompt="pick a checkpoint", id="chat-checkpoint")
-            for key, label, default, _ in SAMPLING_FIELDS:
+            for key, label in SAMPLING_FIELDS.items():
                 with Vertical(classes="sampling"):
                     yield Label(label)
-                    yield Input(default, id=f"chat-{key}", classes="sampling-input")
+                    yield Input(str(sampling_default(key)), id=f"chat-{key}", classes="sampling-input")
         yield Static(id="chat-status")
         yield VerticalScroll(id="chat-log")
         yield Input(placeholder="message (enter sends; escape stops the answer)", id="chat-input")
@@ -98,10 +99,10 @@ class ChatScreen(ModelProcess, Screen):
         section = checkpoint_files.read_config(checkpoint).get("sample")
         if not isinstance(section, dict):
             return
-        for key, _, _, kind in SAMPLING_FIELDS:
+        for key in SAMPLING_FIELDS:
             value = section.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.query_one(f"#chat-{key}", Input).value = str(kind(value))
+                self.query_one(f"#chat-{key}", Input).value = str(type(sampling_default(key))(value))
 
     def stop_model(self) -> None:
         super().stop_model()
@@ -111,7 +112,8 @@ class ChatScreen(ModelProcess, Screen):
 
     def sampling(self) -> dict[str, Any] | None:
         values = {}
-        for key, label, _, kind in SAMPLING_FIELDS:
+        for key, label in SAMPLING_FIELDS.items():
+            kind = type(sampling_default(key))
             text = self.query_one(f"#chat-{key}", Input).value.strip()
             try:
                 values[key] = kind(text)
