@@ -12,7 +12,11 @@ import pytest
 
 from workbench.errors import BadInput
 from workbench.evals import common, gsm8k, humaneval, multiple_choice
+from workbench.tasks import arc as arc_task
 from workbench.tasks import gsm8k as gsm8k_task
+from workbench.tasks import hellaswag as hellaswag_task
+from workbench.tasks import humaneval as humaneval_task
+from workbench.tasks import mmlu as mmlu_task
 from workbench.tasks.answers import final_number
 from workbench.tasks.answers import parse_text as parse_completion
 
@@ -45,19 +49,19 @@ def test_multiple_choice_answer_sheets(task):
 
 
 def test_known_records_parse_as_published():
-    arc = multiple_choice.load_arc(fixture_path("arc-easy"))
+    arc = arc_task.load(fixture_path("arc-easy"))
     assert arc[0].question.startswith("Which statement best explains why photosynthesis")
     assert arc[0].context.endswith("\nAnswer:") and arc[0].gold == 0 and len(arc[0].choices) == 4
-    hellaswag = multiple_choice.load_hellaswag(fixture_path("hellaswag"))
+    hellaswag = hellaswag_task.load(fixture_path("hellaswag"))
     assert hellaswag[0].context == "Roof shingle removal: A man is sitting on a roof. he"
     assert hellaswag[0].gold == 3
-    mmlu = multiple_choice.load_mmlu(fixture_path("mmlu"))
+    mmlu = mmlu_task.load(fixture_path("mmlu"))
     assert mmlu[0].subject == "abstract_algebra" and mmlu[0].gold == "ABCD".index("B")
     assert mmlu[0].choices == ["0", "4", "2", "6"]
 
 
 def test_mmlu_per_subject_scores_and_spread_limit():
-    items = multiple_choice.load_mmlu(fixture_path("mmlu"))
+    items = mmlu_task.load(fixture_path("mmlu"))
     chosen = multiple_choice.select(items, 4)
     assert [item.subject for item in chosen] == ["abstract_algebra", "anatomy", "astronomy", "abstract_algebra"]
     predictions = [item.gold if item.subject == "anatomy" else (item.gold + 1) % 4 for item in items]
@@ -142,7 +146,7 @@ def test_parse_completion_forms():
 
 
 def test_humaneval_answer_sheets():
-    problems = humaneval.load(fixture_path("humaneval"))
+    problems = humaneval_task.load(fixture_path("humaneval"))
     canonical = humaneval.score(problems, [p.canonical_solution for p in problems], timeout=20)
     assert canonical.accuracy == 1.0 and canonical.details["outcomes"] == {"passed": 5}
     chat_form = [f"<|think_start|>easy<|think_end|>Here:\n```python\n{p.prompt}{p.canonical_solution}```\nDone."
@@ -154,9 +158,9 @@ def test_humaneval_answer_sheets():
 
 
 def test_humaneval_base_completion_is_cut_at_the_next_top_level_line():
-    problem = humaneval.load(fixture_path("humaneval"))[0]
+    problem = humaneval_task.load(fixture_path("humaneval"))[0]
     text = problem.canonical_solution + "\n\ndef another():\n    while True: pass\n"
-    program = humaneval.assemble_program(problem, text)
+    program = humaneval_task.assemble_program(problem, text)
     assert "another" not in program and program.rstrip().endswith(f"check({problem.entry_point})")
 
 
@@ -221,7 +225,7 @@ def test_real_eval_files_load_whole():
               for task in ("arc-easy", "arc-challenge", "mmlu", "hellaswag", "gsm8k", "humaneval")}
     assert counts == {"arc-easy": 2376, "arc-challenge": 1172, "mmlu": 14079, "hellaswag": 10042,
                       "gsm8k": 1319, "humaneval": 164}
-    mmlu = multiple_choice.load_mmlu(SHARED / "mmlu" / "test")
+    mmlu = mmlu_task.load(SHARED / "mmlu" / "test")
     assert len({item.subject for item in multiple_choice.select(mmlu, 57)}) == 57
 
 

@@ -19,6 +19,8 @@ from workbench import runs
 from workbench.checkpoint import load_checkpoint
 from workbench.cli import main
 from workbench.evals import multiple_choice
+from workbench.tasks import arc as arc_task
+from workbench.tasks import hellaswag as hellaswag_task
 
 FIXTURES = Path(__file__).parent / "fixtures" / "evals"
 
@@ -73,8 +75,8 @@ def test_eval_cli_runs_every_task(run_copy, capsys):
 def test_batched_likelihoods_equal_one_row_at_a_time(tiny_checkpoint):
     checkpoint = load_checkpoint(tiny_checkpoint)
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
-    items = multiple_choice.load_hellaswag(FIXTURES / "hellaswag" / "hellaswag_val.preprocessed.jsonl")
-    items += multiple_choice.load_arc(FIXTURES / "arc" / "llm-foundry" / "arc_easy.jsonl")
+    items = hellaswag_task.load(FIXTURES / "hellaswag" / "hellaswag_val.preprocessed.jsonl")
+    items += arc_task.load(FIXTURES / "arc" / "llm-foundry" / "arc_easy.jsonl")
     max_len = checkpoint.config.model.seq_len
     by_mean, by_sum = multiple_choice.likelihood_predictions(model, tokenizer, items, "cpu", max_len)
 

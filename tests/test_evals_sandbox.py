@@ -15,15 +15,16 @@ import pytest
 
 from workbench.evals import humaneval, sandbox_boot
 from workbench.evals.sandbox import run_program
+from workbench.tasks import humaneval as humaneval_task
 
 FIXTURES = Path(__file__).parent / "fixtures" / "evals"
 
 
 def test_canonical_solutions_pass_and_wrong_ones_fail():
-    problem = humaneval.load(FIXTURES / "humaneval" / "HumanEval.jsonl")[0]
-    good = run_program(humaneval.assemble_program(problem, problem.canonical_solution), timeout=20)
+    problem = humaneval_task.load(FIXTURES / "humaneval" / "HumanEval.jsonl")[0]
+    good = run_program(humaneval_task.assemble_program(problem, problem.canonical_solution), timeout=20)
     assert good.status == "passed" and good.returncode == 0, good.stderr
-    bad = run_program(humaneval.assemble_program(problem, "    return not True\n"), timeout=20)
+    bad = run_program(humaneval_task.assemble_program(problem, "    return not True\n"), timeout=20)
     assert bad.status == "failed" and "AssertionError" in bad.stderr
 
 
@@ -101,7 +102,7 @@ def test_its_folder_is_gone_afterwards_and_the_machine_is_untouched():
 
 
 def test_humaneval_scores_say_which_sandbox_layers_held():
-    problem = humaneval.load(FIXTURES / "humaneval" / "HumanEval.jsonl")[0]
+    problem = humaneval_task.load(FIXTURES / "humaneval" / "HumanEval.jsonl")[0]
     scored = humaneval.score([problem], [problem.canonical_solution], timeout=20)
     layers = scored.details["sandbox_layers"]
     assert {"process", "rlimits", "audit-hook"} <= set(layers)

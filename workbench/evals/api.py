@@ -59,8 +59,8 @@ def task_path(data_dir: Path, task: str) -> Path:
 def load_task_data(task: str, data_dir: Path, limit: int | None, core_bundle: Path | None = None) -> list:
     """The task's items (the first `limit`), read and validated from the data dir; for core, the
     CORE tasks (all items: the few shots come from the whole file)."""
-    from workbench.evals import core, humaneval, multiple_choice
-    from workbench.tasks import gsm8k
+    from workbench.evals import core, multiple_choice
+    from workbench.tasks import gsm8k, humaneval
 
     if task == "core":
         return core.load(core_bundle, data_dir)

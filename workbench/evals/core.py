@@ -42,7 +42,7 @@ from typing import Any
 from workbench.errors import BadInput
 from workbench.evals import common
 from workbench.evals.common import Progress, TaskResult, iter_csv, iter_jsonl, mean, no_progress, require
-from workbench.evals.multiple_choice import load_hellaswag
+from workbench.tasks import hellaswag
 
 # The 22 tasks of nanochat's core.yaml (DCLM's CORE set).
 CORE_LABELS = (
@@ -265,7 +265,7 @@ def available_tasks(data_dir: str | Path) -> list[CoreTask]:
     if path.exists():
         # picochat's HellaSwag file is the preprocessed val set; its "label: ctx" context is the
         # bundle's query. One list, shuffled once, serves both the 10-shot and the 0-shot task.
-        items = [{"query": item.context, "choices": item.choices, "gold": item.gold} for item in load_hellaswag(path)]
+        items = [{"query": item.context, "choices": item.choices, "gold": item.gold} for item in hellaswag.load(path)]
         random.Random(SHUFFLE_SEED).shuffle(items)
         tasks.append(CoreTask("hellaswag_zeroshot", "multiple_choice", 0, " ", 0.25, items, str(path)))
         tasks.append(CoreTask("hellaswag", "multiple_choice", 10, " ", 0.25, items, str(path)))

@@ -9,113 +9,33 @@ Chat models (checkpoints of the sft/grpo stages) are also asked the question as 
 listing the choices as A-D; their answer is the letter whose token has the highest logit right
 after <|assistant_start|> (`letter_accuracy`).
 
-Scoring is separate from the model: `score(task, items, predictions)` takes choice indices, so a
-known answer sheet can be scored without a model.
+The items, their loading and their chat (letter) prompt are the tasks' (workbench/tasks/arc.py,
+mmlu.py, hellaswag.py; base.Item). Scoring is separate from the model: `score(task, items,
+predictions)` takes choice indices, so a known answer sheet can be scored without a model.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench.errors import BadInput
-from workbench.evals.common import Progress, TaskResult, iter_csv, iter_jsonl, mean, no_progress, require
-
-LETTERS = "ABCDEFGHIJ"
-
-
-@dataclass
-class Item:
-    context: str  # what the model reads before a choice (plain-text, likelihood form)
-    choices: list[str]
-    gold: int
-    question: str  # the bare question, for the chat (letter) form
-    subject: str = ""  # MMLU subject
-    delimiter: str = " "  # between context and choice
-    where: str = field(default="", compare=False)  # FILE:LINE, for messages
-
+from workbench.evals.common import Progress, TaskResult, mean, no_progress
+from workbench.tasks import arc, hellaswag, mmlu
+from workbench.tasks.base import LETTERS, Item, letter_prompt
 
 # ---------------------------------------------------------------------------------------------
-# loaders: one per file format; a malformed record is BadInput("FILE:LINE: ...")
-
-
-def _check_choices(choices: Any, gold: Any, where: str, expected: int | None = None) -> None:
-    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
-        raise BadInput(f"{where}: choices must be a list of at least 2 strings")
-    if expected is not None and len(choices) != expected:
-        raise BadInput(f"{where}: expected {expected} choices, got {len(choices)}")
-    if isinstance(gold, bool) or not isinstance(gold, int) or not 0 <= gold < len(choices):
-        raise BadInput(f"{where}: gold answer must be an index in 0..{len(choices) - 1}, got {gold!r}")
-
-
-def load_arc(path: str | Path) -> list[Item]:
-    """llm-foundry ICL form: {"query": "Question: ...", "choices": [...], "gold": i}."""
-    items = []
-    for number, record in iter_jsonl(Path(path)):
-        where = f"{path}:{number}"
-        query = require(record, "query", str, where)
-        choices = require(record, "choices", list, where)
-        gold = require(record, "gold", int, where)
-        _check_choices(choices, gold, where)
-        question = query.removeprefix("Question:").strip()
-        # llm-foundry's ARC task uses the continuation delimiter "\nAnswer: ".
-        items.append(Item(context=f"{query}\nAnswer:", choices=choices, gold=gold, question=question, where=where))
-    if not items:
-        raise BadInput(f"{path}: no records")
-    return items
-
-
-def load_hellaswag(path: str | Path) -> list[Item]:
-    """{"activity_label", "ctx", "endings"[4], "label"}: the context is "label: ctx"."""
-    items = []
-    for number, record in iter_jsonl(Path(path)):
-        where = f"{path}:{number}"
-        ctx = require(record, "ctx", str, where)
-        label = record.get("activity_label", "")
-        if not isinstance(label, str):
-            raise BadInput(f"{where}: field 'activity_label' must be str")
-        endings = require(record, "endings", list, where)
-        gold = require(record, "label", int, where)
-        _check_choices(endings, gold, where, expected=4)
-        context = f"{label}: {ctx}" if label else ctx
-        items.append(Item(context=context, choices=endings, gold=gold, question=context, where=where))
-    if not items:
-        raise BadInput(f"{path}: no records")
-    return items
-
-
-def load_mmlu(folder: str | Path) -> list[Item]:
-    """Header-less CSVs `<subject>_test.csv`: question, A, B, C, D, answer letter. Items come out
-    subject by subject in alphabetical order."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise BadInput(f"{folder}: MMLU folder not found (expected <subject>_test.csv files; is --data-dir right?)")
-    files = sorted(folder.glob("*.csv"))
-    if not files:
-        raise BadInput(f"{folder}: no MMLU .csv files")
-    items = []
-    for path in files:
-        subject = path.stem.rsplit("_", 1)[0] if "_" in path.stem else path.stem
-        for number, row in iter_csv(path):
-            where = f"{path}:{number}"
-            if len(row) != 6:
-                raise BadInput(f"{where}: expected 6 columns (question, A, B, C, D, answer), got {len(row)}")
-            question, choices, answer = row[0], row[1:5], row[5].strip().upper()
-            if answer not in ("A", "B", "C", "D"):
-                raise BadInput(f"{where}: answer must be one of A, B, C, D, got {row[5]!r}")
-            items.append(Item(context=f"Question: {question}\nAnswer:", choices=[c.strip() for c in choices],
-                              gold="ABCD".index(answer), question=question, subject=subject, where=where))
-    return items
+# items: each task's loader (workbench/tasks/) reads its file format into base.Item; a malformed
+# record is BadInput("FILE:LINE: ...")
 
 
 def load(task: str, path: str | Path) -> list[Item]:
     if task in ("arc-easy", "arc-challenge"):
-        return load_arc(path)
+        return arc.load(path)
     if task == "hellaswag":
-        return load_hellaswag(path)
+        return hellaswag.load(path)
     if task == "mmlu":
-        return load_mmlu(path)
+        return mmlu.load(path)
     raise ValueError(f"not a multiple-choice task: {task}")
 
 
@@ -298,13 +218,6 @@ def likelihood_predictions(model, tokenizer, items: list[Item], device, max_len:
     by_sum = [max(range(len(item.choices)), key=lambda j, i=i: by_row[(i, j)].logprob_sum)
               for i, item in enumerate(items)]
     return by_mean, by_sum
-
-
-def letter_prompt(item: Item) -> list[dict[str, str]]:
-    lines = [item.question.strip(), ""]
-    lines += [f"{LETTERS[j]}. {choice}" for j, choice in enumerate(item.choices)]
-    lines += ["", "Answer with the letter of the correct choice."]
-    return [{"role": "user", "content": "\n".join(lines)}]
 
 
 def letter_predictions(model, tokenizer, items: list[Item], device, max_len: int,

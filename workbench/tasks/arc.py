@@ -11,9 +11,10 @@ chosen letter (tasks.answers.chosen_letter) is the gold one; the reward is 1.0 t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from workbench.errors import BadInput
-from workbench.evals.common import iter_jsonl, require
+from workbench.evals.common import require
 from workbench.tasks.answers import letter_correct
 from workbench.tasks.base import (
     Item,
@@ -22,6 +23,7 @@ from workbench.tasks.base import (
     check_choices,
     letter_prompt,
     letter_reward,
+    read_records,
     shuffled_task,
     training_file,
 )
@@ -32,41 +34,36 @@ reward = letter_reward
 
 def load(path: str | Path) -> list[Item]:
     """llm-foundry ICL form: {"query": "Question: ...", "choices": [...], "gold": i}."""
-    items = []
-    for number, record in iter_jsonl(Path(path)):
-        where = f"{path}:{number}"
-        query = require(record, "query", str, where)
-        choices = require(record, "choices", list, where)
-        gold = require(record, "gold", int, where)
-        check_choices(choices, gold, where)
-        question = query.removeprefix("Question:").strip()
-        # llm-foundry's ARC task uses the continuation delimiter "\nAnswer: ".
-        items.append(Item(context=f"{query}\nAnswer:", choices=choices, gold=gold, question=question, where=where))
-    if not items:
-        raise BadInput(f"{path}: no records")
-    return items
+    return read_records(path, _llm_foundry_item)
+
+
+def _llm_foundry_item(record: dict[str, Any], where: str) -> Item:
+    query = require(record, "query", str, where)
+    choices = require(record, "choices", list, where)
+    gold = require(record, "gold", int, where)
+    check_choices(choices, gold, where)
+    question = query.removeprefix("Question:").strip()
+    # llm-foundry's ARC task uses the continuation delimiter "\nAnswer: ".
+    return Item(context=f"{query}\nAnswer:", choices=choices, gold=gold, question=question, where=where)
 
 
 def load_ai2(path: str | Path) -> list[Item]:
     """AI2 form: {"question": {"stem", "choices": [{"text", "label"}]}, "answerKey": label}."""
-    items = []
-    for number, record in iter_jsonl(Path(path)):
-        where = f"{path}:{number}"
-        try:
-            question = record["question"]
-            stem = question["stem"]
-            choices = [choice["text"] for choice in question["choices"]]
-            gold = [choice["label"] for choice in question["choices"]].index(record["answerKey"])
-        except (KeyError, TypeError, ValueError):
-            raise BadInput(f"{where}: expected an AI2 ARC record {{question: {{stem, choices}}, answerKey}}") from None
-        if not isinstance(stem, str):
-            raise BadInput(f"{where}: field 'question.stem' must be str, got {type(stem).__name__}")
-        check_choices(choices, gold, where)
-        items.append(Item(context=f"Question: {stem}\nAnswer:", choices=choices, gold=gold, question=stem,
-                          where=where))
-    if not items:
-        raise BadInput(f"{path}: no records")
-    return items
+    return read_records(path, _ai2_item)
+
+
+def _ai2_item(record: dict[str, Any], where: str) -> Item:
+    try:
+        question = record["question"]
+        stem = question["stem"]
+        choices = [choice["text"] for choice in question["choices"]]
+        gold = [choice["label"] for choice in question["choices"]].index(record["answerKey"])
+    except (KeyError, TypeError, ValueError):
+        raise BadInput(f"{where}: expected an AI2 ARC record {{question: {{stem, choices}}, answerKey}}") from None
+    if not isinstance(stem, str):
+        raise BadInput(f"{where}: field 'question.stem' must be str, got {type(stem).__name__}")
+    check_choices(choices, gold, where)
+    return Item(context=f"Question: {stem}\nAnswer:", choices=choices, gold=gold, question=stem, where=where)
 
 
 def prompts(path: Path) -> list[Prompt]:

@@ -10,14 +10,17 @@ from its eval's scoring, never from its own reading of the text.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from workbench.errors import BadInput
+from workbench.evals.common import iter_jsonl
 from workbench.tasks.answers import ParsedCompletion, letter_correct
 
 Completion = str | ParsedCompletion
+Record = TypeVar("Record")
 
 TASK_SEED_OFFSET = 7919  # GRPO prompts come from a different stream than SFT's synthetic data
 HELD_OUT_SEED_OFFSET = 104_729
@@ -55,6 +58,15 @@ class Task:
     def evaluated(self) -> list[Task]:
         """The tasks whose held-out prompts are evaluated: the parts of a mixture, or itself."""
         return list(self.parts.values()) or [self]
+
+
+def read_records(path: str | Path, read: Callable[[dict[str, Any], str], Record]) -> list[Record]:
+    """read(record, "FILE:LINE") for each object of a JSON-lines file (which raises BadInput naming
+    that place for a malformed one); BadInput when the file holds none."""
+    records = [read(record, f"{path}:{number}") for number, record in iter_jsonl(Path(path))]
+    if not records:
+        raise BadInput(f"{path}: no records")
+    return records
 
 
 def training_file(path: Path) -> Path:

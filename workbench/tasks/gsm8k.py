@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from workbench.errors import BadInput
-from workbench.evals.common import iter_jsonl, require
+from workbench.evals.common import require
 from workbench.tasks.answers import normalize_number, number_correct
-from workbench.tasks.base import Completion, Prompt, Task, shuffled_task, training_file
+from workbench.tasks.base import Completion, Prompt, Task, read_records, shuffled_task, training_file
 
 
 @dataclass
@@ -34,20 +35,18 @@ def reference_answer(solution: str) -> str | None:
 
 def load(path: str | Path) -> list[Problem]:
     """{"question", "answer"} per line; the answer ends in '#### N'."""
-    problems = []
-    for number, record in iter_jsonl(Path(path)):
-        where = f"{path}:{number}"
-        question = require(record, "question", str, where)
-        solution = require(record, "answer", str, where)
-        if "####" not in solution:
-            raise BadInput(f"{where}: field 'answer' has no '#### <final answer>' line")
-        answer = reference_answer(solution)
-        if answer is None:
-            raise BadInput(f"{where}: no number after '####' in field 'answer'")
-        problems.append(Problem(question=question, solution=solution, answer=answer, where=where))
-    if not problems:
-        raise BadInput(f"{path}: no records")
-    return problems
+    return read_records(path, _problem)
+
+
+def _problem(record: dict[str, Any], where: str) -> Problem:
+    question = require(record, "question", str, where)
+    solution = require(record, "answer", str, where)
+    if "####" not in solution:
+        raise BadInput(f"{where}: field 'answer' has no '#### <final answer>' line")
+    answer = reference_answer(solution)
+    if answer is None:
+        raise BadInput(f"{where}: no number after '####' in field 'answer'")
+    return Problem(question=question, solution=solution, answer=answer, where=where)
 
 
 def messages(problem: Problem) -> list[dict[str, str]]:
