@@ -11,6 +11,7 @@ import torch
 from workbench import runs
 from workbench.checkpoint import load_checkpoint
 from workbench.cli import main
+from workbench.config import MAX_SEED
 from workbench.errors import BadInput
 from workbench.train.sft import chat_probe, sft
 
@@ -107,3 +108,11 @@ def test_thirty_facts_from_a_folder_without_meta_json_train_on_all_without_evalu
     assert meta["sft_state"]["mixture"]["counts"] == {str(facts): 32}  # nothing held out of the 30
     err = capsys.readouterr().err
     assert err.count("warning:") == 1 and f"{bare}: no meta.json" in err
+
+
+def test_the_chat_probe_takes_any_run_seed_up_to_the_largest(tiny_checkpoint):
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    probes = [([{"role": "user", "content": f"Say {word}."}], None) for word in ("river", "stone", "king")]
+    for seed in (0, MAX_SEED - 1, MAX_SEED):  # one seed per prompt, every one of them the sampler's to take
+        rates, _ = chat_probe(checkpoint.model, checkpoint.tokenizer, probes, "cpu", seed=seed, max_tokens=2)
+        assert 0.0 <= rates["end_rate"] <= 1.0

@@ -239,7 +239,7 @@ def chat_probe(model, tokenizer, probes, device, seed: int = 0, temperature: flo
     ended = correct = scored = 0
     sample = ("", "")
     for index, (messages, answer) in enumerate(probes):
-        params = SamplingParams(temperature=temperature, top_k=50, max_tokens=max_tokens, seed=seed + index)
+        params = SamplingParams(temperature=temperature, top_k=50, max_tokens=max_tokens, seed=seed ^ index)  # one per prompt; seed + index could pass MAX_SEED
         generation = engine.generate(tokenizer.render_for_completion(messages), params, num_samples=1)[0]
         text = tokenizer.decode(generation.tokens)
         ended += int(generation.tokens[-1:] == [end_id])
