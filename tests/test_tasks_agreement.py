@@ -1,8 +1,12 @@
-"""The evals and the GRPO rewards read a completion the same way: on a table of completions, a
-completion the eval counts right earns the reward and one it counts wrong earns none, for GSM8K,
-the synthetic arith and tool tasks and multiple choice; and a completion read from its token ids
-(as GRPO's rollouts read it) scores as its decoded text does, except that text spelling a marker is
-not a marker."""
+"""Every task with a reward scores a completion as its eval does (workbench/tasks/): on tables of
+completions (plain answers, tool-only answers, thoughts, cut-off turns, multiple-choice letters,
+code), a completion the eval counts right earns the reward and one it counts wrong earns none, for
+GSM8K, the synthetic arith and tool tasks, ARC, MMLU, HellaSwag and HumanEval; and a completion
+read from its token ids (as GRPO's rollouts read it) scores as its decoded text does, except that
+text spelling a marker is not a marker: with the markers written as text, eval and reward still
+agree with each other.
+
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,10 @@ import re
 
 import pytest
 
-from workbench.evals import gsm8k, multiple_choice
-from workbench.tasks import arc, registry, tool
+from workbench.evals import gsm8k, humaneval, multiple_choice
+from workbench.tasks import arc, arith, hellaswag, mmlu, registry, tool
 from workbench.tasks import gsm8k as gsm8k_task
+from workbench.tasks import humaneval as humaneval_task
 from workbench.tasks.answers import chosen_letter, parse, parse_text, parse_tokens
 from workbench.tokenizer import SPECIAL_TOKENS
 
@@ -48,6 +53,7 @@ NUMERIC = [
 ]
 
 LETTER_CHOICES = ["red", "green", "blue", "black"]
+LETTER_TASKS = {"arc-easy": arc, "mmlu": mmlu, "hellaswag": hellaswag}
 # (case, completion, gold letter, right?)
 LETTERS = [
     ("bare letter", "C" + END, "C", True),
@@ -57,6 +63,27 @@ LETTERS = [
     ("letter only in the thought", "<|think_start|>C<|think_end|>" + END, "C", False),
     ("wrong letter", "B" + END, "C", False),
     ("no letter", "I do not know." + END, "C", False),
+    ("letter after a tool call", "<|python_start|>2+2<|python_end|><|output_start|>4<|output_end|> so the answer is C"
+     + END, "C", True),
+    ("letter only in a tool call", "<|python_start|>C<|python_end|><|output_start|>Error<|output_end|>" + END, "C",
+     False),
+    ("letter after the turn's end", "I am not sure." + END + "C", "C", False),
+    ("a letter beyond the choices", "E" + END, "C", False),
+    ("lower case is not a letter", "c" + END, "C", False),
+]
+
+HUMANEVAL_PROBLEM = humaneval_task.Problem(
+    task_id="agreement/0", prompt='def add(a, b):\n    """The sum of a and b."""\n', entry_point="add",
+    canonical_solution="    return a + b\n",
+    test="def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n")
+# (case, completion, right?)
+CODE = [
+    ("a body continuing the prompt", "    return a + b\n" + END, True),
+    ("a whole definition in a code block", "```python\ndef add(a, b):\n    return b + a\n```" + END, True),
+    ("a wrong body", "    return a - b\n" + END, False),
+    ("code only in the thought", "<|think_start|>    return a + b\n<|think_end|>I am not sure." + END, False),
+    ("code after a thought", "<|think_start|>add them<|think_end|>    return a + b\n" + END, True),
+    ("right code after the turn's end", "    return a - b\n" + END + "    return a + b\n", False),
 ]
 
 
@@ -65,12 +92,17 @@ def eval_number_right(completion, reference: str) -> bool:
     return gsm8k.score([problem], [completion]).accuracy == 1.0
 
 
-def eval_letter_right(completion: str, gold: str) -> bool:
-    """The multiple-choice scoring of the choice the completion names (-1 when it names none)."""
+def eval_letter_right(completion, gold: str, task: str = "arc-easy") -> bool:
+    """The multiple-choice scoring of the choice the completion names (-1 when it names none or
+    one the item does not have)."""
     item = multiple_choice.Item(context="Q", choices=LETTER_CHOICES, gold="ABCD".index(gold), question="Q")
     letter = chosen_letter(parse(completion).answer)
     choice = multiple_choice.LETTERS.index(letter) if letter else -1
-    return multiple_choice.score("arc-easy", [item], [choice]).accuracy == 1.0
+    return multiple_choice.score(task, [item], [choice if choice < len(item.choices) else -1]).accuracy == 1.0
+
+
+def eval_code_right(completion) -> bool:
+    return humaneval.score([HUMANEVAL_PROBLEM], [completion], timeout=20, workers=1).accuracy == 1.0
 
 
 @pytest.mark.parametrize("case, completion, reference, right", NUMERIC, ids=[row[0] for row in NUMERIC])
@@ -89,6 +121,20 @@ def test_gsm8k_and_arith_rewards_agree_with_the_eval(case, completion, reference
 def test_multiple_choice_reward_agrees_with_the_eval(case, completion, gold, right):
     assert eval_letter_right(completion, gold) is right
     assert arc.reward(completion, gold) == (1.0 if right else 0.0)  # GRPO's arc task
+    for name, task in LETTER_TASKS.items():
+        assert eval_letter_right(completion, gold, name) is right, name
+        assert task.correct(completion, gold) is right, name
+        assert task.reward(completion, gold) == (1.0 if right else 0.0), name
+
+
+@pytest.mark.parametrize("case, completion, right", CODE, ids=[row[0] for row in CODE])
+def test_humaneval_reward_agrees_with_the_eval(case, completion, right, tiny_tokenizer):
+    assert eval_code_right(completion) is right
+    assert humaneval_task.correct(completion, HUMANEVAL_PROBLEM) is right
+    assert humaneval_task.reward(completion, HUMANEVAL_PROBLEM) == (1.0 if right else 0.0)
+    from_tokens = parse_tokens(tiny_tokenizer, token_ids(tiny_tokenizer, completion))
+    assert from_tokens == parse_text(completion)
+    assert eval_code_right(from_tokens) is right  # the eval scores a completion read from its tokens too
 
 
 def token_ids(tokenizer, text: str, markers_as_text: bool = False) -> list[int]:
@@ -118,3 +164,27 @@ def test_text_that_spells_a_tool_call_is_not_a_tool_call(tiny_tokenizer):
     assert spelled.tool_calls == [] and not spelled.ended
     assert tool.reward(spelled, 42) == 0.5  # right, but the calculator never ran
 
+
+
+@pytest.mark.parametrize("case, completion, reference, right", NUMERIC, ids=[row[0] for row in NUMERIC])
+def test_markers_written_as_text_score_alike_in_eval_and_reward(case, completion, reference, right, tiny_config,
+                                                                 tiny_tokenizer):
+    """A model that writes "<|python_start|>" or "<|think_start|>" as ordinary text made no call and
+    no thought: whatever that text then answers, eval and every reward read it the same way."""
+    spelled = parse_tokens(tiny_tokenizer, token_ids(tiny_tokenizer, completion, markers_as_text=True))
+    assert spelled.tool_calls == [] and spelled.thought is None and not spelled.ended
+    counted = eval_number_right(spelled, reference)
+    for task in (gsm8k_task, arith):
+        assert task.correct(spelled, reference) is counted
+        assert task.reward(spelled, reference) == (1.0 if counted else 0.0)
+    assert tool.reward(spelled, reference) == (0.5 if counted else 0.0)  # right at best: no call ran
+    letter = parse_tokens(tiny_tokenizer, token_ids(tiny_tokenizer, "<|think_start|>B<|think_end|>C" + END, True))
+    assert eval_letter_right(letter, "C") is arc.correct(letter, "C") is (arc.reward(letter, "C") == 1.0)
+
+
+def test_the_fake_tool_only_answer_is_the_models_own_number(tiny_tokenizer):
+    """Spelled as text, the calculator's markers leave the model's own digits: "42" is its answer,
+    right for the eval and the numeric reward, and the tool reward sees no call."""
+    spelled = parse_tokens(tiny_tokenizer, token_ids(tiny_tokenizer, CALL + END, markers_as_text=True))
+    assert eval_number_right(spelled, "42") and gsm8k_task.reward(spelled, "42") == 1.0
+    assert tool.reward(spelled, "42") == 0.5 and tool.reward(parse_text(CALL + END), "42") == 1.0

@@ -16,17 +16,19 @@ from workbench.evals.common import Progress, TaskResult, mean, no_progress
 from workbench.evals.reasoning import reasoning_metrics
 from workbench.evals.sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT
 from workbench.tasks import humaneval as task
-from workbench.tasks.answers import parse_text
+from workbench.tasks.answers import ParsedCompletion, parse
 from workbench.tasks.humaneval import STOP_SEQUENCES, Problem
 
 
-def score(problems: list[Problem], completions: list[str], timeout: float = DEFAULT_TIMEOUT,
+def score(problems: list[Problem], completions: list[str | ParsedCompletion], timeout: float = DEFAULT_TIMEOUT,
           memory_mb: int = DEFAULT_MEMORY_MB, workers: int | None = None,
           count_tokens: Callable[[str], int] | None = None, progress: Progress = no_progress) -> TaskResult:
-    """pass@1 of generated completions (raw text, special tokens included), each run in the sandbox."""
+    """pass@1 of generated completions (raw text, special tokens included, or read already from
+    the tokens), each run in the sandbox (tasks.humaneval.run_tests, whose reading the reward is
+    defined from)."""
     if len(completions) != len(problems):
         raise ValueError(f"{len(completions)} completions for {len(problems)} problems")
-    parsed = [parse_text(text) for text in completions]
+    parsed = [parse(completion) for completion in completions]
     workers = workers or max(1, min(8, os.cpu_count() or 1))
     results = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
