@@ -6,6 +6,7 @@ below 0, the CLI on a real checkpoint, and bad bundles as one-line errors."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -213,6 +214,11 @@ def _replace(path: Path, old: str, new: str) -> None:
     (lambda f: _replace(f / "eval_data" / "symbolic_problem_solving" / "bigbench_repeat_copy_logic.jsonl",
                         '"continuation": "stone"', '"answer": "stone"'),
      "bigbench_repeat_copy_logic.jsonl:4: missing field 'continuation'"),
+    (lambda f: _replace(f / "core.yaml", "num_fewshot: [3]", "num_fewshot: " + "[" * 3000 + "]" * 3000),
+     "core.yaml:16: a list inside a list"),
+    (lambda f: (f / "core.yaml").write_bytes(b"icl_tasks:\n- label: \xff\xfe\n"), "core.yaml: not UTF-8 \\(byte 20\\)"),
+    (lambda f: ((f / "core.yaml").unlink(), os.mkfifo(f / "core.yaml")), "core.yaml: not a regular file \\(a FIFO\\)"),
+    (lambda f: ((f / "core.yaml").unlink(), (f / "core.yaml").mkdir()), "core.yaml: not a regular file \\(a folder\\)"),
 ])
 def test_bad_bundles_are_one_line_errors(tmp_path, edit, message):
     folder = broken_bundle(tmp_path, edit)

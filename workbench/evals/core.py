@@ -33,7 +33,7 @@ same form: ARC-Easy and ARC-Challenge (llm-foundry files are the bundle's own fo
 
 from __future__ import annotations
 
-import json
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +42,7 @@ from typing import Any
 from workbench.errors import BadInput
 from workbench.evals import common
 from workbench.evals.common import Progress, TaskResult, iter_csv, iter_jsonl, mean, no_progress, require
+from workbench.input_files import open_regular, parse_json
 from workbench.tasks import hellaswag
 
 # The 22 tasks of nanochat's core.yaml (DCLM's CORE set).
@@ -54,6 +55,7 @@ CORE_LABELS = (
 TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
 SHUFFLE_SEED = 1337
 FEWSHOT_SEED = 1234
+MAX_TASK_LIST_BYTES = 1 << 20  # nanochat's 22-task core.yaml is a few kB
 
 
 @dataclass
@@ -81,7 +83,7 @@ def _yaml_scalar(text: str, where: str) -> Any:
     text = text.strip()
     if text.startswith('"'):
         try:
-            return json.loads(text)  # YAML double-quoted escapes (\n, \t, \", \\) are JSON's
+            return parse_json(text)  # YAML double-quoted escapes (\n, \t, \", \\) are JSON's
         except ValueError:
             raise BadInput(f"{where}: malformed double-quoted string {text}") from None
     if text.startswith("'"):
@@ -92,6 +94,8 @@ def _yaml_scalar(text: str, where: str) -> Any:
         if not text.endswith("]"):
             raise BadInput(f"{where}: malformed list {text}")
         inner = text[1:-1].strip()
+        if inner.startswith("["):  # outside the subset; read recursively, `[` x 3,000 would overflow the stack
+            raise BadInput(f"{where}: a list inside a list ({text[:40]}...)")
         return [_yaml_scalar(part, where) for part in inner.split(",")] if inner else []
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
@@ -118,12 +122,19 @@ def read_task_list(path: Path) -> list[tuple[dict[str, Any], dict[str, int]]]:
     """core.yaml's `icl_tasks`: (task mapping, line number of each key; "-" for the item) each. A small reader of the YAML subset
     the bundle uses (a list of flat mappings), so picochat needs no YAML library; anything outside
     it is BadInput naming the line."""
+    if not os.path.lexists(path):
+        raise BadInput(f"{path}: not found (a CORE bundle has core.yaml, eval_meta_data.csv and eval_data/)")
+    with open_regular(path, "CORE task list") as handle:  # a FIFO would hang the reader: refused
+        try:
+            data = handle.read(MAX_TASK_LIST_BYTES + 1)
+        except OSError as error:
+            raise BadInput(f"{path}: cannot read: {error.strerror or error}") from None
+    if len(data) > MAX_TASK_LIST_BYTES:
+        raise BadInput(f"{path}: over {MAX_TASK_LIST_BYTES >> 20} MiB; a CORE task list is a few kB")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise BadInput(f"{path}: not found (a CORE bundle has core.yaml, eval_meta_data.csv and eval_data/)") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise BadInput(f"{path}: cannot read: {error}") from None
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise BadInput(f"{path}: not UTF-8 (byte {error.start})") from None
     tasks: list[tuple[dict[str, Any], dict[str, int]]] = []
     in_tasks = False
     for number, raw in enumerate(lines, start=1):
