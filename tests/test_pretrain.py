@@ -140,7 +140,7 @@ def test_eval_failure_never_kills_training_and_saves_come_first(make_tiny_config
     from workbench.optim import build_optimizer
     from workbench.runs import RunWriter
     from workbench.train.loader import PackingLoader
-    from workbench.train.loop import train
+    from workbench.train.loop import MicroBatchStep, Steps, TrainState, train
 
     cfg = make_tiny_config(train={"steps": 4, "eval_every": 2, "save_every": 2})
     model = build_model(cfg.model, tiny_tokenizer.vocab_size)
@@ -153,10 +153,11 @@ def test_eval_failure_never_kills_training_and_saves_come_first(make_tiny_config
         raise RuntimeError("out of memory (simulated)")
 
     writer = RunWriter(cfg.out_dir, "pretrain", total_steps=4)
-    result = train(stage="pretrain", config=cfg, model=model, optimizers=build_optimizer(model, cfg.train),
-                   tokenizer=tiny_tokenizer, train_batches=iter(loader), grad_accum_steps=1, writer=writer,
-                   run_dir=cfg.out_dir, total_steps=4, device=torch.device("cpu"), val_fn=failing_val,
-                   eval_at_start=False)
+    state = TrainState(stage="pretrain", config=cfg, model=model, optimizers=build_optimizer(model, cfg.train),
+                       tokenizer=tiny_tokenizer, run_dir=cfg.out_dir, device=torch.device("cpu"), writer=writer,
+                       total_steps=4)
+    result = train(state, Steps(MicroBatchStep(state, iter(loader), grad_accum_steps=1), val_fn=failing_val,
+                                eval_at_start=False))
     loader.close()
     assert result.step == 4 and not result.stopped
     assert seen == [(2, ["step_000002"]), (4, ["step_000002", "step_000004"])]

@@ -24,6 +24,27 @@ def test_writer_and_readers(tmp_path):
     assert runs.effective_state(runs.read_status(tmp_path / "r1")) == "done"
 
 
+def test_writer_as_context_manager_finishes_failed_with_one_line_and_unlocks(tmp_path):
+    import pytest
+
+    from workbench.errors import BadInput
+
+    with pytest.raises(ValueError), runs.RunWriter(tmp_path / "r1", "sft", total_steps=3):
+        raise ValueError("loss went sideways")
+    status = runs.read_status(tmp_path / "r1")
+    assert status["state"] == "failed" and status["message"] == "ValueError: loss went sideways"
+    with pytest.raises(BadInput), runs.RunWriter(tmp_path / "r1", "sft") as writer:  # the lock was released
+        raise BadInput("data.jsonl:3: not valid JSON")
+    assert runs.read_status(tmp_path / "r1")["message"] == "data.jsonl:3: not valid JSON"
+    with pytest.raises(KeyboardInterrupt), runs.RunWriter(tmp_path / "r1", "sft") as writer:
+        writer.finish("stopped", "stopped at step 2")
+        raise KeyboardInterrupt  # after finishing: the final status stays
+    assert runs.read_status(tmp_path / "r1")["state"] == "stopped"
+    with runs.RunWriter(tmp_path / "r1", "sft"):
+        pass  # no error: the stage finishes it itself; the `with` adds nothing
+    assert runs.read_status(tmp_path / "r1")["state"] == "starting"
+
+
 def test_metrics_tail_reads_only_new_complete_lines(tmp_path):
     path = tmp_path / "metrics.jsonl"
     tail = runs.MetricsTail(path)

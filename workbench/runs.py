@@ -175,6 +175,8 @@ class RunWriter:
     lock from its start to finish(), and a second worker is refused (BadInput) before it writes
     anything. Any number of processes read it. A write that fails (a full disk) is a BadInput
     naming the file: the worker ends with one line, its last checkpoint intact.
+    As a context manager it finishes "failed" when the block raises (the error's one line) and
+    it has not finished yet.
     """
 
     def __init__(self, run_dir: str | Path, stage: str, total_steps: int | None = None):
@@ -197,6 +199,7 @@ class RunWriter:
             "message": "",
         }
         self._reported: set[str] = set()  # control/ oddities already logged (one event each)
+        self.finished = False
         try:
             self._metrics = _open_for_append(self.dir / "metrics.jsonl")
             stale = self._clear_control()
@@ -205,6 +208,13 @@ class RunWriter:
         self.write_status()
         if stale:  # commands meant for an earlier worker: a stale pause would pause this one forever
             self.event(f"removed control files left by an earlier worker: {', '.join(stale)}")
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if error is not None and not self.finished:
+            self.finish("failed", str(error) if isinstance(error, BadInput) else f"{kind.__name__}: {error}")
 
     def _failed_write(self, name: str, error: OSError) -> BadInput:
         return BadInput(f"{self.dir / name}: cannot write ({error.strerror or error})")
@@ -305,6 +315,7 @@ class RunWriter:
     def finish(self, state: str = "done", message: str = "") -> None:
         """The final status and event; releases the run folder. For a failing worker they are
         best effort: the error it is ending with matters more than a write that fails too."""
+        self.finished = True
         try:
             self.write_status(state=state, message=message, eta_seconds=0 if state == "done" else None)
             self.event(f"{self.stage} {state}" + (f": {message}" if message else ""))

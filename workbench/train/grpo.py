@@ -1,6 +1,7 @@
 """`picochat grpo CONFIG [--resume] [--detach]`: reinforcement learning with GRPO.
 
-Group relative policy optimization, one visible loop. Each step:
+Group relative policy optimization as loop.train's step function (the loop does the schedule,
+logging, control files, checkpoints and evaluations, as for pretraining and SFT). Each step:
 
     1. take prompts_per_step prompts of the task (a pure function of the step: resume-safe)
     2. sample group_size completions of each from the current model (the engine shares the
@@ -17,8 +18,9 @@ Group relative policy optimization, one visible loop. Each step:
        takes several optimizer steps on the same samples (as TRL's num_iterations), and from the
        second on the policy has moved away from the one that sampled them: with clip_epsilon > 0
        the PPO-style ratio exp(log p - log p_sampling) is clipped to 1 +- clip_epsilon (with one
-       iteration the ratio is always 1 and the clip does nothing). Then log, checkpoint, obey
-       control files
+       iteration the ratio is always 1 and the clip does nothing). Each optimizer step is
+       loop.clip_and_step, the one the micro-batch step of pretraining and SFT takes. Then the loop
+       logs, checkpoints and obeys the control files
 
 Tasks ([grpo] task, or a mixture [grpo] tasks = ["arith:1.0", "gsm8k:0.5"] whose prompts are drawn by
 weight and scored by their own task's reward): "arith" (synthetic word problems of difficulty 1-2,
@@ -46,14 +48,13 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from workbench.errors import BadInput
 from workbench.tasks.base import HELD_OUT_SEED_OFFSET, Prompt, Task
 from workbench.tasks.registry import build_task
+from workbench.train import runner
 
 HELD_OUT_SAMPLED_PROMPTS = 32  # the first held-out prompts also get sampled answers (mean reward)
 HELD_OUT_SAMPLES = 4  # completions per such prompt at the training temperature
@@ -298,31 +299,30 @@ def decode_results(encoded: Any) -> dict[str, list[bool]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# the CLI verb and the loop
+# the CLI verb and the stage: rollouts and the policy loss as loop.train's step function
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="run config (TOML); reads [grpo] and [train]")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest GRPO checkpoint")
-    parser.add_argument("--detach", action="store_true",
-                        help="run in the background (log in RUN-grpo/train.log) and return at once")
+    runner.add_arguments(parser, reads="[grpo] and [train]", folder="RUN-grpo", resume_from="the GRPO run folder")
 
 
 def run(args: argparse.Namespace) -> int:
     from workbench import config as config_module
-    from workbench import runs
-    from workbench.train.sft import check_inputs
 
     cfg = config_module.load(args.config)
-    if args.detach:
-        check_inputs(cfg, "grpo", cfg.grpo.init_from, cfg.stage_dir("sft"), "sft", args.resume)
+
+    def check() -> None:
+        start_checkpoint(cfg, args.resume)
         build_task(cfg)
-        argv = [str(Path(args.config).resolve())] + (["--resume"] if args.resume else [])
-        return runs.relaunch_detached("grpo", argv, cfg.stage_dir("grpo"))
-    result = grpo(cfg, resume=args.resume)
-    if result.stopped:
-        print(f"grpo stopped at step {result.step}; continue with: picochat grpo {args.config} --resume")
-    return 0
+
+    return runner.launch(args, "grpo", cfg.stage_dir("grpo"), check=check, train=lambda: grpo(cfg, resume=args.resume))
+
+
+def start_checkpoint(cfg, resume: bool, worker: bool = False):
+    """(the checkpoint GRPO starts from: [grpo] init_from or the newest SFT one, the GRPO run's
+    newest checkpoint when resuming), after the run folder's guard (runner.start_checkpoint)."""
+    return runner.start_checkpoint(cfg, "grpo", cfg.grpo.init_from, cfg.stage_dir("sft"), "sft", resume,
+                                   worker=worker)
 
 
 @dataclass
@@ -340,29 +340,22 @@ class GrpoResult:
 def grpo(cfg, resume: bool = False, verbose: bool = True, task: Task | None = None) -> GrpoResult:
     """GRPO per the config (see the module docstring). In-process entry point for tests, speedrun
     and the CLI; `task` replaces the [grpo] task (tests train on a toy reward)."""
-    from workbench.runs import unlock_run_folder
-
-    try:
-        return _grpo(cfg, resume, verbose, task)
-    finally:
-        unlock_run_folder(cfg.stage_dir("grpo"))  # also when it failed before its RunWriter existed
+    with runner.StageRun(cfg, "grpo") as stage_run:
+        return _grpo(cfg, resume, verbose, task, stage_run)
 
 
-def _grpo(cfg, resume: bool, verbose: bool, task: Task | None) -> GrpoResult:
+def _grpo(cfg, resume: bool, verbose: bool, task: Task | None, stage_run: runner.StageRun) -> GrpoResult:
     import torch
 
-    from workbench.checkpoint import load_checkpoint, save_checkpoint
-    from workbench.checkpoint_files import update_meta
+    from workbench.checkpoint import load_checkpoint
     from workbench.engine import Engine, SamplingParams
-    from workbench.optim import build_optimizer, lr_multiplier
-    from workbench.runs import RunWriter, freeze_config
-    from workbench.train.common import capture_rng_states, resolve_device, restore_rng_states, seed_everything
-    from workbench.train.loop import StepBoundary
-    from workbench.train.sft import check_inputs, single_process, stage_config
+    from workbench.optim import build_optimizer
+    from workbench.train.common import resolve_device, seed_everything
+    from workbench.train.loop import StepOutcome, Steps, TrainState, clip_and_step, train
 
     settings = cfg.grpo
-    single_process("grpo")
-    init, newest = check_inputs(cfg, "grpo", settings.init_from, cfg.stage_dir("sft"), "sft", resume, worker=True)
+    runner.single_process("grpo")
+    init, newest = start_checkpoint(cfg, resume, worker=True)
     task = task or build_task(cfg)
     device = resolve_device(cfg.run.device)
     run_dir = cfg.stage_dir("grpo")
@@ -370,16 +363,17 @@ def _grpo(cfg, resume: bool, verbose: bool, task: Task | None) -> GrpoResult:
 
     checkpoint = load_checkpoint(init, device=device, with_optimizer=newest is not None)
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
-    cfg = stage_config(cfg, checkpoint)
+    cfg = runner.stage_config(cfg, checkpoint)
     optimizers = build_optimizer(model, cfg.train, lr_scale=settings.lr_scale)
-    start_step, source, tokens_seen = 0, str(init), 0
+    state = TrainState(stage="grpo", config=cfg, model=model, optimizers=optimizers, tokenizer=tokenizer,
+                       run_dir=run_dir, device=device, total_steps=settings.steps, lr_scale=settings.lr_scale,
+                       verbose=verbose)
+    source = str(init)
     start_correct: dict[str, list[bool]] = {}  # the starting policy's greedy results, per held-out prompt
     if newest is not None:
-        optimizers.load_state_tensors(checkpoint.optimizer_tensors)
-        start_step, source = int(checkpoint.meta["step"]), checkpoint.meta.get("init_from", source)
-        tokens_seen = int(checkpoint.meta.get("tokens", 0))
-        restore_rng_states(checkpoint.meta.get("rng_states"))
-        start_correct = decode_results(checkpoint.meta.get("held_out_start"))
+        meta = runner.restore(state, checkpoint)
+        source = meta.get("init_from", source)
+        start_correct = decode_results(meta.get("held_out_start"))
     reference = None
     if settings.kl_coef > 0:  # a frozen copy of the starting model (on resume: reloaded from init_from)
         reference = copy.deepcopy(model) if newest is None else load_checkpoint(source, device=device).model
@@ -389,160 +383,98 @@ def _grpo(cfg, resume: bool, verbose: bool, task: Task | None) -> GrpoResult:
     params = SamplingParams(temperature=settings.temperature, top_k=0, top_p=1.0,
                             max_tokens=settings.max_new_tokens, seed=cfg.run.seed)
     chunk_rows = max(1, cfg.train.device_batch_size)
-    schedule = replace(cfg.train, warmup_steps=0)  # a short RL run needs no warmup: decay over the run
 
-    writer = RunWriter(run_dir, "grpo", total_steps=settings.steps)
-    freeze_config(run_dir, cfg.frozen().to_toml())
-    writer.write_status(state="running", total_steps=settings.steps)
-    writer.set_first_step(start_step)
-    writer.log("sys", step=start_step, device=str(device), params=model.num_params(), task=task.name,
-               group_size=settings.group_size, prompts_per_step=settings.prompts_per_step,
-               iterations_per_batch=settings.iterations_per_batch, loss_normalization=settings.loss_normalization,
-               torch=torch.__version__, total_steps=settings.steps, start_step=start_step)
-    writer.event(f"starting from {source}" if newest is None else f"resuming from {newest.name} (step {start_step})")
+    writer = state.writer = stage_run.open_writer(settings.steps, cfg)
+    writer.event(f"starting from {source}" if newest is None else f"resuming from {newest.name} (step {state.step})")
     if verbose:
         print(f"grpo: {model.num_params():,} params on {device}, task {task.name}, {settings.steps} steps of "
               f"{settings.prompts_per_step} prompts x {settings.group_size} samples, from {source}; "
-              f"run folder {run_dir}" + (f"; resuming at step {start_step}" if start_step else ""))
+              f"run folder {run_dir}" + (f"; resuming at step {state.step}" if state.step else ""))
 
     held_out: dict[str, dict[str, float]] = {}
     gains: dict[str, tuple[float, float, float]] = {}
-    last_checkpoint: Path | None = None
-    saved_step: int | None = None
+    step_rewards: list[float] = []
 
-    def evaluate(at_step: int, label: str | None = None) -> None:
-        try:
-            results, correct = evaluate_task(engine, tokenizer, task, params, seed=cfg.run.seed + HELD_OUT_SEED_OFFSET)
-        except Exception as error:  # an evaluation never kills training
-            writer.event(f"evaluation failed at step {at_step}: {type(error).__name__}: {error}")
-            return
-        if label == "start":
+    def held_out_eval(eval_model) -> dict[str, float]:
+        """The loop's evaluation (step 0 of a fresh run, every save_every steps and the end, each
+        after its checkpoint): greedy and sampled answers to the held-out prompts, and the paired
+        gain against the frozen start on the same prompts."""
+        results, correct = evaluate_task(engine, tokenizer, task, params, seed=cfg.run.seed + HELD_OUT_SEED_OFFSET)
+        if state.step == 0:
             start_correct.update(correct)
+            held_out["start"] = results
         for name, after in correct.items():  # the same prompts as the frozen start: a paired comparison
             before = start_correct.get(name)
-            if at_step > 0 and before is not None and len(before) == len(after) >= 2:
+            if state.step > 0 and before is not None and len(before) == len(after) >= 2:
                 gains[name] = paired_difference(before, after)
                 results.update({f"{name}_greedy_gain": gains[name][0], f"{name}_greedy_gain_low": gains[name][1],
                                 f"{name}_greedy_gain_high": gains[name][2]})
-        writer.log("eval", step=at_step, **results)
-        if label:
-            held_out[label] = results
-        if last_checkpoint is not None and saved_step == at_step:
-            update_meta(last_checkpoint, **results)
-        if verbose:
-            print(f"grpo: held-out at step {at_step}: " + ", ".join(f"{k} {v:.3f}" for k, v in results.items()))
+        if state.step == settings.steps:
+            held_out["end"] = results
+        return results
 
-    def save(at_step: int) -> None:
-        nonlocal last_checkpoint, saved_step
-        if saved_step == at_step:
-            return
-        meta = {"stage": "grpo", "total_steps": settings.steps, "tokens": tokens_seen, "init_from": source,
-                "rng_states": capture_rng_states(), "task": task.name, "lr_scale": settings.lr_scale,
-                "held_out_start": encode_results(start_correct)}
-        last_checkpoint = save_checkpoint(run_dir, at_step, model, cfg.frozen(), tokenizer, optimizers,
-                                          meta=meta, keep_last=cfg.train.keep_last)
-        saved_step = at_step
-        writer.event(f"checkpoint {last_checkpoint.name}", path=str(last_checkpoint))
+    def policy_step(state: TrainState) -> StepOutcome:
+        """Steps 1-5 of the module docstring at the loop's learning rate."""
+        prompts = [task.prompt_at(state.step * settings.prompts_per_step + i)
+                   for i in range(settings.prompts_per_step)]
+        model.eval()
+        groups = rollout(engine, tokenizer, task, prompts, settings.group_size,
+                         replace(params, seed=cfg.run.seed * 1_000_003 + state.step * 1009))
+        stats = group_stats(groups)
+        advantages = group_advantages([g.rewards for g in groups], settings.normalize_std).flatten().to(device)
+        inputs, targets, mask = build_batch(groups, tokenizer.bos_id, device)
+        count = float(mask.sum())
+        weights = loss_weights(mask, settings.loss_normalization, settings.max_new_tokens)
+        iterations = settings.iterations_per_batch
 
-    started = time.time()
-    step, step_rewards = start_step, []
-    try:
-        with StepBoundary(writer, save, settings.steps) as boundary:
-            if start_step == 0:
-                evaluate(0, "start")
-            while step < settings.steps:
-                if boundary.should_stop(step):  # control files and signals, as in the shared loop
-                    break
+        # the policy-gradient update (old / reference log-probs first, without grad)
+        model.train()
+        old_logprobs = ref_logprobs = None
+        with torch.no_grad():
+            if settings.clip_epsilon > 0:
+                old_logprobs = token_logprobs(model, inputs, targets, chunk_rows, device, cfg.train.dtype)
+            if reference is not None:
+                ref_logprobs = token_logprobs(reference, inputs, targets, chunk_rows, device, cfg.train.dtype)
+        # Every group equal (all right or all wrong) and no KL: nothing to learn. Skip the
+        # optimizer step, which would otherwise still move the weights (momentum, and
+        # Muon's orthogonalized update has a fixed size whatever the gradient).
+        updated = bool(advantages.abs().max() > 0) or reference is not None
+        loss_total, extra, grad_norm = 0.0, {}, 0.0
+        for _ in range(iterations if updated else 0):
+            for start in range(0, inputs.size(0), chunk_rows):
+                rows = slice(start, start + chunk_rows)
+                logprobs = token_logprobs(model, inputs[rows], targets[rows], chunk_rows, device, cfg.train.dtype)
+                loss, chunk_stats = policy_loss(
+                    logprobs, mask[rows], advantages[rows],
+                    None if old_logprobs is None else old_logprobs[rows],
+                    None if ref_logprobs is None else ref_logprobs[rows],
+                    settings.clip_epsilon, settings.kl_coef, normalizer=count, weights=weights[rows])
+                loss.backward()
+                loss_total += loss.item() / iterations
+                for key, value in chunk_stats.items():  # each chunk's share of the whole batch
+                    extra[key] = extra.get(key, 0.0) + value / iterations
+            grad_norm = float(clip_and_step(model, optimizers, cfg.train.grad_clip))
 
-                # 1-3: prompts, samples, rewards
-                step_start = time.time()
-                prompts = [task.prompt_at(step * settings.prompts_per_step + i)
-                           for i in range(settings.prompts_per_step)]
-                model.eval()
-                groups = rollout(engine, tokenizer, task, prompts, settings.group_size,
-                                 replace(params, seed=cfg.run.seed * 1_000_003 + step * 1009))
-                stats = group_stats(groups)
-                advantages = group_advantages([g.rewards for g in groups], settings.normalize_std).flatten()
-                inputs, targets, mask = build_batch(groups, tokenizer.bos_id, device)
-                advantages = advantages.to(device)
-                count = float(mask.sum())
-                weights = loss_weights(mask, settings.loss_normalization, settings.max_new_tokens)
-                iterations = settings.iterations_per_batch
+        step_rewards.append(stats["reward_mean"])
+        best = groups[0].rewards.index(max(groups[0].rewards))
+        summary = (f"reward {stats['reward_mean']:.3f} ± {stats['reward_std']:.3f} | acc {stats['accuracy']:.3f} | "
+                   f"zero-var {stats['zero_variance_fraction']:.2f} | len {stats['completion_length']:.1f}")
+        return StepOutcome(loss=loss_total, tokens=int(inputs.numel()), grad_norm=grad_norm,
+                           stats={**stats, **extra, "updated": updated},
+                           sample=(groups[0].prompt.messages[-1]["content"], groups[0].texts[best]), summary=summary)
 
-                # 4-5: the policy-gradient update (old / reference log-probs first, without grad)
-                model.train()
-                old_logprobs = ref_logprobs = None
-                with torch.no_grad():
-                    if settings.clip_epsilon > 0:
-                        old_logprobs = token_logprobs(model, inputs, targets, chunk_rows, device, cfg.train.dtype)
-                    if reference is not None:
-                        ref_logprobs = token_logprobs(reference, inputs, targets, chunk_rows, device, cfg.train.dtype)
-                multiplier = lr_multiplier(step, settings.steps, schedule)
-                optimizers.set_lr_multiplier(multiplier)
-                # Every group equal (all right or all wrong) and no KL: nothing to learn. Skip the
-                # optimizer step, which would otherwise still move the weights (momentum, and
-                # Muon's orthogonalized update has a fixed size whatever the gradient).
-                updated = bool(advantages.abs().max() > 0) or reference is not None
-                loss_total, extra, grad_norm = 0.0, {}, 0.0
-                for _ in range(iterations if updated else 0):
-                    for start in range(0, inputs.size(0), chunk_rows):
-                        rows = slice(start, start + chunk_rows)
-                        logprobs = token_logprobs(model, inputs[rows], targets[rows], chunk_rows, device,
-                                                  cfg.train.dtype)
-                        loss, chunk_stats = policy_loss(
-                            logprobs, mask[rows], advantages[rows],
-                            None if old_logprobs is None else old_logprobs[rows],
-                            None if ref_logprobs is None else ref_logprobs[rows],
-                            settings.clip_epsilon, settings.kl_coef, normalizer=count, weights=weights[rows])
-                        loss.backward()
-                        loss_total += loss.item() / iterations
-                        for key, value in chunk_stats.items():  # each chunk's share of the whole batch
-                            extra[key] = extra.get(key, 0.0) + value / iterations
-                    clip = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-                    optimizers.step()
-                    optimizers.zero_grad()
-                step += 1
-
-                # log
-                step_seconds = time.time() - step_start
-                step_tokens = int(inputs.numel())
-                tokens_seen += step_tokens
-                lr = next((g["lr"] for g in optimizers.groups if g.get("name") == "matrix"), optimizers.groups[0]["lr"])
-                train_fields = {"loss": loss_total, "lr": lr, "lr_multiplier": multiplier,
-                                "grad_norm": grad_norm, "tokens": tokens_seen, "step_seconds": step_seconds,
-                                "tokens_per_second": step_tokens / step_seconds if step_seconds > 0 else None}
-                writer.log("grpo", step=step, **stats, **extra, **train_fields, updated=updated)
-                writer.log("train", step=step, **train_fields)
-                best = max(groups[0].rewards)
-                writer.log("sample", step=step, prompt=groups[0].prompt.messages[-1]["content"],
-                           text=groups[0].texts[groups[0].rewards.index(best)])
-                writer.heartbeat(step, tokens=tokens_seen)
-                step_rewards.append(stats["reward_mean"])
-                if verbose:
-                    print(f"grpo step {step:4d}/{settings.steps} | reward {stats['reward_mean']:.3f} "
-                          f"± {stats['reward_std']:.3f} | acc {stats['accuracy']:.3f} | zero-var "
-                          f"{stats['zero_variance_fraction']:.2f} | len {stats['completion_length']:.1f} | "
-                          f"loss {train_fields['loss']:+.4f} | {step_seconds:.1f}s", flush=True)
-                if not math.isfinite(train_fields["loss"]):
-                    raise FloatingPointError(f"loss is {train_fields['loss']} at step {step} (try a lower lr_scale)")
-
-                # checkpoint first, then the held-out evaluation
-                if step % settings.save_every == 0 or step == settings.steps:
-                    save(step)
-                    evaluate(step, "end" if step == settings.steps else None)
-    except BaseException as error:
-        message = str(error) if isinstance(error, BadInput) else f"{type(error).__name__}: {error}"
-        writer.finish("failed", message)
-        raise
-    stopped = step < settings.steps
-    if stopped:
-        writer.finish("stopped", f"stopped at step {step} of {settings.steps}; continue with --resume")
-    else:
-        described = [describe_gain(name, held_out["end"], gains[name]) for name in gains if "end" in held_out]
-        writer.finish("done", "; ".join([f"{step} steps"] + described))
-    return GrpoResult(step=step, stopped=stopped, last_checkpoint=last_checkpoint, rewards=step_rewards,
-                      held_out=held_out, seconds=time.time() - started, gains=dict(gains))
+    result = train(state, Steps(
+        policy_step, val_fn=held_out_eval, eval_every=settings.save_every, save_every=settings.save_every,
+        sample_every=0, schedule=replace(cfg.train, warmup_steps=0),  # a short RL run needs no warmup
+        extra_meta_fn=lambda: {"init_from": source, "task": task.name, "held_out_start": encode_results(start_correct)},
+        sys_fields={"task": task.name, "group_size": settings.group_size,
+                    "prompts_per_step": settings.prompts_per_step,
+                    "iterations_per_batch": settings.iterations_per_batch,
+                    "loss_normalization": settings.loss_normalization}))
+    described = [describe_gain(name, held_out["end"], gains[name]) for name in gains if "end" in held_out]
+    stage_run.finish(result, "; ".join([f"{result.step} steps"] + described))
+    return GrpoResult(step=result.step, stopped=result.stopped, last_checkpoint=result.last_checkpoint,
+                      rewards=step_rewards, held_out=held_out, seconds=result.seconds, gains=dict(gains))
 
 
 def describe_gain(name: str, end: dict[str, float], gain: tuple[float, float, float]) -> str:

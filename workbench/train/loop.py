@@ -1,30 +1,36 @@
-"""The training loop: one visible loop shared by pretraining and SFT (GRPO reuses its pieces).
+"""The training loop: one visible loop for every training stage (pretraining, SFT, GRPO).
 
-Each iteration of `train` is one optimizer step:
+`train(state, steps)` runs optimizer steps until state.total_steps. Each iteration:
 
     1. step boundary: apply control files (stop / pause / resume / save) and SIGTERM / SIGINT
-    2. gradient accumulation: grad_accum_steps micro-batches of forward + backward
-       (bf16 autocast on GPU, DDP gradient sync only on the last micro-batch)
-    3. clip gradients, set the scheduled learning rate, optimizer step
-    4. log a "train" record and the status.json heartbeat
-    5. checkpoint every save_every steps and at the end, THEN evaluate every eval_every steps
+    2. set the scheduled learning rate, then the stage's step function: pretraining and SFT
+       accumulate gradients over micro-batches (MicroBatchStep: bf16 autocast on GPU, DDP gradient
+       sync only on the last micro-batch); GRPO samples, scores and takes one or more policy
+       steps. Both end in `clip_and_step`, the one place gradients are clipped and applied
+    3. log a "train" record (and the stage's own record, e.g. "grpo"), the status.json heartbeat
+       and, verbose, a progress line; a loss that is not finite ends the run
+    4. checkpoint every save_every steps and at the end, THEN evaluate every eval_every steps
        (saving first: an evaluation that crashes or runs out of memory must never cost the
        training since the last checkpoint; an eval failure is logged as an event, never fatal)
 
-How a stage uses it (pretrain.py is the reference):
-- build the model and `optim.build_optimizer(model, cfg.train, lr_scale)`, restore a checkpoint
-  when resuming (model, optimizer tensors, RNG states via common.restore_rng_states, and the data
-  position), then call `train(...)` with start_step / tokens_seen from the checkpoint's meta.
-- train_batches: an iterator of (inputs, targets) LongTensors [B, T] on the device, endless (the
-  loop takes exactly grad_accum_steps batches per step and never reads ahead, so the data
-  position saved with a checkpoint is exact). Pretraining passes the packing loader; SFT passes
-  its own padded chat batches whose targets are -1 wherever the loss must not train (user turns,
-  tool output, padding): the model's cross-entropy ignores -1.
+How a stage uses it (pretrain.py is the reference; runner.py does the run-folder part):
+- build the model and `optim.build_optimizer(model, cfg.train, lr_scale)` and a TrainState; when
+  resuming, `runner.restore(state, checkpoint)` puts back the optimizer tensors, step, tokens, best
+  val bpb and RNG states, and the stage its own data position from the checkpoint's meta.
+- Steps(step_fn, ...): step_fn(state) -> StepOutcome does one optimizer step (the loop counts it).
+  Pretraining and SFT pass MicroBatchStep(state, batches, grad_accum_steps), where batches is an
+  endless iterator of (inputs, targets) LongTensors [B, T] on the device (it takes exactly
+  grad_accum_steps batches per step and never reads ahead, so the data position saved with a
+  checkpoint is exact). Pretraining passes the packing loader; SFT its padded chat batches whose
+  targets are -1 wherever the loss must not train (the model's cross-entropy ignores -1).
 - val_fn(model) -> {"val_bpb": ...} (any floats; "val_bpb" feeds best_val_bpb). Pretraining
-  measures bits per byte on the val split; SFT can return its own held-out loss and bpb.
+  measures bits per byte on the val split, SFT its held-out loss and bpb, GRPO its held-out
+  accuracy with the paired gain against the start.
 - extra_meta_fn() -> dict merged into every checkpoint's meta.json: the data position
-  ({"loader_state": loader.state_dict()}) or SFT's sampler state, so --resume continues exactly.
-The caller owns the RunWriter: it finishes the run ("done" / "failed") after `train` returns.
+  ({"loader_state": loader.state_dict()}), SFT's sampler state, GRPO's held-out start, so --resume
+  continues exactly.
+The caller owns the RunWriter (state.writer): it finishes the run ("done" / "stopped") after
+`train` returns, and the runner's `with` finishes it "failed" when train raises.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -117,15 +123,6 @@ class TrainResult:
     seconds: float
 
 
-class _QuietWriter:
-    """What ranks other than 0 get instead of a RunWriter: only rank 0 writes the run folder."""
-
-    def __getattr__(self, name):
-        if name == "poll_control":
-            return lambda: []
-        return lambda *args, **kwargs: None
-
-
 class _Signals:
     """SIGTERM / SIGINT ask for a clean stop at the next step boundary (checkpoint, exit 0); a
     second SIGINT interrupts at once."""
@@ -181,9 +178,8 @@ def _broadcast_flags(flags: list[int], dist: DistInfo, device: torch.device) -> 
 
 
 class StepBoundary:
-    """What every training loop does between two steps (pretraining and SFT here, GRPO in
-    grpo.py): obey the run folder's control files (stop, save, pause until resume) and
-    SIGTERM / SIGINT, checkpointing before it stops. Use as a context manager around the loop (it
+    """What the loop does between two steps: obey the run folder's control files (stop, save,
+    pause until resume) and SIGTERM / SIGINT, checkpointing before it stops. Use as a context manager around the loop (it
     installs the signal handlers) and call `should_stop(step)` at the top of each step. Under DDP
     rank 0 decides and every rank follows (dist, device)."""
 
@@ -283,38 +279,130 @@ def sample_text(model: torch.nn.Module, tokenizer, prompt: str = "", max_tokens:
     return tokenizer.decode(ids[prompt_length:])
 
 
-def train(*, stage: str, config, model: torch.nn.Module, optimizers, tokenizer,
-          train_batches: Iterator[tuple[torch.Tensor, torch.Tensor]], grad_accum_steps: int,
-          writer, run_dir: str | Path, total_steps: int | None, device: torch.device,
-          start_step: int = 0, tokens_seen: int = 0, lr_scale: float = 1.0,
-          val_fn: Callable[[torch.nn.Module], dict[str, float]] | None = None,
-          eval_every: int | None = None, save_every: int | None = None, sample_every: int | None = None,
-          sample_prompt: str = "", extra_meta_fn: Callable[[], dict[str, Any]] | None = None,
-          best_val_bpb: float | None = None, eval_at_start: bool = True,
-          dist: DistInfo | None = None, verbose: bool = False, time_budget: float | None = None) -> TrainResult:
-    """Train `model` from start_step to total_steps (see the module docstring). time_budget
-    (seconds) goes into status.json and the checkpoints; with total_steps None, TimeBudget
-    chooses total_steps from it after the first steps."""
-    dist = dist or DistInfo()
-    train_cfg = config.train
-    eval_every = eval_every or train_cfg.eval_every
-    save_every = save_every or train_cfg.save_every
-    sample_every = train_cfg.sample_every if sample_every is None else sample_every
-    writer = writer if dist.is_main else _QuietWriter()
-    verbose = verbose and dist.is_main
-    run_dir = Path(run_dir)
+@dataclass
+class TrainState:
+    """What a training run carries from step to step. The stage fills it in (a resume sets step,
+    tokens and best_val_bpb from the checkpoint, runner.restore); the loop advances it."""
 
-    # The module that trains: compiled (CUDA by default) and wrapped in DDP under torchrun (under
-    # FSDP the caller has sharded `model` in place already). The plain `model` is what checkpoints,
-    # evaluations and samples use.
-    train_model = model
-    if dist.enabled and not dist.sharded:
-        from torch.nn.parallel import DistributedDataParallel
+    stage: str  # "pretrain", "sft", "grpo": meta.json's stage, and the kind of the stage's own record
+    config: Any  # the run's Config; config.frozen() goes into every checkpoint
+    model: torch.nn.Module  # the plain module: checkpoints, evaluations and samples use it
+    optimizers: Any
+    tokenizer: Any
+    run_dir: Path
+    device: torch.device
+    writer: Any = None  # RunWriter on rank 0, runner.QuietWriter on the other ranks
+    dist: DistInfo = field(default_factory=DistInfo)
+    step: int = 0  # optimizer steps done (including those before a resume)
+    tokens: int = 0  # training tokens seen
+    total_steps: int | None = None  # None: TimeBudget picks it from time_budget after the first steps
+    best_val_bpb: float | None = None
+    lr_scale: float = 1.0  # recorded in meta.json: a resumed run builds the same optimizer
+    time_budget: float | None = None  # seconds; recorded in status.json and meta.json
+    verbose: bool = False
 
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    ddp_module = train_model if dist.enabled else None
-    if use_compile(train_cfg.compile, device):
-        train_model = torch.compile(train_model)
+
+@dataclass
+class StepOutcome:
+    """What a step function reports about the optimizer step it took."""
+
+    loss: torch.Tensor | float  # the step's mean loss over every rank (a tensor is read after the step)
+    tokens: int  # tokens trained on, all ranks together
+    grad_norm: torch.Tensor | float  # before clipping
+    stats: dict[str, Any] = field(default_factory=dict)  # the stage's own record (kind = stage), with the train fields
+    sample: tuple[str, str] | None = None  # (prompt, text): logged as a "sample" record
+    summary: str = ""  # the stage's part of the verbose progress line
+
+
+@dataclass
+class Steps:
+    """How a stage trains: its step function, and the evaluation, checkpoint meta and cadence
+    around it (None: the [train] setting)."""
+
+    step_fn: Callable[[TrainState], StepOutcome]
+    val_fn: Callable[[torch.nn.Module], dict[str, float]] | None = None
+    extra_meta_fn: Callable[[], dict[str, Any]] | None = None
+    eval_every: int | None = None
+    save_every: int | None = None
+    sample_every: int | None = None  # evaluations between progress samples; 0: none
+    sample_prompt: str = ""
+    eval_at_start: bool = True  # evaluate at step 0 (a fresh run only): the curve's starting point
+    schedule: Any = None  # the section lr_multiplier reads (warmup, warmdown); None: config.train
+    sys_fields: dict[str, Any] = field(default_factory=dict)  # added to the "sys" record
+
+
+def clip_and_step(model: torch.nn.Module, optimizers, grad_clip: float) -> torch.Tensor:
+    """Clip the gradients' global norm to grad_clip (0: measure it, never clip), step every
+    optimizer and zero the gradients. Returns the norm before clipping (whole, under FSDP)."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
+        grad_norm = grad_norm.full_tensor()
+    optimizers.step()
+    optimizers.zero_grad()
+    return grad_norm
+
+
+class MicroBatchStep:
+    """Pretraining's and SFT's step function: grad_accum_steps micro-batches of forward + backward
+    (the loss divided among them), then clip_and_step. The module that trains is compiled (CUDA by
+    default) and wrapped in DDP under torchrun; under FSDP the caller has sharded the model in
+    place already. Build it on every rank: DDP's construction is a collective."""
+
+    def __init__(self, state: TrainState, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+                 grad_accum_steps: int):
+        self.batches, self.grad_accum_steps = batches, grad_accum_steps
+        model, dist, device = state.model, state.dist, state.device
+        self.train_model = model
+        if dist.enabled and not dist.sharded:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                       else None)
+        self.ddp_module = self.train_model if dist.enabled else None
+        self.compiled = use_compile(state.config.train.compile, device)
+        if self.compiled:
+            self.train_model = torch.compile(self.train_model)
+
+    def sys_fields(self) -> dict[str, Any]:
+        return {"grad_accum_steps": self.grad_accum_steps, "compile": self.compiled}
+
+    def __call__(self, state: TrainState) -> StepOutcome:
+        train_cfg, device, dist = state.config.train, state.device, state.dist
+        loss_sum = torch.zeros((), device=device)
+        step_tokens = 0
+        for micro_step in range(self.grad_accum_steps):
+            inputs, targets = next(self.batches)
+            last_micro = micro_step == self.grad_accum_steps - 1
+            if dist.sharded:  # FSDP: reduce-scatter the gradients on the last micro-batch only
+                state.model.set_requires_gradient_sync(last_micro)
+            sync = (self.ddp_module.no_sync() if self.ddp_module is not None and not last_micro
+                    else contextlib.nullcontext())
+            with sync:
+                with autocast(device, train_cfg.dtype):
+                    loss = self.train_model(inputs, targets)
+                (loss / self.grad_accum_steps).backward()
+            loss_sum += loss.detach()
+            step_tokens += inputs.numel()
+        grad_norm = clip_and_step(state.model, state.optimizers, train_cfg.grad_clip)
+        mean_loss = loss_sum / self.grad_accum_steps
+        if dist.enabled:
+            torch_dist.all_reduce(mean_loss, op=torch_dist.ReduceOp.AVG)
+            step_tokens *= dist.world_size
+        return StepOutcome(loss=mean_loss, tokens=step_tokens, grad_norm=grad_norm)
+
+
+def train(state: TrainState, steps: Steps) -> TrainResult:
+    """Train state.model from state.step to state.total_steps (see the module docstring). With
+    total_steps None, TimeBudget chooses it from state.time_budget after the first steps."""
+    dist, device, writer, model, optimizers = state.dist, state.device, state.writer, state.model, state.optimizers
+    train_cfg = state.config.train
+    schedule = steps.schedule or train_cfg
+    eval_every = steps.eval_every or train_cfg.eval_every
+    save_every = steps.save_every or train_cfg.save_every
+    sample_every = train_cfg.sample_every if steps.sample_every is None else steps.sample_every
+    verbose = state.verbose and dist.is_main
+    run_dir = Path(state.run_dir)
+    start_step = state.step
     model.train()
 
     flops_per_token = model.flops_per_token() if hasattr(model, "flops_per_token") else None
@@ -323,23 +411,22 @@ def train(*, stage: str, config, model: torch.nn.Module, optimizers, tokenizer,
     if peak is None and device.type == "cuda":
         writer.event(f"no peak FLOP/s known for {device_name!r}: MFU is not reported")
     kernels = _attention_kernels(model, device, train_cfg.dtype, writer)
-    budget = TimeBudget(time_budget, eval_every) if time_budget and total_steps is None else None
+    budget = TimeBudget(state.time_budget, eval_every) if state.time_budget and state.total_steps is None else None
     if budget is not None:
-        total_steps = BUDGET_OPEN_STEPS
-    writer.write_status(state="running", message="", total_steps=None if budget else total_steps,
-                        time_budget=time_budget)
+        state.total_steps = BUDGET_OPEN_STEPS
+    writer.write_status(state="running", message="", total_steps=None if budget else state.total_steps,
+                        time_budget=state.time_budget)
     writer.set_first_step(start_step)
     writer.log("sys", step=start_step, device=str(device), device_name=device_name,
                params=model.num_params() if hasattr(model, "num_params") else None,
                flops_per_token=flops_per_token, peak_flops=peak, torch=torch.__version__,
                python=platform.python_version(), threads=torch.get_num_threads(),
-               dtype=dtype_name(device, train_cfg.dtype), compile=use_compile(train_cfg.compile, device),
+               dtype=dtype_name(device, train_cfg.dtype),
                world_size=dist.world_size, distributed=dist.mode if dist.enabled else None,
                device_memory=device_total_memory(device), attention_kernels=kernels,
-               grad_accum_steps=grad_accum_steps,
-               total_steps=None if budget else total_steps, start_step=start_step)
+               total_steps=None if budget else state.total_steps, start_step=start_step, **steps.sys_fields)
 
-    step, last_loss = start_step, None
+    last_loss = None
     last_checkpoint: Path | None = None
     saved_step: int | None = None  # step of the newest checkpoint this process wrote
     started = last_print = time.time()
@@ -350,42 +437,41 @@ def train(*, stage: str, config, model: torch.nn.Module, optimizers, tokenizer,
         nonlocal last_checkpoint, saved_step
         if saved_step == at_step:
             return
-        extra = extra_meta_fn() if extra_meta_fn is not None else {}
+        extra = steps.extra_meta_fn() if steps.extra_meta_fn is not None else {}
         gathered = (full_state_dict(model), optimizers.state_tensors()) if dist.sharded else None
         saved_step = at_step
         if not dist.is_main:
             return
-        meta = {"step": at_step, "tokens": tokens_seen, "stage": stage,
-                "total_steps": None if total_steps == BUDGET_OPEN_STEPS else total_steps,
-                "rng_states": capture_rng_states(), "best_val_bpb": best_val_bpb, "lr_scale": lr_scale}
-        if time_budget:
-            meta["time_budget"] = time_budget
+        meta = {"step": at_step, "tokens": state.tokens, "stage": state.stage,
+                "total_steps": None if state.total_steps == BUDGET_OPEN_STEPS else state.total_steps,
+                "rng_states": capture_rng_states(), "best_val_bpb": state.best_val_bpb, "lr_scale": state.lr_scale}
+        if state.time_budget:
+            meta["time_budget"] = state.time_budget
         meta.update(extra)
-        last_checkpoint = save_checkpoint(run_dir, at_step, model, config.frozen(), tokenizer, optimizers,
-                                          meta=meta, keep_last=train_cfg.keep_last, gathered=gathered)
+        last_checkpoint = save_checkpoint(run_dir, at_step, model, state.config.frozen(), state.tokenizer,
+                                          optimizers, meta=meta, keep_last=train_cfg.keep_last, gathered=gathered)
         writer.event(f"checkpoint {last_checkpoint.name}", path=str(last_checkpoint))
 
     def evaluate(at_step: int) -> None:
         """Every rank calls it: val_fn evaluates this rank's share and sums over the ranks."""
-        nonlocal best_val_bpb
-        if val_fn is None:
+        if steps.val_fn is None:
             return
         try:
-            results = val_fn(model)
-            if "val_bpb" in results and (best_val_bpb is None or results["val_bpb"] < best_val_bpb):
-                best_val_bpb = results["val_bpb"]
-                writer.write_status(best_val_bpb=best_val_bpb)
+            results = steps.val_fn(model)
+            if "val_bpb" in results and (state.best_val_bpb is None or results["val_bpb"] < state.best_val_bpb):
+                state.best_val_bpb = results["val_bpb"]
+                writer.write_status(best_val_bpb=state.best_val_bpb)
             writer.log("eval", step=at_step, **results)
             if verbose:
-                print(f"step {at_step:>6}/{total_steps} | " + " | ".join(f"{k} {v:.4f}" for k, v in results.items()),
-                      flush=True)
+                print(f"step {at_step:>6}/{state.total_steps} | "
+                      + " | ".join(f"{k} {v:.4f}" for k, v in results.items()), flush=True)
             if last_checkpoint is not None and saved_step == at_step:
-                update_meta(last_checkpoint, best_val_bpb=best_val_bpb, **results)
-            sample_due = sample_every and ((at_step // eval_every) % sample_every == 0 or at_step == total_steps)
+                update_meta(last_checkpoint, best_val_bpb=state.best_val_bpb, **results)
+            sample_due = sample_every and ((at_step // eval_every) % sample_every == 0 or at_step == state.total_steps)
             if sample_due and (dist.is_main or dist.sharded):
-                text = sample_text(model, tokenizer, sample_prompt, seed=at_step, device=device,
+                text = sample_text(model, state.tokenizer, steps.sample_prompt, seed=at_step, device=device,
                                    dtype=train_cfg.dtype, dist=dist)
-                writer.log("sample", step=at_step, prompt=sample_prompt, text=text)
+                writer.log("sample", step=at_step, prompt=steps.sample_prompt, text=text)
         except Exception as error:  # never let an evaluation kill the training
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -393,54 +479,30 @@ def train(*, stage: str, config, model: torch.nn.Module, optimizers, tokenizer,
         finally:
             model.train()
 
-    with StepBoundary(writer, checkpoint, total_steps, dist, device) as boundary:
-        if eval_at_start and start_step == 0:
+    with StepBoundary(writer, checkpoint, state.total_steps, dist, device) as boundary:
+        if steps.eval_at_start and start_step == 0:
             evaluate(0)
             if budget is not None:
                 budget.evaluated_at_start()
-        while step < total_steps:
+        while state.step < state.total_steps:
             # 1. step boundary: control files and signals (rank 0 decides, all ranks follow)
-            if boundary.should_stop(step):
+            if boundary.should_stop(state.step):
                 break
 
-            # 2. one optimizer step: gradient accumulation over grad_accum_steps micro-batches
+            # 2. one optimizer step at the scheduled learning rate: the stage's step function
             step_start = time.time()
-            multiplier = lr_multiplier(step, total_steps, train_cfg)
+            multiplier = lr_multiplier(state.step, state.total_steps, schedule)
             optimizers.set_lr_multiplier(multiplier)
-            loss_sum = torch.zeros((), device=device)
-            step_tokens = 0
-            for micro_step in range(grad_accum_steps):
-                inputs, targets = next(train_batches)
-                last_micro = micro_step == grad_accum_steps - 1
-                if dist.sharded:  # FSDP: reduce-scatter the gradients on the last micro-batch only
-                    model.set_requires_gradient_sync(last_micro)
-                sync = ddp_module.no_sync() if ddp_module is not None and not last_micro else contextlib.nullcontext()
-                with sync:
-                    with autocast(device, train_cfg.dtype):
-                        loss = train_model(inputs, targets)
-                    (loss / grad_accum_steps).backward()
-                loss_sum += loss.detach()
-                step_tokens += inputs.numel()
+            outcome = steps.step_fn(state)
+            state.step += 1
+            step = state.step
 
-            # 3. clip, step
-            clip = train_cfg.grad_clip if train_cfg.grad_clip > 0 else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
-                grad_norm = grad_norm.full_tensor()
-            optimizers.step()
-            optimizers.zero_grad()
-            step += 1
-
-            # 4. log
-            mean_loss = loss_sum / grad_accum_steps
-            if dist.enabled:
-                torch_dist.all_reduce(mean_loss, op=torch_dist.ReduceOp.AVG)
-                step_tokens *= dist.world_size
-            last_loss = mean_loss.item()  # also waits for the GPU: step_seconds is honest
+            # 3. log
+            last_loss = float(outcome.loss)  # also waits for the GPU: step_seconds is honest
             synchronize(device)
             step_seconds = time.time() - step_start
-            tokens_seen += step_tokens
-            tokens_per_second = step_tokens / step_seconds if step_seconds > 0 else None
+            state.tokens += outcome.tokens
+            tokens_per_second = outcome.tokens / step_seconds if step_seconds > 0 else None
             mfu = None
             if flops_per_token and peak and tokens_per_second:
                 achieved = flops_per_token * tokens_per_second / dist.world_size  # per device
@@ -450,36 +512,44 @@ def train(*, stage: str, config, model: torch.nn.Module, optimizers, tokenizer,
                 mfu = 100 * (achieved / peak)  # a ratio <= 1 first: (100 * a) / a can round above 100
             matrix_lr = next((g["lr"] for g in optimizers.groups if g.get("name") == "matrix"),
                              optimizers.groups[0]["lr"])
-            writer.log("train", step=step, loss=last_loss, lr=matrix_lr, lr_multiplier=multiplier,
-                       grad_norm=float(grad_norm), tokens=tokens_seen, tokens_per_second=tokens_per_second,
-                       mfu=mfu, step_seconds=step_seconds, **device_memory(device))
-            if budget is not None and total_steps == BUDGET_OPEN_STEPS:
+            grad_norm = float(outcome.grad_norm)
+            train_fields = {"loss": last_loss, "lr": matrix_lr, "lr_multiplier": multiplier, "grad_norm": grad_norm,
+                            "tokens": state.tokens, "tokens_per_second": tokens_per_second,
+                            "step_seconds": step_seconds}
+            writer.log("train", step=step, **train_fields, mfu=mfu, **device_memory(device))
+            if outcome.stats:
+                writer.log(state.stage, step=step, **outcome.stats, **train_fields)
+            if outcome.sample is not None:
+                writer.log("sample", step=step, prompt=outcome.sample[0], text=outcome.sample[1])
+            if budget is not None and state.total_steps == BUDGET_OPEN_STEPS:
                 chosen = budget.steps_if_ready(step)
                 if chosen is None:
-                    writer.heartbeat(step, tokens=tokens_seen, eta_seconds=budget.left())
+                    writer.heartbeat(step, tokens=state.tokens, eta_seconds=budget.left())
                 else:
-                    total_steps = boundary.total_steps = chosen
-                    writer.write_status(total_steps=total_steps)
-                    writer.event(f"time budget {time_budget:g}s: {total_steps} steps "
+                    state.total_steps = boundary.total_steps = chosen
+                    writer.write_status(total_steps=state.total_steps)
+                    writer.event(f"time budget {state.time_budget:g}s: {state.total_steps} steps "
                                  f"(speed measured over steps {budget.timed[len(budget.timed) // 2][0]}-{step})")
                     if dist.enabled:  # every rank trains the steps rank 0 chose
-                        total_steps = boundary.total_steps = _broadcast_flags([total_steps], dist, device)[0]
-            writer.heartbeat(step, tokens=tokens_seen)
-            if verbose and (time.time() - last_print >= 2 or step in (start_step + 1, total_steps)):
+                        state.total_steps = boundary.total_steps = _broadcast_flags([state.total_steps], dist,
+                                                                                    device)[0]
+            writer.heartbeat(step, tokens=state.tokens)
+            if verbose and (time.time() - last_print >= 2 or step in (start_step + 1, state.total_steps)):
                 last_print = time.time()
-                print(f"step {step:>6}/{total_steps} | loss {last_loss:.4f} | lr {matrix_lr:.2e} | "
-                      f"grad norm {float(grad_norm):.3f} | {tokens_per_second or 0:,.0f} tok/s"
-                      + (f" | mfu {mfu:.1f}%" if mfu is not None else ""), flush=True)
+                print(f"{state.stage} step {step:>6}/{state.total_steps} | loss {last_loss:.4f} | lr {matrix_lr:.2e} | "
+                      f"grad norm {grad_norm:.3f} | {tokens_per_second or 0:,.0f} tok/s"
+                      + (f" | mfu {mfu:.1f}%" if mfu is not None else "")
+                      + (f" | {outcome.summary}" if outcome.summary else ""), flush=True)
             if not math.isfinite(last_loss):
                 writer.event(f"loss is {last_loss} at step {step}: training diverged")
                 raise FloatingPointError(f"loss is {last_loss} at step {step} (try a lower learning rate)")
 
-            # 5. checkpoint first, then evaluate
-            if step % save_every == 0 or step == total_steps:
+            # 4. checkpoint first, then evaluate
+            if step % save_every == 0 or step == state.total_steps:
                 checkpoint(step)
-            if step % eval_every == 0 or step == total_steps:
+            if step % eval_every == 0 or step == state.total_steps:
                 evaluate(step)
 
-    return TrainResult(step=step, tokens=tokens_seen, stopped=step < total_steps, best_val_bpb=best_val_bpb,
-                       last_checkpoint=last_checkpoint, last_loss=last_loss, seconds=time.time() - started)
-
+    return TrainResult(step=state.step, tokens=state.tokens, stopped=state.step < state.total_steps,
+                       best_val_bpb=state.best_val_bpb, last_checkpoint=last_checkpoint, last_loss=last_loss,
+                       seconds=time.time() - started)

@@ -13,6 +13,11 @@ Writes the run folder (runs/NAME): config.toml, status.json, metrics.jsonl, chec
   rank 0 decides which checkpoint a --resume starts from and every rank must be able to read it
   (multi-node: a shared file system), and all ranks check they start at the same step.
   Checkpoints are the same files in every mode: an FSDP run gathers whole tensors to save them.
+
+What is pretraining's own: the data and tokenizer checks, building (or FSDP-sharding) the model,
+the packing loader whose position rides in every checkpoint, and bits per byte on the val split.
+The run folder, flags and resume plumbing are runner.py's; the loop and its micro-batch step
+(loop.MicroBatchStep) are loop.py's.
 """
 
 from __future__ import annotations
@@ -22,69 +27,32 @@ import time
 from pathlib import Path
 
 from workbench.errors import BadInput
+from workbench.train import runner
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="run config (TOML); reads [run], [model] and [train]")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the newest checkpoint of the run folder")
-    parser.add_argument("--detach", action="store_true",
-                        help="run in the background (log in RUN/train.log) and return at once")
-    parser.add_argument("--budget", metavar="DURATION",
-                        help="train for this wall-clock time (e.g. 10m; overrides [train] time_budget and steps)")
-
-
-def check_budget(budget: str | None) -> str | None:
-    """--budget, checked like [train] time_budget (pretrain and sft share the flag)."""
-    from workbench.config import parse_duration
-
-    if budget is not None:
-        try:
-            parse_duration(budget)
-        except ValueError:
-            raise BadInput(f"--budget: use a duration like 90s, 10m or 1h, got {budget!r}") from None
-    return budget
-
-
-def planned_steps(steps: int, time_budget: str, meta: dict | None) -> tuple[int | None, float | None]:
-    """(total steps, time budget in seconds or None) for the loop: total steps None means the loop
-    picks them from the budget. A checkpoint whose run fixed its steps for a time budget keeps
-    them: a resumed run never measures again."""
-    from workbench.config import parse_duration
-
-    if not time_budget:
-        return steps, None
-    if meta and meta.get("time_budget") and meta.get("total_steps"):
-        return int(meta["total_steps"]), float(meta["time_budget"])
-    return None, parse_duration(time_budget)
+    runner.add_arguments(parser, reads="[run], [model] and [train]", folder="RUN", resume_from="the run folder",
+                         budget_help="train for this wall-clock time (e.g. 10m; overrides [train] time_budget "
+                                     "and steps)")
 
 
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from workbench import config as config_module
-    from workbench import runs
 
     cfg = config_module.load(args.config)
-    if check_budget(args.budget):
+    if runner.check_budget(args.budget):
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, time_budget=args.budget))
-    if args.detach:
-        check_inputs(cfg, args.resume)  # fail here, in the terminal, not in a log file
-        argv = [str(Path(args.config).resolve())] + (["--resume"] if args.resume else [])
-        argv += ["--budget", args.budget] if args.budget else []
-        return runs.relaunch_detached("pretrain", argv, cfg.stage_dir("pretrain"))
-    result = pretrain(cfg, resume=args.resume)
-    if result.stopped:
-        print(f"pretrain stopped at step {result.step}; continue with: picochat pretrain {args.config} --resume")
-    return 0
+    return runner.launch(args, "pretrain", cfg.stage_dir("pretrain"), check=lambda: check_inputs(cfg, args.resume),
+                         train=lambda: pretrain(cfg, resume=args.resume))
 
 
 def check_inputs(cfg, resume: bool, is_main: bool = True, worker: bool = False):
     """Everything that can be wrong before training starts, as BadInput: data and tokenizer
-    missing, a run folder that would be overwritten, a run that is already going. The worker
-    (not the launcher of a detached one) takes the run folder's lock here.
+    missing, a run folder that would be overwritten, a run that is already going (runner.guard;
+    the worker, not the launcher of a detached one, takes the run folder's lock).
     Returns (tokenizer, newest checkpoint folder or None)."""
-    from workbench.checkpoint_files import guard_run_folder
     from workbench.data.shards import list_shards
     from workbench.tokenizer import Tokenizer
 
@@ -93,23 +61,19 @@ def check_inputs(cfg, resume: bool, is_main: bool = True, worker: bool = False):
     if not Path(cfg.tokenizer_path).exists():
         raise BadInput(f"{cfg.tokenizer_path}: no tokenizer; run `picochat tokenizer CONFIG` first")
     tokenizer = Tokenizer.from_file(cfg.tokenizer_path)
-    # Under torchrun only rank 0 checks for a running worker: it may have written status.json already.
-    newest = guard_run_folder(cfg.stage_dir("pretrain"), "pretrain", resume, check_running=is_main,
-                              take_lock=worker)
-    return tokenizer, newest
+    return tokenizer, runner.guard(cfg, "pretrain", resume, worker=worker, is_main=is_main)
 
 
 def pretrain(cfg, resume: bool = False, verbose: bool = True):
     """Pretrain per the config; returns loop.TrainResult. In-process entry point for tests,
     speedrun and the CLI."""
-    from workbench.runs import unlock_run_folder
     from workbench.train.common import cleanup_distributed, setup_distributed
 
     dist = setup_distributed(cfg.run.device, cfg.train.distributed, cfg.train.dist_timeout)
     try:
-        return _pretrain(cfg, resume, dist, verbose)
+        with runner.StageRun(cfg, "pretrain", dist) as stage_run:
+            return _pretrain(cfg, resume, dist, verbose, stage_run)
     finally:
-        unlock_run_folder(cfg.stage_dir("pretrain"))  # also when it failed before its RunWriter existed
         cleanup_distributed(dist)
 
 
@@ -137,24 +101,22 @@ def _sharded_model(cfg, vocab_size: int, device):
     return model
 
 
-def _pretrain(cfg, resume: bool, dist, verbose: bool):
+def _pretrain(cfg, resume: bool, dist, verbose: bool, stage_run: runner.StageRun):
     import dataclasses
 
     from workbench.checkpoint import load_checkpoint
     from workbench.evals.bpb import evaluate_bpb, val_batches
     from workbench.model import build_model, uses_flex
     from workbench.optim import build_optimizer
-    from workbench.runs import RunWriter, freeze_config
     from workbench.train.common import (
         broadcast_from_main,
         gather_objects,
         load_full_state_dict,
         resolve_device,
-        restore_rng_states,
         seed_everything,
     )
     from workbench.train.loader import PackingLoader, merge_states
-    from workbench.train.loop import TrainResult, train
+    from workbench.train.loop import MicroBatchStep, Steps, TrainResult, TrainState, train
 
     tokenizer, newest = check_inputs(cfg, resume, dist.is_main, worker=True)
     newest = _newest_everywhere(newest, dist, broadcast_from_main)
@@ -177,8 +139,8 @@ def _pretrain(cfg, resume: bool, dist, verbose: bool):
         return dataclasses.replace(section.resolved(), attention="auto")
 
     seed_everything(cfg.run.seed)
-    start_step, tokens_seen, loader_state, best_val_bpb = 0, 0, None, None
-    total_steps, time_budget = planned_steps(train_cfg.steps, train_cfg.time_budget, None)
+    loader_state = None
+    total_steps, time_budget = runner.planned_steps(train_cfg.steps, train_cfg.time_budget, None)
     if newest is not None:
         checkpoint = load_checkpoint(newest, device="cpu" if dist.sharded else device, with_optimizer=True)
         if same_model(checkpoint.config.model) != same_model(cfg.model):
@@ -194,26 +156,24 @@ def _pretrain(cfg, resume: bool, dist, verbose: bool):
             model = checkpoint.model
         if hasattr(model, "set_attention"):
             model.set_attention(cfg.model.attention)
-        optimizers = build_optimizer(model, train_cfg)
-        optimizers.load_state_tensors(checkpoint.optimizer_tensors)
-        meta = checkpoint.meta
-        start_step, tokens_seen = int(meta["step"]), int(meta.get("tokens", 0))
-        loader_state, best_val_bpb = meta.get("loader_state"), meta.get("best_val_bpb")
-        restore_rng_states(meta.get("rng_states"))
-        total_steps, time_budget = planned_steps(train_cfg.steps, train_cfg.time_budget, meta)
-        if total_steps is not None and start_step >= total_steps:  # nothing to train: leave the status alone
-            if verbose and dist.is_main:
-                print(f"pretrain: {run_dir} already reached step {start_step} of {total_steps}; "
-                      f"raise [train] steps to train further")
-            return TrainResult(step=start_step, tokens=tokens_seen, stopped=False,
-                               best_val_bpb=meta.get("best_val_bpb"), last_checkpoint=newest,
-                               last_loss=None, seconds=0.0)
     else:
         model = (_sharded_model(cfg, tokenizer.vocab_size, device) if dist.sharded
                  else build_model(cfg.model, tokenizer.vocab_size, device=device))
-        optimizers = build_optimizer(model, train_cfg)
+    state = TrainState(stage="pretrain", config=cfg, model=model, optimizers=build_optimizer(model, train_cfg),
+                       tokenizer=tokenizer, run_dir=run_dir, device=device, dist=dist, verbose=verbose)
+    if newest is not None:
+        meta = runner.restore(state, checkpoint)
+        loader_state = meta.get("loader_state")
+        total_steps, time_budget = runner.planned_steps(train_cfg.steps, train_cfg.time_budget, meta)
+        if total_steps is not None and state.step >= total_steps:  # nothing to train: leave the status alone
+            if verbose and dist.is_main:
+                print(f"pretrain: {run_dir} already reached step {state.step} of {total_steps}; "
+                      f"raise [train] steps to train further")
+            return TrainResult(step=state.step, tokens=state.tokens, stopped=False, best_val_bpb=state.best_val_bpb,
+                               last_checkpoint=newest, last_loss=None, seconds=0.0)
+    state.total_steps, state.time_budget = total_steps, time_budget
     model.train()
-    starts = gather_objects(start_step, dist)
+    starts = gather_objects(state.step, dist)
     if len(set(starts)) > 1:
         raise BadInput(f"{run_dir}: the ranks would resume at different steps {starts}; every node must see "
                        f"the same checkpoints (a shared file system)")
@@ -235,42 +195,27 @@ def _pretrain(cfg, resume: bool, dist, verbose: bool):
         return {"val_bpb": evaluate_bpb(eval_model, tokenizer, cached_val, device, dtype=train_cfg.dtype,
                                         dist=dist)}
 
-    writer = None
-    if dist.is_main:
-        writer = RunWriter(run_dir, "pretrain", total_steps=total_steps)
-        freeze_config(run_dir, cfg.frozen().to_toml())
-        if newest is not None:
-            writer.log("event", step=start_step,
-                       message=f"resuming from {newest.name} (step {start_step}, {tokens_seen:,} tokens)")
+    writer = state.writer = stage_run.open_writer(total_steps, cfg)
+    if newest is not None:
+        writer.log("event", step=state.step,
+                   message=f"resuming from {newest.name} (step {state.step}, {state.tokens:,} tokens)")
     if verbose and dist.is_main:
         steps = f"{total_steps} steps" if total_steps else f"steps for {train_cfg.time_budget}"
         print(f"pretrain: {model.num_params():,} params on {device}, {steps} of "
               f"{train_cfg.total_batch_tokens:,} tokens ({grad_accum_steps} x {dist.world_size} x "
               f"{train_cfg.device_batch_size} rows of {seq_len}); run folder {run_dir}"
-              + (f"; resuming at step {start_step}" if start_step else ""))
+              + (f"; resuming at step {state.step}" if state.step else ""))
 
     started = time.time()
     try:
-        result = train(stage="pretrain", config=cfg, model=model, optimizers=optimizers, tokenizer=tokenizer,
-                       train_batches=iter(loader), grad_accum_steps=grad_accum_steps, writer=writer,
-                       run_dir=run_dir, total_steps=total_steps, device=device, start_step=start_step,
-                       tokens_seen=tokens_seen, val_fn=val_fn, best_val_bpb=best_val_bpb,
-                       extra_meta_fn=lambda: {"loader_state": merge_states(gather_objects(loader.state_dict(), dist))},
-                       dist=dist,
-                       verbose=verbose, time_budget=time_budget)
-    except BaseException as error:
-        if writer is not None:
-            message = str(error) if isinstance(error, BadInput) else f"{type(error).__name__}: {error}"
-            writer.finish("failed", message)
-        raise
+        step_fn = MicroBatchStep(state, iter(loader), grad_accum_steps)
+        result = train(state, Steps(step_fn, val_fn=val_fn, sys_fields=step_fn.sys_fields(),
+                                    extra_meta_fn=lambda: {"loader_state": merge_states(
+                                        gather_objects(loader.state_dict(), dist))}))
     finally:
         loader.close()
-    if writer is not None:
-        if result.stopped:
-            writer.finish("stopped", f"stopped at step {result.step}; continue with --resume")
-        else:
-            best = f", best val bpb {result.best_val_bpb:.4f}" if result.best_val_bpb is not None else ""
-            writer.finish("done", f"{result.step} steps, {result.tokens:,} tokens{best}")
+    best = f", best val bpb {result.best_val_bpb:.4f}" if result.best_val_bpb is not None else ""
+    stage_run.finish(result, f"{result.step} steps, {result.tokens:,} tokens{best}")
     if verbose and dist.is_main:
         best = f"{result.best_val_bpb:.4f}" if result.best_val_bpb is not None else "-"
         print(f"pretrain: {'stopped' if result.stopped else 'done'} at step {result.step}, "

@@ -10,8 +10,9 @@ the chat front ends know it is a chat model.
 Batches hold one conversation per row in the chat format (docs/interfaces.md), padded to the longest row
 (never split; longer than seq_len + 1 tokens: cut and counted); the loss covers the assistant's
 tokens only (its text, tool calls and <|assistant_end|>; not user turns, not tool output). The
-training loop is pretraining's (workbench/train/loop.py): same run folder contract, control
-files, checkpoints and --resume (the sampler position is part of each checkpoint).
+training loop and its micro-batch step are pretraining's (loop.train, loop.MicroBatchStep), the
+run folder, flags and resume the runner's (runner.py): same run folder contract, control files,
+checkpoints and --resume (the sampler position is part of each checkpoint).
 
 Each evaluation logs the held-out loss and bits per byte of the assistant tokens, and samples
 replies to held-out prompts: `end_rate` is the share of replies that end the turn with
@@ -23,12 +24,11 @@ so a user with 30 facts trains on all 30 (then only synthetic data, if any, is e
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import time
-from pathlib import Path
 
 from workbench.errors import BadInput
+from workbench.train import runner
 
 PROBE_PROMPTS = 16  # held-out prompts answered at each evaluation
 PROBE_MAX_TOKENS = 64
@@ -36,86 +36,41 @@ VAL_BATCH_SIZE = 16
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="run config (TOML); reads [sft] and [train]")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest SFT checkpoint")
-    parser.add_argument("--detach", action="store_true",
-                        help="run in the background (log in RUN-sft/train.log) and return at once")
-    parser.add_argument("--budget", metavar="DURATION",
-                        help="fine-tune for this wall-clock time (e.g. 5m; overrides [sft] steps)")
+    runner.add_arguments(parser, reads="[sft] and [train]", folder="RUN-sft", resume_from="the SFT run folder",
+                         budget_help="fine-tune for this wall-clock time (e.g. 5m; overrides [sft] steps)")
 
 
 def run(args: argparse.Namespace) -> int:
     from workbench import config as config_module
-    from workbench import runs
-    from workbench.train.pretrain import check_budget
 
     cfg = config_module.load(args.config)
-    budget = check_budget(args.budget)
-    if args.detach:
-        check_inputs(cfg, "sft", cfg.sft.init_from, cfg.out_dir, "pretrain", args.resume)
-        argv = [str(Path(args.config).resolve())] + (["--resume"] if args.resume else [])
-        argv += ["--budget", budget] if budget else []
-        return runs.relaunch_detached("sft", argv, cfg.stage_dir("sft"))
-    result = sft(cfg, resume=args.resume, budget=budget or "")
-    if result.stopped:
-        print(f"sft stopped at step {result.step}; continue with: picochat sft {args.config} --resume")
-    return 0
+    budget = runner.check_budget(args.budget)
+    return runner.launch(args, "sft", cfg.stage_dir("sft"), check=lambda: start_checkpoint(cfg, args.resume),
+                         train=lambda: sft(cfg, resume=args.resume, budget=budget or ""))
 
 
-def check_inputs(cfg, stage: str, init_from: str, default_source: Path, source_verb: str,
-                 resume: bool, worker: bool = False) -> tuple[Path, Path | None]:
-    """Everything that can be wrong before a post-training stage starts, as BadInput; the worker
-    (not the launcher of a detached one) takes the run folder's lock here. Returns (the
-    checkpoint to start from, the stage's newest checkpoint when resuming)."""
-    from workbench import runs
-    from workbench.checkpoint_files import guard_run_folder, resolve_checkpoint
-
-    newest = guard_run_folder(cfg.stage_dir(stage), stage, resume, take_lock=worker)
-    if newest is not None:  # only with resume: guard_run_folder refuses existing checkpoints otherwise
-        return newest, newest
-    if init_from:
-        return resolve_checkpoint(cfg.resolve_path(init_from)), None
-    if not runs.list_checkpoints(default_source):
-        raise BadInput(f"{default_source}: no checkpoint to start {stage} from; run `picochat {source_verb} CONFIG` "
-                       f"first, or set [{stage}] init_from")
-    return runs.list_checkpoints(default_source)[-1], None
-
-
-def single_process(stage: str) -> None:
-    """Post-training runs in one process (no torchrun): say so rather than train N copies."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise BadInput(f"{stage} runs in a single process; start it with `picochat {stage} CONFIG`, not torchrun")
-
-
-def stage_config(cfg, checkpoint):
-    """The run's config with the checkpoint's [model]: the architecture comes from the weights."""
-    return dataclasses.replace(cfg, model=checkpoint.config.model)
+def start_checkpoint(cfg, resume: bool, worker: bool = False):
+    """(the checkpoint SFT starts from: [sft] init_from or the newest pretraining one, the SFT
+    run's newest checkpoint when resuming), after the run folder's guard (runner.start_checkpoint)."""
+    return runner.start_checkpoint(cfg, "sft", cfg.sft.init_from, cfg.out_dir, "pretrain", resume, worker=worker)
 
 
 def sft(cfg, resume: bool = False, verbose: bool = True, budget: str = ""):
     """Fine-tune per the config (for `budget`, e.g. "5m", instead of [sft] steps when given);
     returns loop.TrainResult. In-process entry point for tests, speedrun and the CLI."""
-    from workbench.runs import unlock_run_folder
-
-    try:
-        return _sft(cfg, resume, verbose, budget)
-    finally:
-        unlock_run_folder(cfg.stage_dir("sft"))  # also when it failed before its RunWriter existed
+    with runner.StageRun(cfg, "sft") as stage_run:
+        return _sft(cfg, resume, verbose, budget, stage_run)
 
 
-def _sft(cfg, resume: bool, verbose: bool, budget: str):
+def _sft(cfg, resume: bool, verbose: bool, budget: str, stage_run: runner.StageRun):
     from workbench.checkpoint import load_checkpoint
     from workbench.data.chat import SftBatches, load_datasets, val_batches
     from workbench.optim import build_optimizer
-    from workbench.runs import RunWriter, freeze_config
-    from workbench.train.common import resolve_device, restore_rng_states, seed_everything
-    from workbench.train.loop import train
-    from workbench.train.pretrain import planned_steps
+    from workbench.train.common import resolve_device, seed_everything
+    from workbench.train.loop import MicroBatchStep, Steps, TrainState, train
 
-    single_process("sft")
-    init, newest = check_inputs(cfg, "sft", cfg.sft.init_from, cfg.out_dir, "pretrain", resume, worker=True)
+    runner.single_process("sft")
+    init, newest = start_checkpoint(cfg, resume, worker=True)
     device = resolve_device(cfg.run.device)
     run_dir = cfg.stage_dir("sft")
     seed_everything(cfg.run.seed)
@@ -124,36 +79,36 @@ def _sft(cfg, resume: bool, verbose: bool, budget: str):
 
     checkpoint = load_checkpoint(init, device=device, with_optimizer=newest is not None)
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
-    cfg = stage_config(cfg, checkpoint)
+    cfg = runner.stage_config(cfg, checkpoint)
     seq_len = cfg.model.seq_len
-    optimizers = build_optimizer(model, cfg.train, lr_scale=cfg.sft.lr_scale)
+    state = TrainState(stage="sft", config=cfg, model=model,
+                       optimizers=build_optimizer(model, cfg.train, lr_scale=cfg.sft.lr_scale), tokenizer=tokenizer,
+                       run_dir=run_dir, device=device, lr_scale=cfg.sft.lr_scale, verbose=verbose)
     batches = SftBatches(data.train, tokenizer, seq_len, cfg.sft.device_batch_size, device=device)
-    start_step, tokens_seen, best_val_bpb, source = 0, 0, None, str(init)
-    total_steps, time_budget = planned_steps(cfg.sft.steps, budget, None)
+    source = str(init)
+    total_steps, time_budget = runner.planned_steps(cfg.sft.steps, budget, None)
     if newest is not None:
-        optimizers.load_state_tensors(checkpoint.optimizer_tensors)
         meta = checkpoint.meta
-        start_step, tokens_seen = int(meta["step"]), int(meta.get("tokens", 0))
-        best_val_bpb, source = meta.get("best_val_bpb"), meta.get("init_from", source)
         if "sft_state" not in meta:
             raise BadInput(f"{newest / 'meta.json'}: no sft_state (not an SFT checkpoint?), so it cannot be resumed")
+        meta = runner.restore(state, checkpoint)
+        source = meta.get("init_from", source)
         try:
             batches.load_state_dict(meta["sft_state"])
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise BadInput(f"{newest / 'meta.json'}: sft_state: {type(error).__name__}: {error}"[:300]) from None
-        restore_rng_states(meta.get("rng_states"))
-        total_steps, time_budget = planned_steps(cfg.sft.steps, budget, meta)
+        total_steps, time_budget = runner.planned_steps(cfg.sft.steps, budget, meta)
+    state.total_steps, state.time_budget = total_steps, time_budget
     model.train()
     grad_accum_steps = max(1, cfg.train.total_batch_tokens // (cfg.sft.device_batch_size * seq_len))
 
     held_out, held_out_stats = val_batches(data.val, tokenizer, seq_len, VAL_BATCH_SIZE, device)
-    writer = RunWriter(run_dir, "sft", total_steps=total_steps)
-    freeze_config(run_dir, cfg.frozen().to_toml())
+    writer = state.writer = stage_run.open_writer(total_steps, cfg)
     for line in [report.summary() for report in data.reports] + data.notes:
         writer.event(line)
         if verbose:
             print(f"sft: {line}")
-    writer.event(f"starting from {source}" if newest is None else f"resuming from {newest.name} (step {start_step})")
+    writer.event(f"starting from {source}" if newest is None else f"resuming from {newest.name} (step {state.step})")
 
     def val_fn(eval_model) -> dict[str, float]:
         results = held_out_loss(eval_model, tokenizer, held_out, device, cfg.train.dtype) if held_out else {}
@@ -175,27 +130,18 @@ def _sft(cfg, resume: bool, verbose: bool, budget: str):
         steps = f"{total_steps} steps" if total_steps else f"steps for {budget}"
         print(f"sft: {model.num_params():,} params on {device}, {steps} of "
               f"{grad_accum_steps} x {cfg.sft.device_batch_size} conversations (up to {seq_len + 1} tokens), "
-              f"from {source}; run folder {run_dir}" + (f"; resuming at step {start_step}" if start_step else ""))
+              f"from {source}; run folder {run_dir}" + (f"; resuming at step {state.step}" if state.step else ""))
     started = time.time()
-    try:
-        result = train(stage="sft", config=cfg, model=model, optimizers=optimizers, tokenizer=tokenizer,
-                       train_batches=batches, grad_accum_steps=grad_accum_steps, writer=writer,
-                       run_dir=run_dir, total_steps=total_steps, device=device, start_step=start_step,
-                       tokens_seen=tokens_seen, lr_scale=cfg.sft.lr_scale, val_fn=val_fn if evaluates else None,
-                       eval_every=cfg.sft.eval_every or None, save_every=cfg.sft.save_every, sample_every=0,
-                       best_val_bpb=best_val_bpb, verbose=verbose, time_budget=time_budget,
-                       extra_meta_fn=lambda: {"sft_state": batches.state_dict(), "init_from": source})
-    except BaseException as error:
-        message = str(error) if isinstance(error, BadInput) else f"{type(error).__name__}: {error}"
-        writer.finish("failed", message)
-        raise
+    step_fn = MicroBatchStep(state, batches, grad_accum_steps)
+    result = train(state, Steps(step_fn, val_fn=val_fn if evaluates else None, eval_every=cfg.sft.eval_every or None,
+                                save_every=cfg.sft.save_every, sample_every=0, sys_fields=step_fn.sys_fields(),
+                                extra_meta_fn=lambda: {"sft_state": batches.state_dict(), "init_from": source}))
     stats = batches.stats
     summary = (f"{result.step} steps, {stats.conversations:,} conversations ({stats.truncated} truncated to "
                f"{seq_len + 1} tokens" + (f", skipped {dict(stats.skipped)}" if stats.skipped else "") + ")")
     if held_out_stats.truncated:
         summary += f"; {held_out_stats.truncated} held-out conversations truncated"
-    writer.finish("stopped" if result.stopped else "done",
-                  f"stopped at step {result.step}; continue with --resume" if result.stopped else summary)
+    stage_run.finish(result, summary)
     if verbose:
         print(f"sft: {'stopped' if result.stopped else 'done'}: {summary} in {time.time() - started:.1f}s; "
               f"checkpoint {result.last_checkpoint}")
@@ -233,9 +179,10 @@ def chat_probe(model, tokenizer, probes, device, seed: int = 0, temperature: flo
     (the first prompt, its reply) as a sample)."""
     from workbench.engine import Engine, SamplingParams
     from workbench.tasks.answers import number_correct
+    from workbench.tokenizer import ASSISTANT_END
 
     engine = Engine(model, tokenizer, device=device)
-    end_id = tokenizer.special_id("<|assistant_end|>")
+    end_id = tokenizer.special_id(ASSISTANT_END)
     ended = correct = scored = 0
     sample = ("", "")
     for index, (messages, answer) in enumerate(probes):
