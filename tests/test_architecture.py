@@ -1,6 +1,7 @@
 """The import graph of workbench, read from the source (nothing is imported): it has no cycle,
-function-local imports included, and the modules that must start instantly (the TUI, the CLI
-dispatcher, the run-folder and checkpoint readers, config, tokenizer) never load torch."""
+function-local imports included; it is layered, from the front ends (cli, tui, serve) at the top to
+config, runs and tokenizer at the bottom (LAYERS); and the modules that must start instantly (the
+TUI, the CLI dispatcher, the run-folder and checkpoint readers, config, tokenizer) never load torch."""
 
 from __future__ import annotations
 
@@ -11,6 +12,41 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
 TORCH_FREE = ("workbench.runs", "workbench.config", "workbench.tokenizer", "workbench.cli",
               "workbench.checkpoint_files", "workbench.tui")  # workbench.tui: every module under it
+BASE = ("workbench.errors", "workbench.files", "workbench.input_files", "workbench.config", "workbench.runs",
+        "workbench.checkpoint_files", "workbench.tokenizer", "workbench.data")
+CLI_MODULES = ("workbench.cli", "workbench.__main__", "workbench.evals.cli", "workbench.serve.cli")  # and *_cli
+# (modules, what none of them may import, why): a name covers the modules under it
+LAYERS = [
+    (BASE, ("workbench.train", "workbench.evals", "workbench.engine", "workbench.serve", "workbench.tui"),
+     "the base and the data readers sit below training, evals, generation and the front ends"),
+    (("workbench.tasks",), ("workbench.train", "workbench.engine", "workbench.serve", "workbench.tui"),
+     "a task scores completions and defines rewards; training imports tasks, never the other way"),
+    (("workbench.tui",), ("workbench.train", "workbench.engine", "workbench.serve"),
+     "the TUI starts training, generation and serving as worker processes; it never runs them"),
+    (("workbench",), ("workbench.tui",), "the TUI is a front end: nothing below it reaches up into it"),
+]
+
+
+def within(module: str, names: tuple[str, ...]) -> bool:
+    return any(module == name or module.startswith(name + ".") for name in names)
+
+
+def is_cli(module: str) -> bool:
+    return module in CLI_MODULES or module.endswith("_cli")
+
+
+def layer_violations(graph: dict[str, set[str]], layers, verbs: set[str]) -> list[str]:
+    """'A -> B (why)' for each import that breaks a layer, and for each CLI module imported by a
+    module that is neither a verb nor a CLI module itself (library code never calls up into
+    argument parsing and printing)."""
+    found = []
+    for modules, forbidden, why in layers:
+        for module in sorted(m for m in graph if within(m, modules) and not within(m, forbidden)):
+            found += [f"{module} -> {target} ({why})" for target in sorted(graph[module]) if within(target, forbidden)]
+    for module in sorted(m for m in graph if not is_cli(m) and m not in verbs):
+        found += [f"{module} -> {target} (a library module imports a CLI module)"
+                  for target in sorted(graph[module]) if is_cli(target)]
+    return found
 
 
 @functools.cache
@@ -113,6 +149,15 @@ def test_no_import_cycle_among_workbench_modules_function_local_imports_included
     assert not found, "import cycles: " + "; ".join(" -> ".join(cycle) for cycle in found)
 
 
+def test_the_import_graph_is_layered_from_the_front_ends_down_to_the_base():
+    from workbench.cli import VERBS
+
+    verbs = {module for module, _ in VERBS.values()}
+    graph = import_graph(PACKAGE, at_import_time=False)
+    assert all(any(within(module, modules) for module in graph) for modules, _, _ in LAYERS)  # names still exist
+    assert not layer_violations(graph, LAYERS, verbs)
+
+
 def test_torch_free_modules_never_load_torch():
     checked = [module for module in module_files(PACKAGE)
                if any(module == name or module.startswith(name + ".") for name in TORCH_FREE)]
@@ -140,3 +185,20 @@ def test_the_walker_sees_function_local_and_type_checking_imports(tmp_path):
     assert third_party_at_import_time(package, "pkg.c")["torch"] == ["pkg.c", "pkg.sub", "pkg.sub.heavy", "torch"]
     assert third_party_at_import_time(package, "pkg.sub.light")["torch"] == ["pkg.sub", "pkg.sub.heavy", "torch"]
     assert "torch" not in third_party_at_import_time(package, "pkg.light")
+
+
+def test_the_layer_check_sees_an_upward_import_and_a_library_calling_a_cli_module(tmp_path):
+    """The layering check can fail: a lower module importing a higher one inside a function, and a
+    library module importing a verb's CLI module, are both found; a verb may import a CLI module."""
+    package = tmp_path / "lay"
+    (package / "low").mkdir(parents=True)
+    for name in ("__init__.py", "low/__init__.py", "high.py", "tool_cli.py"):
+        (package / name).write_text("import json\n")
+    (package / "low" / "reader.py").write_text("def later():\n    from lay import high\n")
+    (package / "library.py").write_text("from lay.tool_cli import run\n")
+    (package / "verb.py").write_text("from lay import tool_cli\n")
+    graph = import_graph(package, at_import_time=False)
+    layers = [(("lay.low",), ("lay.high",), "low sits below high")]
+    assert layer_violations(graph, layers, verbs={"lay.verb"}) == [
+        "lay.low.reader -> lay.high (low sits below high)",
+        "lay.library -> lay.tool_cli (a library module imports a CLI module)"]
