@@ -219,3 +219,19 @@ def test_checkpoint_readers_never_fail_on_garbage(tmp_path):
     assert eval_results({"": run_dir}) == []
     (folder / "evals.json").write_text(json.dumps({"mmlu": {"accuracy": 0.3}}))
     assert eval_results({"": run_dir})[0]["stage"] == "pretrain"
+
+
+@pytest.mark.parametrize("field", ["step", "tokens", "total_steps"])
+def test_an_absurd_count_in_meta_json_is_one_line_naming_the_field(tmp_path, field):
+    from workbench import checkpoint_files
+
+    meta = {"step": 4, "tokens": 2048, field: 10**30}
+    with pytest.raises(BadInput) as caught:
+        checkpoint_files.check_meta(tmp_path, meta)
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'meta.json'}: {field}: must be a whole number from 0 to ")
+    assert "\n" not in message and len(message) < 200
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    assert field not in checkpoint_files.read_meta(tmp_path)  # the screens read it as missing
+    meta[field] = checkpoint_files.META_COUNTS[field]  # the bound itself is a count
+    assert checkpoint_files.check_meta(tmp_path, meta)[field] == meta[field]

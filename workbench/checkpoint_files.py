@@ -39,7 +39,11 @@ TEMP_PREFIX = ".tmp-"
 
 # meta.json fields by type, checked where present: a hand-edited or damaged meta.json is one line
 # naming the field, never a KeyError or ValueError halfway through a resume or an eval
-META_COUNTS = ("format_version", "step", "tokens", "total_steps")  # whole numbers >= 0
+# whole numbers from 0 to a bound: the config's (steps) and what its bounds allow (tokens, steps
+# times the largest batch), so a step of 10**30 is a damaged file, not a run to resume
+META_COUNTS = {"format_version": config_module.MAX_STEPS, "step": config_module.MAX_STEPS,
+               "total_steps": config_module.MAX_STEPS,
+               "tokens": config_module.MAX_STEPS * config_module.MAX_BATCH_ROWS * config_module.MAX_SEQ_LEN}
 META_NUMBERS = ("val_bpb", "best_val_bpb", "lr_scale", "time_budget")
 META_TEXTS = ("stage", "quantization", "init_from", "task")
 META_OBJECTS = ("loader_state", "sft_state", "rng_states")
@@ -94,20 +98,26 @@ def resolve_checkpoint(spec: str | Path) -> Path:
 # readers that never fail: screens, summaries, the model card
 
 
-def _is_count(value: Any) -> bool:
-    return type(value) is int and value >= 0
+def _is_count(value: Any, field: str) -> bool:
+    return type(value) is int and 0 <= value <= META_COUNTS[field]
+
+
+def _fits(field: str, value: Any) -> bool:
+    """Whether a meta.json field holds what its kind does (a field of no known kind: always)."""
+    if field in META_COUNTS:
+        return _is_count(value, field)
+    if field in META_NUMBERS:
+        return runs.is_number(value)
+    if field in META_TEXTS:
+        return isinstance(value, str)
+    return field not in META_OBJECTS or isinstance(value, dict)
 
 
 def read_meta(checkpoint: str | Path) -> dict[str, Any]:
-    """meta.json as a dict; {} when missing or broken, a known field of the wrong type left out."""
+    """meta.json as a dict; {} when missing or broken, a known field of the wrong type (or a count
+    out of bounds) left out."""
     meta = runs.read_json_object(Path(checkpoint) / "meta.json") or {}
-    for fields, fits in ((META_COUNTS, _is_count), (META_NUMBERS, runs.is_number),
-                         (META_TEXTS, lambda value: isinstance(value, str)),
-                         (META_OBJECTS, lambda value: isinstance(value, dict))):
-        for field in fields:
-            if meta.get(field) is not None and not fits(meta[field]):
-                del meta[field]
-    return meta
+    return {field: value for field, value in meta.items() if value is None or _fits(field, value)}
 
 
 def read_config(checkpoint: str | Path) -> dict[str, Any]:
@@ -157,9 +167,9 @@ def check_meta(path: Path, meta: Any, resume: bool = False) -> dict[str, Any]:
     def wrong(field: str, what: str) -> BadInput:
         return BadInput(f"{where}: {field}: {what}, not {json.dumps(meta[field])[:40]}")
 
-    for field in META_COUNTS:
-        if meta.get(field) is not None and not _is_count(meta[field]):
-            raise wrong(field, "must be a whole number >= 0")
+    for field, most in META_COUNTS.items():
+        if meta.get(field) is not None and not _is_count(meta[field], field):
+            raise wrong(field, f"must be a whole number from 0 to {most:,}")
     for field in META_NUMBERS:
         if meta.get(field) is not None and type(meta[field]) not in (int, float):
             raise wrong(field, "must be a number")
