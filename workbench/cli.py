@@ -16,8 +16,8 @@ from workbench.errors import BadInput
 # verb -> (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
     "config": ("workbench.config_cli", "show or check a config: config show|check CONFIG"),
-    "prepare": ("workbench.data.prepare", "text/jsonl/json/csv/parquet -> parquet shards (train/val)"),
-    "tokenizer": ("workbench.tokenizer", "train the BPE tokenizer on the prepared data"),
+    "prepare": ("workbench.prepare_cli", "text/jsonl/json/csv/parquet -> parquet shards (train/val)"),
+    "tokenizer": ("workbench.tokenizer_cli", "train the BPE tokenizer on the prepared data"),
     "pretrain": ("workbench.train.pretrain", "pretrain the GPT [--resume] [--detach]"),
     "sft": ("workbench.train.sft", "supervised fine-tuning on chat JSONL [--resume] [--detach]"),
     "grpo": ("workbench.train.grpo", "reinforcement learning with GRPO [--resume] [--detach]"),

@@ -8,13 +8,13 @@ vocabulary as single ids, but plain `encode` never matches them in text: a user 
 merge can ever spell a special token). Chat structure is only ever built from ids, by
 `render_conversation` and `render_for_completion`.
 
-`picochat tokenizer CONFIG` trains on the prepared train shards and writes cfg.tokenizer_path.
+`train_from_config` trains on the prepared train shards and writes cfg.tokenizer_path (the
+`picochat tokenizer CONFIG` verb is workbench/tokenizer_cli.py).
 This module never imports torch.
 """
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 import time
@@ -32,6 +32,9 @@ from workbench.input_files import open_regular
 SPECIAL_TOKENS = ["<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>",
                   "<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>",
                   "<|think_start|>", "<|think_end|>"]
+# Each by name: code names a special token through these, never by writing its string.
+(BOS, USER_START, USER_END, ASSISTANT_START, ASSISTANT_END, PYTHON_START, PYTHON_END, OUTPUT_START, OUTPUT_END,
+ THINK_START, THINK_END) = SPECIAL_TOKENS
 
 # GPT-4's split pattern with digit groups of at most 2 (a small vocab should not spend ids on
 # every 3-digit number): contractions, optional non-letter + letters, 1-2 digits, punctuation
@@ -458,25 +461,7 @@ def measure(tokenizer: Tokenizer, texts: Iterable[str], max_chars: int = 20_000_
 
 
 # ---------------------------------------------------------------------------------------------
-# `picochat tokenizer CONFIG`
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="run config (TOML); reads [data] and [tokenizer]")
-
-
-def run(args: argparse.Namespace) -> int:
-    from workbench import config as config_module
-    from workbench.runs import RunWriter
-
-    cfg = config_module.load(args.config)
-    result = train_from_config(cfg, RunWriter(cfg.out_dir, "tokenizer"), verbose=True)
-    if result.get("warning"):
-        print(f"warning: {result['warning']}", file=sys.stderr)
-    print(f"tokenizer: vocab {result['vocab_size']}, {result['chars_per_token']:.2f} chars/token, "
-          f"{result['bytes_per_token']:.2f} bytes/token (val), trained in {result['train_seconds']:.1f}s "
-          f"-> {cfg.tokenizer_path}")
-    return 0
+# training from a config (what `picochat tokenizer CONFIG` runs)
 
 
 def train_from_config(cfg: Any, writer: Any = None, verbose: bool = False) -> dict[str, Any]:

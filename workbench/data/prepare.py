@@ -1,4 +1,4 @@
-"""`picochat prepare CONFIG`: raw text files -> deduplicated train/val parquet shards.
+"""Preparing data (the `picochat prepare` verb is workbench/prepare_cli.py): raw text files -> deduplicated train/val parquet shards.
 
     sources (.txt .jsonl .json .csv .parquet, files or folders)
       -> documents (sources.py) -> normalize -> drop exact duplicates -> split
@@ -27,7 +27,6 @@ end: a failed or interrupted prepare leaves an earlier good dataset untouched.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -461,44 +460,3 @@ def format_summary(manifest: dict[str, Any], data_dir: Path) -> str:
         lines.append(f"  skipped {item['source']}: {count}{item['reason']}{where}")
     return "\n".join(lines)
 
-
-# ---------------------------------------------------------------------------------------------
-# `picochat prepare CONFIG`
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="run config (TOML); reads [data]")
-
-
-def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    from workbench import config as config_module
-    from workbench.runs import RunWriter
-
-    cfg = config_module.load(args.config)
-    writer = RunWriter(cfg.out_dir, "prepare")
-    console = Console(stderr=True)
-    if console.is_terminal:
-        bar = Progress(TextColumn("prepare"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                       TextColumn("{task.fields[documents]:,} docs"), TimeRemainingColumn(),
-                       console=console, transient=True)
-        with bar:
-            task = bar.add_task("prepare", total=None, documents=0)
-
-            def update(done: int, total: int, documents: int) -> None:
-                bar.update(task, completed=done, total=total, documents=documents)
-
-            manifest = prepare(cfg, writer, progress=update)
-    else:
-        manifest = prepare(cfg, writer)
-    print(format_summary(manifest, cfg.data_dir))
-    return 0
