@@ -31,6 +31,7 @@ from typing import Any
 
 from workbench.errors import BadInput
 from workbench.files import replace_folder
+from workbench.tokenizer import ASSISTANT_END, ASSISTANT_START, BOS, USER_START
 
 FORMATS = ("hf", "safetensors")
 TEMPLATE_DIR = Path(__file__).resolve().parent / "export_template"
@@ -41,7 +42,7 @@ AUTO_MAP = {
     "AutoModelForCausalLM": "modeling_picochat.PicochatForCausalLM",
 }
 # The engine ends a reply at any of these (workbench/engine/engine.py): the first is the eos.
-STOP_TOKENS = ("<|assistant_end|>", "<|bos|>", "<|user_start|>", "<|assistant_start|>")
+STOP_TOKENS = (ASSISTANT_END, BOS, USER_START, ASSISTANT_START)
 
 
 def hf_name(name: str) -> str:
@@ -70,8 +71,8 @@ def hf_config(checkpoint, with_remote_code: bool) -> dict[str, Any]:
         config["auto_map"] = AUTO_MAP
     config["vocab_size"] = tokenizer.vocab_size
     config.update(dataclasses.asdict(checkpoint.model.config))  # resolved: every derived size filled in
-    config.update(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.special_id("<|assistant_end|>"),
-                  pad_token_id=tokenizer.special_id("<|assistant_end|>"), tie_word_embeddings=False,
+    config.update(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.special_id(ASSISTANT_END),
+                  pad_token_id=tokenizer.special_id(ASSISTANT_END), tie_word_embeddings=False,
                   use_cache=True, torch_dtype="float32")
     return config
 
@@ -82,7 +83,7 @@ def generation_config(checkpoint) -> dict[str, Any]:
     tokenizer = checkpoint.tokenizer
     return {"bos_token_id": tokenizer.bos_id,
             "eos_token_id": [tokenizer.special_id(token) for token in STOP_TOKENS],
-            "pad_token_id": tokenizer.special_id("<|assistant_end|>")}
+            "pad_token_id": tokenizer.special_id(ASSISTANT_END)}
 
 
 def hf_tokenizer_json(tokenizer) -> str:
@@ -94,16 +95,16 @@ def hf_tokenizer_json(tokenizer) -> str:
 
     hf = HFTokenizer.from_str(tokenizer.to_str())
     hf.post_processor = processors.TemplateProcessing(
-        single="<|bos|> $A", pair="<|bos|> $A <|bos|> $B:1", special_tokens=[("<|bos|>", tokenizer.bos_id)])
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B:1", special_tokens=[(BOS, tokenizer.bos_id)])
     return hf.to_str()
 
 
 def tokenizer_config(checkpoint) -> dict[str, Any]:
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": "<|bos|>",
-        "eos_token": "<|assistant_end|>",
-        "pad_token": "<|assistant_end|>",
+        "bos_token": BOS,
+        "eos_token": ASSISTANT_END,
+        "pad_token": ASSISTANT_END,
         "model_max_length": checkpoint.model.config.seq_len,
         "model_input_names": ["input_ids", "attention_mask"],  # no token_type_ids: generate(**inputs) refuses them
         "clean_up_tokenization_spaces": False,

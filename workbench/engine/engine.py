@@ -33,6 +33,7 @@ import torch
 from workbench.engine.batch import Batch
 from workbench.engine.rows import Completion, Event, RowGroup
 from workbench.engine.sampling import SamplingParams, sample_next
+from workbench.tokenizer import ASSISTANT_START
 
 
 class ContextLengthExceeded(ValueError):
@@ -331,7 +332,7 @@ class Engine:
         answering = rest[-1].get("role") == "assistant"
         if answering:
             turns[-1] = turns[-1][:-1]  # no <|assistant_end|>: the model goes on with this answer
-        tail = [] if answering else [tokenizer.special_id("<|assistant_start|>")]
+        tail = [] if answering else [tokenizer.special_id(ASSISTANT_START)]
         last_user = len(turns) - (2 if answering else 1)
 
         def first_turn(index: int) -> list[int]:  # turn `index` opening the prompt, system text folded in

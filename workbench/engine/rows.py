@@ -17,6 +17,18 @@ import torch
 
 from workbench.engine.sampling import SamplingParams, make_generator, sample_next
 from workbench.engine.streaming import StopFilter, TextStream
+from workbench.tokenizer import (
+    ASSISTANT_END,
+    ASSISTANT_START,
+    BOS,
+    OUTPUT_END,
+    OUTPUT_START,
+    PYTHON_END,
+    PYTHON_START,
+    THINK_END,
+    THINK_START,
+    USER_START,
+)
 from workbench.tools import CalculatorError, calculate
 
 
@@ -57,9 +69,11 @@ class _Row:
         # tool_text(kind, text): how a tool block reads in the answer's text (a server's fenced
         # blocks); stop strings then apply to those blocks too. None: tool blocks are not text.
         self.tool_text = tool_text
-        self.special = {name: tokenizer.special_id(f"<|{name}|>") for name in (
-            "bos", "user_start", "assistant_start", "assistant_end", "think_start", "think_end",
-            "python_start", "python_end", "output_start", "output_end")}
+        self.special = {name: tokenizer.special_id(token) for name, token in (
+            ("bos", BOS), ("user_start", USER_START), ("assistant_start", ASSISTANT_START),
+            ("assistant_end", ASSISTANT_END), ("think_start", THINK_START), ("think_end", THINK_END),
+            ("python_start", PYTHON_START), ("python_end", PYTHON_END), ("output_start", OUTPUT_START),
+            ("output_end", OUTPUT_END))}
         self.stop_ids = {self.special[name] for name in ("bos", "user_start", "assistant_start", "assistant_end")}
         self.max_tokens = params.max_tokens
         self.use_tools = use_tools

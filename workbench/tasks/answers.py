@@ -20,10 +20,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from workbench.tokenizer import SPECIAL_TOKENS
+from workbench.tokenizer import (
+    ASSISTANT_END,
+    ASSISTANT_START,
+    BOS,
+    OUTPUT_START,
+    PYTHON_START,
+    SPECIAL_TOKENS,
+    THINK_END,
+    THINK_START,
+    USER_START,
+)
 
-BOS, USER_START, USER_END, ASSISTANT_START, ASSISTANT_END = SPECIAL_TOKENS[:5]
-PYTHON_START, PYTHON_END, OUTPUT_START, OUTPUT_END, THINK_START, THINK_END = SPECIAL_TOKENS[5:]
 # where a completion ends: the turn's end, or a token that can only mean the model left its turn
 END_MARKERS = frozenset({ASSISTANT_END, BOS, USER_START, ASSISTANT_START})
 _MARKER = re.compile("(" + "|".join(re.escape(token) for token in SPECIAL_TOKENS) + ")")
