@@ -188,3 +188,19 @@ def test_the_fake_tool_only_answer_is_the_models_own_number(tiny_tokenizer):
     spelled = parse_tokens(tiny_tokenizer, token_ids(tiny_tokenizer, CALL + END, markers_as_text=True))
     assert eval_number_right(spelled, "42") and gsm8k_task.reward(spelled, "42") == 1.0
     assert tool.reward(spelled, "42") == 0.5 and tool.reward(parse_text(CALL + END), "42") == 1.0
+
+
+def test_the_task_layer_sits_below_the_evals_and_training():
+    """Tasks import the evals' file readers and sandbox, never train/ or an eval runner (which
+    import the tasks): the import graph stays a DAG, function-local imports included."""
+    from test_architecture import PACKAGE, import_graph
+
+    graph = import_graph(PACKAGE, at_import_time=False)
+    task_modules = [module for module in graph if module.startswith("workbench.tasks")]
+    assert "workbench.tasks.gsm8k" in task_modules and "workbench.train.grpo" in graph
+    allowed = {"workbench.evals", "workbench.evals.common", "workbench.evals.sandbox"}
+    reaching = {module: sorted(target for target in graph[module]
+                               if target.startswith("workbench.train") or
+                               (target.startswith("workbench.evals") and target not in allowed))
+                for module in task_modules}
+    assert not {module: targets for module, targets in reaching.items() if targets}
