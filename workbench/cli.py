@@ -22,7 +22,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "sft": ("workbench.train.sft", "supervised fine-tuning on chat JSONL [--resume] [--detach]"),
     "grpo": ("workbench.train.grpo", "reinforcement learning with GRPO [--resume] [--detach]"),
     "eval": ("workbench.evals.cli", "evaluate a checkpoint: --tasks bpb,arc-easy,...,humaneval"),
-    "report": ("workbench.evals.report", "write runs/NAME/report.md from a run's results"),
+    "report": ("workbench.report_cli", "write runs/NAME/report.md from a run's results"),
     "chat": ("workbench.engine.chat_cli", "chat with a checkpoint in the terminal [-p PROMPT]"),
     "quantize": ("workbench.engine.quantize", "write an INT8 copy of a checkpoint"),
     "export": ("workbench.export_cli", "write a checkpoint for other tools: --format hf|safetensors --out DIR"),

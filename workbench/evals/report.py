@@ -1,4 +1,5 @@
-"""`picochat report RUN`: one page on what a run did, in the spirit of nanochat's report card.
+"""The run report: one page on what a run did, in the spirit of nanochat's report card (the
+`picochat report RUN` verb is workbench/report_cli.py).
 
 Gathered from the run folder runs/NAME and its stage siblings (NAME-sft, NAME-grpo, NAME-eval):
 the frozen config, the machine, software versions and git commit, each stage's wall time, steps,
@@ -13,7 +14,6 @@ than 10 minutes, e.g. between a stop and a --resume, are left out).
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -29,23 +29,6 @@ from workbench.evals.common import SCORE_KEYS, TASKS, headline_score
 from workbench.stages import REPORT_COLUMNS, TRAINING_STAGES, WORKER_STAGES
 
 SESSION_GAP_SECONDS = 600.0
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", help="the run folder (runs/NAME); its -sft/-grpo siblings are included")
-    parser.add_argument("--quiet", action="store_true", help="print only the report's path")
-
-
-def run(args: argparse.Namespace) -> int:
-    path = write_report(args.run)
-    if not args.quiet:
-        from rich.console import Console
-        from rich.markdown import Markdown
-
-        text = path.read_text(encoding="utf-8")
-        Console().print(Markdown(text.split("\n## Config", 1)[0]))
-    print(f"report: {path} (and {path.with_suffix('.json').name})")
-    return 0
 
 
 # ---------------------------------------------------------------------------------------------
