@@ -17,6 +17,7 @@ from workbench.evals.common import Progress, TaskResult, mean, no_progress
 from workbench.evals.reasoning import reasoning_metrics
 from workbench.tasks import gsm8k as task
 from workbench.tasks.answers import ParsedCompletion, final_number, parse
+from workbench.tasks.base import prompt_tokens
 from workbench.tasks.gsm8k import Problem
 
 
@@ -36,17 +37,11 @@ def score(problems: list[Problem], completions: list[str | ParsedCompletion],
                       details=details)
 
 
-def prompt_ids(tokenizer, problem: Problem, chat: bool) -> list[int]:
-    if chat:
-        return tokenizer.render_for_completion(task.messages(problem))
-    return [tokenizer.bos_id] + tokenizer.encode(task.plain_prompt(problem))
-
-
 def evaluate(engine, tokenizer, problems: list[Problem], chat: bool, max_new_tokens: int, seed: int | None,
              progress: Progress = no_progress) -> TaskResult:
     from workbench.evals.generation import generate_all
 
-    prompts = [prompt_ids(tokenizer, p, chat) for p in problems]
+    prompts = [prompt_tokens(tokenizer, task.messages(p), task.plain_prompt(p), chat) for p in problems]
     stop = [] if chat else ["\nQuestion:", "\n\n"]
     outputs = generate_all(engine, tokenizer, prompts, max_new_tokens, seed, stop=stop, use_tools=True,
                            progress=progress)

@@ -17,6 +17,7 @@ from workbench.evals.reasoning import reasoning_metrics
 from workbench.evals.sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT
 from workbench.tasks import humaneval as task
 from workbench.tasks.answers import ParsedCompletion, parse
+from workbench.tasks.base import prompt_tokens
 from workbench.tasks.humaneval import STOP_SEQUENCES, Problem
 
 
@@ -50,18 +51,12 @@ def score(problems: list[Problem], completions: list[str | ParsedCompletion], ti
                       details=details)
 
 
-def prompt_ids(tokenizer, problem: Problem, chat: bool) -> list[int]:
-    if chat:
-        return tokenizer.render_for_completion(task.messages(problem))
-    return [tokenizer.bos_id] + tokenizer.encode(task.plain_prompt(problem))
-
-
 def evaluate(engine, tokenizer, problems: list[Problem], chat: bool, max_new_tokens: int, seed: int | None,
              progress: Progress = no_progress) -> TaskResult:
     from workbench.evals.generation import generate_all
 
     total = 2 * len(problems)
-    prompts = [prompt_ids(tokenizer, p, chat) for p in problems]
+    prompts = [prompt_tokens(tokenizer, task.messages(p), task.plain_prompt(p), chat) for p in problems]
     outputs = generate_all(engine, tokenizer, prompts, max_new_tokens, seed,
                            stop=[] if chat else STOP_SEQUENCES, use_tools=False,
                            progress=lambda done, _t: progress(done, total))

@@ -69,6 +69,14 @@ def read_records(path: str | Path, read: Callable[[dict[str, Any], str], Record]
     return records
 
 
+def prompt_tokens(tokenizer, messages: list[dict[str, Any]], plain: str, chat: bool) -> list[int]:
+    """A prompt's token ids: the chat messages for a chat model (ending in <|assistant_start|>), else
+    the plain text after <|bos|>, for a base model that has never seen the chat format."""
+    if chat:
+        return tokenizer.render_for_completion(messages)
+    return [tokenizer.bos_id] + tokenizer.encode(plain)
+
+
 def training_file(path: Path) -> Path:
     """A task's data file, which GRPO reads from [eval] data_dir: BadInput when it is missing."""
     if not path.exists():
