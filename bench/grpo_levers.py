@@ -36,6 +36,7 @@ VARIANTS: dict[str, dict] = {
 
 def main() -> None:
     from workbench import config as config_module
+    from workbench import stages
     from workbench.train.grpo import grpo
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
 
     base = config_module.load(args.config)
-    init = args.init or base.grpo.init_from or str(base.stage_dir("sft"))
+    init = args.init or base.grpo.init_from or str(stages.run_dir(base, "sft"))
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     for name in args.variants:

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from workbench import stages
 from workbench.tasks import arc, gsm8k
 from workbench.tasks.answers import chosen_letter as extract_letter
 from workbench.tasks.answers import final_number
@@ -224,7 +225,7 @@ def test_tiny_grpo_run_raises_the_reward_and_resumes(make_tiny_config, tiny_chec
                                  "prompts_per_step": 2, "max_new_tokens": 6, "lr_scale": 0.5, "save_every": 15})
     result = grpo.grpo(cfg, verbose=False, task=task)
     assert result.step == 30 and not result.stopped
-    records = runs.read_metrics(cfg.stage_dir("grpo"), kind="grpo")
+    records = runs.read_metrics(stages.run_dir(cfg, "grpo"), kind="grpo")
     assert [r["step"] for r in records] == list(range(1, 31))
     for field in ("reward_mean", "reward_std", "zero_variance_fraction", "completion_length", "accuracy",
                   "loss", "lr"):
@@ -232,7 +233,7 @@ def test_tiny_grpo_run_raises_the_reward_and_resumes(make_tiny_config, tiny_chec
     first = sum(r["reward_mean"] for r in records[:8]) / 8
     last = sum(r["reward_mean"] for r in records[-8:]) / 8
     assert 0 < first < 0.9 and last > first + 0.2, (first, last)
-    assert len(runs.read_metrics(cfg.stage_dir("grpo"), kind="train")) == 30
+    assert len(runs.read_metrics(stages.run_dir(cfg, "grpo"), kind="train")) == 30
     meta = load_checkpoint(result.last_checkpoint).meta
     assert meta["stage"] == "grpo" and meta["init_from"] == str(tiny_checkpoint)
 
@@ -240,10 +241,10 @@ def test_tiny_grpo_run_raises_the_reward_and_resumes(make_tiny_config, tiny_chec
     import shutil
 
     cut = make_tiny_config(grpo=dict(cfg.grpo.__dict__, init_from=str(tiny_checkpoint)))
-    shutil.copytree(cfg.stage_dir("grpo") / "checkpoints" / "step_000015",
-                    cut.stage_dir("grpo") / "checkpoints" / "step_000015")
+    shutil.copytree(stages.run_dir(cfg, "grpo") / "checkpoints" / "step_000015",
+                    stages.run_dir(cut, "grpo") / "checkpoints" / "step_000015")
     grpo.grpo(cut, resume=True, verbose=False, task=task)
-    resumed = runs.read_metrics(cut.stage_dir("grpo"), kind="grpo")
+    resumed = runs.read_metrics(stages.run_dir(cut, "grpo"), kind="grpo")
     assert [r["step"] for r in resumed] == list(range(16, 31))
     assert [r["reward_mean"] for r in resumed] == [r["reward_mean"] for r in records[15:]]
 
@@ -260,19 +261,19 @@ def test_iterations_per_batch_make_the_clip_bite_and_the_end_is_compared_with_th
                 "max_new_tokens": 6, "lr_scale": 0.5, "save_every": 3, "clip_epsilon": 0.05}
     once = make_tiny_config(grpo=settings)
     grpo.grpo(once, verbose=False, task=task)
-    assert all(r["clip_fraction"] == 0 for r in runs.read_metrics(once.stage_dir("grpo"), kind="grpo")
+    assert all(r["clip_fraction"] == 0 for r in runs.read_metrics(stages.run_dir(once, "grpo"), kind="grpo")
                if r["updated"])  # one iteration: the ratio is always 1
 
     repeated = make_tiny_config(grpo={**settings, "iterations_per_batch": 3, "loss_normalization": "sequence"})
     result = grpo.grpo(repeated, verbose=False, task=task)
-    records = [r for r in runs.read_metrics(repeated.stage_dir("grpo"), kind="grpo") if r["updated"]]
+    records = [r for r in runs.read_metrics(stages.run_dir(repeated, "grpo"), kind="grpo") if r["updated"]]
     assert records and any(r["clip_fraction"] > 0 for r in records)
 
     # the end is measured against the frozen start on the same 12 held-out prompts, paired
-    start, end = runs.read_metrics(repeated.stage_dir("grpo"), kind="eval")
+    start, end = runs.read_metrics(stages.run_dir(repeated, "grpo"), kind="eval")
     assert start["step"] == 0 and start["no-e_held_out"] == 12 and "no-e_greedy_gain" not in start
     change = end["no-e_greedy_accuracy"] - start["no-e_greedy_accuracy"]
     assert end["no-e_greedy_gain"] == pytest.approx(change)
     assert end["no-e_greedy_gain_low"] <= change <= end["no-e_greedy_gain_high"]
     assert result.gains["no-e"][0] == pytest.approx(change)
-    assert "no-e held-out greedy accuracy" in runs.read_status(repeated.stage_dir("grpo"))["message"]
+    assert "no-e held-out greedy accuracy" in runs.read_status(stages.run_dir(repeated, "grpo"))["message"]

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from workbench import runs
+from workbench import runs, stages
 from workbench.checkpoint import load_checkpoint
 from workbench.cli import main
 from workbench.config import MAX_SEED
@@ -50,7 +50,7 @@ def test_sft_teaches_the_chat_format_and_resumes_exactly(make_tiny_config, tiny_
                  "train": {"keep_last": 0}}
     cfg = make_tiny_config(**overrides)
     result = sft(cfg, verbose=False)
-    run_dir = cfg.stage_dir("sft")
+    run_dir = stages.run_dir(cfg, "sft")
     assert run_dir.name.endswith("-sft") and result.step == 40 and not result.stopped
 
     # the checkpoint is a chat model with a resumable sampler position
@@ -73,12 +73,12 @@ def test_sft_teaches_the_chat_format_and_resumes_exactly(make_tiny_config, tiny_
 
     # stop after step 20 (keep that checkpoint only) and resume: steps 21..40 are identical
     cut = make_tiny_config(**overrides)
-    shutil.copytree(run_dir / "checkpoints" / "step_000020", cut.stage_dir("sft") / "checkpoints" / "step_000020")
+    shutil.copytree(run_dir / "checkpoints" / "step_000020", stages.run_dir(cut, "sft") / "checkpoints" / "step_000020")
     with pytest.raises(BadInput, match="--resume"):
         sft(cut, verbose=False)
     resumed = sft(cut, resume=True, verbose=False)
     assert resumed.step == 40
-    full, again = train_losses(run_dir), train_losses(cut.stage_dir("sft"))
+    full, again = train_losses(run_dir), train_losses(stages.run_dir(cut, "sft"))
     assert sorted(again) == list(range(21, 41))
     assert all(again[step] == full[step] for step in again)
     a = load_checkpoint(result.last_checkpoint).model.state_dict()
@@ -100,7 +100,7 @@ def test_thirty_facts_from_a_folder_without_meta_json_train_on_all_without_evalu
                                 "val_fraction": 0.0, "eval_every": 0, "save_every": 4})
     result = sft(cfg, verbose=False)
     assert result.step == 4 and not result.stopped
-    run_dir = cfg.stage_dir("sft")
+    run_dir = stages.run_dir(cfg, "sft")
     assert runs.read_metrics(run_dir, kind="eval") == []  # eval_every = 0: never
     events = [r["message"] for r in runs.read_metrics(run_dir, kind="event")]
     assert "no evaluations: [sft] eval_every = 0" in events

@@ -9,7 +9,7 @@ from workbench import runs
 from workbench.cli import main
 from workbench.errors import BadInput
 from workbench.speedrun import chat_checkpoint
-from workbench.stages import training_state
+from workbench.stages import run_dir, training_state
 
 ASSET_EVALS = Path(__file__).resolve().parent.parent / "assets" / "evals"
 
@@ -40,9 +40,9 @@ def test_make_chat_picks_the_most_post_trained_stage(make_tiny_config, capsys):
     _fake_checkpoint(cfg.out_dir, 10)
     newest = _fake_checkpoint(cfg.out_dir, 20)
     assert chat_checkpoint(cfg) == newest  # the newest of pretraining
-    sft = _fake_checkpoint(cfg.stage_dir("sft"), 5)
+    sft = _fake_checkpoint(run_dir(cfg, "sft"), 5)
     assert chat_checkpoint(cfg) == sft  # a chat model beats a newer base model
-    grpo = _fake_checkpoint(cfg.stage_dir("grpo"), 2)
+    grpo = _fake_checkpoint(run_dir(cfg, "grpo"), 2)
     assert main(["speedrun", config_path, "--chat-checkpoint"]) == 0
     assert capsys.readouterr().out.strip() == str(grpo)
 
@@ -68,13 +68,13 @@ def test_speedrun_end_to_end_and_idempotent(make_tiny_config, capsys):
     assert "pretrain -> sft -> grpo" in output
 
     assert runs.read_status(cfg.out_dir)["state"] == "done"
-    sft_meta = json.loads((runs.list_checkpoints(cfg.stage_dir("sft"))[-1] / "meta.json").read_text())
-    final = runs.list_checkpoints(cfg.stage_dir("grpo"))[-1]
+    sft_meta = json.loads((runs.list_checkpoints(run_dir(cfg, "sft"))[-1] / "meta.json").read_text())
+    final = runs.list_checkpoints(run_dir(cfg, "grpo"))[-1]
     assert sft_meta["stage"] == "sft" and json.loads((final / "meta.json").read_text())["stage"] == "grpo"
     # base -> SFT -> RL: the same tasks on each stage's last checkpoint, side by side in the report
     tasks = {"bpb", "arc-easy", "arc-challenge", "mmlu", "gsm8k", "humaneval", "chatcore"}
     for stage in ("pretrain", "sft", "grpo"):
-        evals = json.loads((runs.list_checkpoints(cfg.stage_dir(stage))[-1] / "evals.json").read_text())
+        evals = json.loads((runs.list_checkpoints(run_dir(cfg, stage))[-1] / "evals.json").read_text())
         assert set(evals) == tasks and evals["gsm8k"]["limit"] == 2, stage
     table = json.loads((cfg.out_dir / "report.json").read_text())["table"]
     assert [column.split(" ")[0] for column in table["header"][2:]] == ["pretrain", "sft", "grpo"]

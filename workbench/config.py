@@ -302,13 +302,6 @@ class Config:
     def out_dir(self) -> Path:
         return self.resolve_path(self.run.out_dir or f"runs/{self.run.name}")
 
-    def stage_dir(self, stage: str) -> Path:
-        """The run folder a stage writes: prepare, tokenizer, pretrain and eval share the run's
-        folder; sft and grpo get sibling folders (runs/NAME-sft, runs/NAME-grpo)."""
-        if stage in ("sft", "grpo"):
-            return self.out_dir.with_name(f"{self.out_dir.name}-{stage}")
-        return self.out_dir
-
     @property
     def data_dir(self) -> Path:
         return self.resolve_path(self.data.dir) if self.data.dir else self.out_dir / "data"

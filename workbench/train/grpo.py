@@ -52,6 +52,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from workbench import stages
 from workbench.tasks.base import HELD_OUT_SEED_OFFSET, Prompt, Task
 from workbench.tasks.registry import build_task
 from workbench.train import runner
@@ -315,13 +316,13 @@ def run(args: argparse.Namespace) -> int:
         start_checkpoint(cfg, args.resume)
         build_task(cfg)
 
-    return runner.launch(args, "grpo", cfg.stage_dir("grpo"), check=check, train=lambda: grpo(cfg, resume=args.resume))
+    return runner.launch(args, "grpo", stages.run_dir(cfg, "grpo"), check=check, train=lambda: grpo(cfg, resume=args.resume))
 
 
 def start_checkpoint(cfg, resume: bool, worker: bool = False):
     """(the checkpoint GRPO starts from: [grpo] init_from or the newest SFT one, the GRPO run's
     newest checkpoint when resuming), after the run folder's guard (runner.start_checkpoint)."""
-    return runner.start_checkpoint(cfg, "grpo", cfg.grpo.init_from, cfg.stage_dir("sft"), "sft", resume,
+    return runner.start_checkpoint(cfg, "grpo", cfg.grpo.init_from, stages.run_dir(cfg, "sft"), "sft", resume,
                                    worker=worker)
 
 
@@ -358,7 +359,7 @@ def _grpo(cfg, resume: bool, verbose: bool, task: Task | None, stage_run: runner
     init, newest = start_checkpoint(cfg, resume, worker=True)
     task = task or build_task(cfg)
     device = resolve_device(cfg.run.device)
-    run_dir = cfg.stage_dir("grpo")
+    run_dir = stages.run_dir(cfg, "grpo")
     seed_everything(cfg.run.seed)
 
     checkpoint = load_checkpoint(init, device=device, with_optimizer=newest is not None)

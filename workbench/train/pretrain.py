@@ -26,6 +26,7 @@ import argparse
 import time
 from pathlib import Path
 
+from workbench import stages
 from workbench.errors import BadInput
 from workbench.train import runner
 
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_module.load(args.config)
     if runner.check_budget(args.budget):
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, time_budget=args.budget))
-    return runner.launch(args, "pretrain", cfg.stage_dir("pretrain"), check=lambda: check_inputs(cfg, args.resume),
+    return runner.launch(args, "pretrain", stages.run_dir(cfg, "pretrain"), check=lambda: check_inputs(cfg, args.resume),
                          train=lambda: pretrain(cfg, resume=args.resume))
 
 
@@ -124,7 +125,7 @@ def _pretrain(cfg, resume: bool, dist, verbose: bool, stage_run: runner.StageRun
     if cfg.model.kind == "gpt" and device.type == "cpu" and uses_flex(cfg.model.attention, device):
         raise BadInput('[model] attention = "flex": torch has no flex_attention backward on the CPU; '
                        'train here with "auto" or "sdpa"')
-    run_dir = cfg.stage_dir("pretrain")
+    run_dir = stages.run_dir(cfg, "pretrain")
     train_cfg, seq_len = cfg.train, cfg.model.seq_len
     rows_per_step = train_cfg.total_batch_tokens // (train_cfg.device_batch_size * seq_len)
     if rows_per_step % dist.world_size:

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from workbench import stages
 from workbench.errors import BadInput
 from workbench.runs import RunWriter, freeze_config, unlock_run_folder
 
@@ -106,7 +107,7 @@ def guard(cfg, stage: str, resume: bool, worker: bool = False, is_main: bool = T
     Returns the newest checkpoint to resume from (None: start fresh)."""
     from workbench.checkpoint_files import guard_run_folder
 
-    return guard_run_folder(cfg.stage_dir(stage), stage, resume, check_running=is_main, take_lock=worker)
+    return guard_run_folder(stages.run_dir(cfg, stage), stage, resume, check_running=is_main, take_lock=worker)
 
 
 def start_checkpoint(cfg, stage: str, init_from: str, default_source: Path, source_verb: str,
@@ -167,7 +168,7 @@ class StageRun:
     rank 0 writes the folder."""
 
     def __init__(self, cfg, stage: str, dist=None):
-        self.stage, self.run_dir = stage, cfg.stage_dir(stage)
+        self.stage, self.run_dir = stage, stages.run_dir(cfg, stage)
         self.is_main = dist is None or dist.is_main
         self.writer: RunWriter | QuietWriter = QuietWriter()
         self._writers = contextlib.ExitStack()

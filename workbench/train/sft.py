@@ -27,6 +27,7 @@ import argparse
 import math
 import time
 
+from workbench import stages
 from workbench.errors import BadInput
 from workbench.train import runner
 
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_module.load(args.config)
     budget = runner.check_budget(args.budget)
-    return runner.launch(args, "sft", cfg.stage_dir("sft"), check=lambda: start_checkpoint(cfg, args.resume),
+    return runner.launch(args, "sft", stages.run_dir(cfg, "sft"), check=lambda: start_checkpoint(cfg, args.resume),
                          train=lambda: sft(cfg, resume=args.resume, budget=budget or ""))
 
 
@@ -72,7 +73,7 @@ def _sft(cfg, resume: bool, verbose: bool, budget: str, stage_run: runner.StageR
     runner.single_process("sft")
     init, newest = start_checkpoint(cfg, resume, worker=True)
     device = resolve_device(cfg.run.device)
-    run_dir = cfg.stage_dir("sft")
+    run_dir = stages.run_dir(cfg, "sft")
     seed_everything(cfg.run.seed)
     data = load_datasets(cfg.sft.datasets, cfg.resolve_path, cfg.run.seed, cfg.sft.val_fraction,
                          tuple(cfg.sft.turn_prefixes))
