@@ -264,12 +264,16 @@ def test_a_final_assistant_message_is_continued(server, engine):
 
 def test_stop_strings_apply_to_tool_blocks_in_the_content(engine):
     """A stop string inside a calculator call as the content shows it ("```tool_call\\n2+3"): the
-    answer ends there, the tool never runs."""
+    answer ends there, the tool never runs. One that spans a block's edge ("see.\\n```", text then
+    call; "```\\nIt", output then text) ends it too."""
     tokenizer = engine.tokenizer
     script = [*tokenizer.encode("Let me see."), tokenizer.special_id("<|python_start|>"), *tokenizer.encode("2+3"),
               tokenizer.special_id("<|python_end|>"), *tokenizer.encode("It is 5.")]
+    whole = "Let me see.\n```tool_call\n2+3\n```\n```tool_output\n5\n```\nIt is 5."
     for stop, expected, reason in (("2+3", "Let me see.\n```tool_call\n", "stop"),
-                                   ("nowhere", "Let me see.\n```tool_call\n2+3\n```\n```tool_output\n5\n```\n", None)):
+                                   ("see.\n```tool", "Let me ", "stop"),
+                                   ("```\nIt", "Let me see.\n```tool_call\n2+3\n```\n```tool_output\n5\n", "stop"),
+                                   ("nowhere", whole, None)):
         group = RowGroup(tokenizer, [tokenizer.bos_id], SamplingParams(temperature=0, stop=[stop]),
                          tool_text=protocol.tool_block_text)
         text = ""
@@ -285,7 +289,10 @@ def test_stop_strings_apply_to_tool_blocks_in_the_content(engine):
             _, produced = group.advance(logits)
             text += "".join(protocol.tool_block_text(e.kind, e.text) if e.kind.startswith("tool") else e.text
                             for _, events in produced for e in events)
-        assert text.startswith(expected) and group.rows[0].finish_reason == reason
+        assert (text == expected if reason else text.startswith(expected)) and group.rows[0].finish_reason == reason
+        completion = group.rows[0].completion(1)
+        assert [call["expression"] for call in completion.tool_calls] == ([] if stop in ("2+3", "see.\n```tool")
+                                                                          else ["2+3"])
 
 
 # ---- failures inside generation ----

@@ -85,7 +85,15 @@ class _Row:
         self.mode = "text"  # text | thought | tool_call | tool_output
         self.stream = TextStream(tokenizer.token_to_bytes)
         self.stop_filter = StopFilter(params.stop)
+        # The answer's text not emitted yet, as (kind, what its event carries, how the answer's text
+        # shows it): text pieces, and tool blocks when tool_text makes them text, held while a stop
+        # string could still begin in them. A stop string may span the edge of a tool block ("\n\n"
+        # across a text's last newline and a call's first), so the filter reads the blocks too.
+        self.held: list[tuple[str, str, str]] = []
+        self.held_start = 0  # where the first held piece begins in the answer's text
+        self.safe = 0  # up to here no stop string can begin
         self.tool_ids: list[int] = []  # the call or output being read
+        self.expression = ""  # the last tool call read, for the calculator
         # what the row has said so far, for Completion
         self.text_parts: list[str] = []
         self.thought_parts: list[str] = []
@@ -97,7 +105,7 @@ class _Row:
         self.sampled_mask.append(1 if sampled else 0)
         events: list[Event] = []
         if token in self.stop_ids:
-            self._end_segment(events)
+            self._end_segment(events, ending=True)
             self._finish("stop")
         elif token == self.special["think_start"]:
             self._end_segment(events)
@@ -114,7 +122,7 @@ class _Row:
             was_call = self.mode == "tool_call"
             self._end_segment(events)
             if was_call and token == self.special["python_end"] and self.use_tools and not self.finished:
-                output = run_tool(self.tool_calls[-1]["expression"])
+                output = run_tool(self.expression)
                 self.forced.extend([self.special["output_start"], *self.tokenizer.encode(output),
                                     self.special["output_end"]])
         elif self.tokenizer.is_special(token):
@@ -124,14 +132,14 @@ class _Row:
         else:
             self._emit(self.stream.push(token), events)
         if not self.finished and len(self.tokens) >= self.max_tokens:
-            self._end_segment(events)
+            self._end_segment(events, ending=True)
             self._finish("length")
         return events
 
     def finish_length(self) -> list[Event]:
         """The context is full: end the row where it stands."""
         events: list[Event] = []
-        self._end_segment(events)
+        self._end_segment(events, ending=True)
         self._finish("length")
         return events
 
@@ -146,51 +154,73 @@ class _Row:
                 self.thought_parts.append(piece)
                 events.append(Event("thought", piece))
             return
-        shown = self.stop_filter.push(piece)
-        if shown:
-            self.text_parts.append(shown)
-            events.append(Event("text", shown))
-        if self.stop_filter.stopped:
-            self._finish("stop")
+        self._add("text", piece, piece, events)
 
-    def _end_segment(self, events: list[Event]) -> None:
-        """Close the current text/thought/tool segment, releasing anything it held back."""
+    def _end_segment(self, events: list[Event], ending: bool = False) -> None:
+        """Close the current text/thought/tool segment. Held text is released when the row ends
+        here, or at every segment's end when tool blocks are not text (nothing can join them)."""
         if self.mode in ("tool_call", "tool_output"):
             text = self.tokenizer.decode_bytes(self.tool_ids).decode("utf-8", errors="replace")
             self.tool_ids = []
-            if self._stopped_inside_tool_block(self.mode, text, events):
-                self.mode = "text"
-                return
             if self.mode == "tool_call":
-                self.tool_calls.append({"expression": text, "output": ""})
-                events.append(Event("tool_call", text))
-            else:
-                if self.tool_calls and not self.tool_calls[-1]["output"]:
-                    self.tool_calls[-1]["output"] = text
-                events.append(Event("tool_output", text))
+                self.expression = text
+            if self.tool_text is None:
+                self._event(self.mode, text, events)
+            else:  # a stop string may begin before the block, inside it, or end after it
+                self._add(self.mode, text, self.tool_text(self.mode, text), events)
         else:
             self._emit(self.stream.flush(), events)
-            if self.mode == "text" and not self.finished:
-                tail = self.stop_filter.flush()
-                if tail:
-                    self.text_parts.append(tail)
-                    events.append(Event("text", tail))
+        if not self.finished and (ending or self.tool_text is None):
+            self.stop_filter.flush()
+            self.safe = self.held_start + sum(len(shown) for _, _, shown in self.held)
+            self._release(self.safe, events)
         self.mode = "text"
 
-    def _stopped_inside_tool_block(self, kind: str, text: str, events: list[Event]) -> bool:
-        """A stop string inside a tool block as the answer's text shows it: the text up to the
-        stop string is the end of the answer (the tool does not run)."""
-        if self.tool_text is None or not self.stop_filter.stops:
-            return False
-        block = self.tool_text(kind, text)
-        hits = [index for index in (block.find(stop) for stop in self.stop_filter.stops) if index >= 0]
-        if not hits:
-            return False
-        if min(hits):
-            self.text_parts.append(block[:min(hits)])
-            events.append(Event("text", block[:min(hits)]))
-        self._finish("stop")
-        return True
+    def _add(self, kind: str, carried: str, shown: str, events: list[Event]) -> None:
+        """The answer's text goes on by `shown`: emit what no stop string can claim any more, or
+        end the answer where one begins (the tool of a call it cuts never runs)."""
+        if not shown:  # part of a character: nothing to read yet
+            return
+        self.held.append((kind, carried, shown))
+        safe = self.stop_filter.push(shown)
+        if self.stop_filter.stopped:
+            self._release(self.safe + len(safe), events, cut=True)
+            self.held.clear()
+            self._finish("stop")
+            return
+        self.safe += len(safe)
+        self._release(self.safe, events)
+
+    def _release(self, upto: int, events: list[Event], cut: bool = False) -> None:
+        """Emit the held pieces that end by `upto` in the answer's text. A text piece is emitted in
+        part; a tool block only whole, unless the answer is cut there (then its start reads as text)."""
+        position = self.held_start
+        while self.held and position < upto:
+            kind, carried, shown = self.held[0]
+            end = position + len(shown)
+            if end <= upto:
+                self._event(kind, carried, events)
+                self.held.pop(0)
+            elif kind == "text" or cut:
+                self._event("text", shown[:upto - position], events)
+                self.held[0] = (kind, carried[upto - position:], shown[upto - position:])
+                end = upto
+            else:
+                break
+            position = end
+        self.held_start = position
+
+    def _event(self, kind: str, text: str, events: list[Event]) -> None:
+        if kind == "tool_call":
+            self.tool_calls.append({"expression": text, "output": ""})
+        elif kind == "tool_output":
+            if self.tool_calls and not self.tool_calls[-1]["output"]:
+                self.tool_calls[-1]["output"] = text
+        elif not text:
+            return
+        else:
+            self.text_parts.append(text)
+        events.append(Event(kind, text))
 
     def done_event(self, prompt_tokens: int) -> Event:
         return Event("done", finish_reason=self.finish_reason, prompt_tokens=prompt_tokens,
