@@ -117,11 +117,11 @@ def completion_code(problem: Problem, answer: str) -> str:
 
 
 def assemble_program(problem: Problem, answer: str) -> str:
-    return completion_code(problem, answer) + "\n\n" + problem.test + "\n\n" + plain_data_check(problem)
+    return completion_code(problem, answer) + "\n\n" + problem.test + "\n\n" + _plain_data_check(problem)
 
 
 # The program's last lines (see the module doc). ENTRY_POINT, BUILTIN_NAMES and LINES_AFTER_CHECK are
-# filled in by plain_data_check. Every name here but `check` and ENTRY_POINT in the first line (whose
+# filled in by _plain_data_check. Every name here but `check` and ENTRY_POINT in the first line (whose
 # values it checks) is a parameter or a local: none can have been rebound.
 PLAIN_DATA_CHECK = '''
 # picochat: the tests see only plain data from the candidate (workbench/tasks/humaneval.py says why)
@@ -191,7 +191,7 @@ def _picochat_plain_data_only(check, candidate):
 LINE_MARKER = "where the plain-data check is"
 
 
-def plain_data_check(problem: Problem) -> str:
+def _plain_data_check(problem: Problem) -> str:
     """PLAIN_DATA_CHECK for this problem: its entry point, the builtins its tests look up by name and
     how many lines its check's `def` is above the marker, all read here from the tests' text (which
     the model never wrote) by compiling, never running, it."""
