@@ -479,13 +479,17 @@ def parse_metrics_lines(lines: list[str]) -> tuple[list[dict[str, Any]], int]:
 def _typed_record(record: dict[str, Any]) -> dict[str, Any]:
     """The record without the fields a reader would trip on: non-finite numbers anywhere, known
     numeric fields (and any *_reward) that are neither numbers nor null, kind or stage that are
-    not text.
+    not text, an MFU outside 0..100 %.
     One pass over the values; what a worker writes comes through unchanged."""
     wrong = []
     for key, value in record.items():
         value_type = type(value)
         if value_type is float or value_type is int:
             if key in METRIC_TEXT_FIELDS or not is_number(value):
+                wrong.append(key)
+            elif key == "mfu" and not 0 <= value <= 100:
+                # no step beats the hardware: runs from before issue 19 measured the peak on a busy
+                # machine and logged MFU 201%; shown missing rather than impossible
                 wrong.append(key)
         elif value is None:  # a writer's NaN or "not measured": readers expect it
             continue
