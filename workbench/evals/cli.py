@@ -76,9 +76,16 @@ def print_table(results: dict[str, dict[str, Any]], title: str) -> None:
 def print_results(evaluation: Evaluation) -> None:
     """The table of an evaluation's results, then where they were saved."""
     path, folder = evaluation.checkpoint, evaluation.records
-    # RUN/step_N, or RUN/int8/step_N for an INT8 copy: the title says which was evaluated
-    label = path.name if path.parent.name == "checkpoints" else f"{path.parent.name}/{path.name}"
-    print_table(evaluation.results, f"{path.parent.parent.name}/{label}")
+    # RUN/step_N, or RUN/int8/step_N for an INT8 copy: the title says which was evaluated; a
+    # checkpoint folder outside a run (a shipped model) goes by its own name
+    where = path.resolve()  # given as "." or "nometa": the real folder names
+    if where.parent.name == "checkpoints":
+        title = f"{where.parent.parent.name}/{where.name}"
+    elif where.parent.name == "int8":
+        title = f"{where.parent.parent.name}/int8/{where.name}"
+    else:
+        title = where.name
+    print_table(evaluation.results, title)
     print(f"results: {path / 'evals.json'}" + (f"; progress and records: {folder / 'metrics.jsonl'}" if folder else ""))
 
 
