@@ -219,6 +219,11 @@ def _replace(path: Path, old: str, new: str) -> None:
     (lambda f: (f / "core.yaml").write_bytes(b"icl_tasks:\n- label: \xff\xfe\n"), "core.yaml: not UTF-8 \\(byte 20\\)"),
     (lambda f: ((f / "core.yaml").unlink(), os.mkfifo(f / "core.yaml")), "core.yaml: not a regular file \\(a FIFO\\)"),
     (lambda f: ((f / "core.yaml").unlink(), (f / "core.yaml").mkdir()), "core.yaml: not a regular file \\(a folder\\)"),
+    # a bundle reads its own eval_data/: a file outside it is never read and scored
+    (lambda f: _replace(f / "core.yaml", "world_knowledge/arc_easy.jsonl", "../../outside.jsonl"),
+     r"core.yaml:\d+: arc_easy: dataset_uri '../../outside.jsonl' points outside the bundle"),
+    (lambda f: _replace(f / "core.yaml", "world_knowledge/arc_easy.jsonl", str(f.parent / "outside.jsonl")),
+     r"core.yaml:\d+: arc_easy: dataset_uri '/.*' points outside the bundle"),
 ])
 def test_bad_bundles_are_one_line_errors(tmp_path, edit, message):
     folder = broken_bundle(tmp_path, edit)

@@ -449,6 +449,21 @@ async def test_chat_streams_answers_with_thoughts_and_tool_calls(runs_dir, tmp_p
     assert screen.process is None  # the model process ends with the app
 
 
+async def test_chat_says_why_the_model_process_exited(runs_dir):
+    # A refused checkpoint (meta.json from a newer picochat, issue 19 item 7): the worker prints one
+    # error line and exits 2; the status kept only "exited (code 2)" and lost the reason.
+    refused = ('{"type": "error", "message": "step_000300/meta.json: format_version 99 is newer than this '
+               'picochat reads (1); update picochat"}')
+    app = PicochatApp(runs_dir)
+    app.chat_worker_command = lambda checkpoint: [sys.executable, "-c", f"print({refused!r}); raise SystemExit(2)"]
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("f7")
+        status = app.screen.query_one("#chat-status", Static)
+        assert await until(pilot, lambda: "exited" in text_of(status))
+        assert text_of(status) == ("the model process exited (code 2): step_000300/meta.json: format_version 99 "
+                                   "is newer than this picochat reads (1); update picochat")
+
+
 def test_picochat_tui_rejects_extra_arguments():
     result = subprocess.run([sys.executable, "-m", "workbench.tui.app", "a", "b"], capture_output=True,
                             text=True, cwd=Path(__file__).parents[1], env={**os.environ, "TERM": "dumb"})

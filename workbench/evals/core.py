@@ -255,7 +255,11 @@ def load_bundle(folder: str | Path) -> list[CoreTask]:
             raise BadInput(f"{where('continuation_delimiter')}: {label}: continuation_delimiter must be a string")
         if label not in baselines:
             raise BadInput(f"{folder / 'eval_meta_data.csv'}: no 'Random baseline' for task '{label}'")
-        data_path = folder / "eval_data" / str(entry["dataset_uri"])
+        uri = Path(str(entry["dataset_uri"]))
+        if uri.is_absolute() or ".." in uri.parts:  # a bundle reads its own eval_data/, nothing else
+            raise BadInput(f"{where('dataset_uri')}: {label}: dataset_uri {str(uri)!r} points outside the "
+                           f"bundle's eval_data/")
+        data_path = folder / "eval_data" / uri
         tasks.append(CoreTask(label=label, kind=kind, shots=shots, delimiter=delimiter,
                               random_baseline=baselines[label], items=load_items(data_path, kind),
                               source=str(data_path)))

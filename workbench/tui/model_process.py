@@ -23,7 +23,8 @@ def worker_command(checkpoint: Path) -> list[str]:
 
 
 class WorkerEvent(Message):
-    """One JSON line from the model process (or {"type": "exit"} when it is gone)."""
+    """One JSON line from the model process, or {"type": "exit", "code", "reason"} when it is gone
+    (reason: its last error line, which says why: a refused checkpoint, say)."""
 
     def __init__(self, data: dict[str, Any], generation: int):
         super().__init__()
@@ -58,6 +59,7 @@ class ModelProcess:
 
     @work(thread=True, exclusive=False)
     def read_events(self, process: subprocess.Popen, generation: int) -> None:
+        last_error = ""
         for line in process.stdout:
             line = line.strip()
             if not line:
@@ -67,9 +69,16 @@ class ModelProcess:
             except ValueError:
                 data = {"type": "error", "message": f"bad line from the model process: {line[:200]}"}
             if isinstance(data, dict):
+                if data.get("type") == "error":
+                    last_error = str(data.get("message", ""))
                 self.post_message(WorkerEvent(data, generation))
         process.wait()
-        self.post_message(WorkerEvent({"type": "exit", "code": process.returncode}, generation))
+        self.post_message(WorkerEvent({"type": "exit", "code": process.returncode, "reason": last_error}, generation))
+
+    def exit_text(self, data: dict[str, Any]) -> Text:
+        """The status line for an exit event: the code, and the last error when there was one."""
+        reason = f": {data['reason']}" if data.get("reason") else ""
+        return Text(f"the model process exited (code {data.get('code')}){reason}", style="bold red")
 
     def send(self, request: dict[str, Any]) -> bool:
         if not self.process or self.process.poll() is not None:

@@ -164,7 +164,7 @@ class ChatScreen(ModelProcess, Screen):
             if self.answering:
                 await self.finish_answer({"finish_reason": "error"})
         elif kind == "exit":
-            self.set_status(Text(f"the model process exited (code {data.get('code')})", style="bold red"))
+            self.set_status(self.exit_text(data))
             if self.answering:
                 await self.finish_answer({"finish_reason": "exit"})
 

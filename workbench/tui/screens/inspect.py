@@ -261,7 +261,6 @@ class InspectScreen(ModelProcess, Screen):
     def on_mount(self) -> None:
         self.checkpoint: Path | None = None
         self.model_name = self.ready_text = ""  # the model's name; "ready: NAME, N params"
-        self.last_error = ""  # the model process's last error line: why it exited, when it does
         self.sent = self.answered = 0  # inspect requests sent to this process, and replies to them
         self.reply: dict[str, Any] | None = None  # the newest inspect reply shown
         self.pending_text: str | None = None  # typed but not inspected yet
@@ -316,7 +315,7 @@ class InspectScreen(ModelProcess, Screen):
             return
         self.checkpoint = checkpoint
         self.sent = self.answered = 0
-        self.model_name = self.ready_text = self.last_error = ""
+        self.model_name = self.ready_text = ""
         self.set_status(Text(f"loading {checkpoint_label(checkpoint)}…"))
         if not self.launch_model(getattr(self.app, "inspect_worker_command", worker_command)(checkpoint)):
             return
@@ -373,11 +372,9 @@ class InspectScreen(ModelProcess, Screen):
                 self.show_reply(data)
         elif kind == "error":
             self.answered += 1
-            self.last_error = str(data.get("message", ""))
-            self.set_status(Text(f"error: {self.last_error}", style="bold red"))
+            self.set_status(Text(f"error: {data.get('message', '')}", style="bold red"))
         elif kind == "exit":
-            why = f": {self.last_error}" if self.last_error else ""
-            self.set_status(Text(f"the model process exited (code {data.get('code')}){why}", style="bold red"))
+            self.set_status(self.exit_text(data))
 
     def show_reply(self, reply: dict[str, Any]) -> None:
         tokens = reply.get("tokens")
