@@ -208,7 +208,9 @@ def _replace(path: Path, old: str, new: str) -> None:
     (lambda f: _replace(f / "core.yaml", '"\\nA: "', '"\\nA: '), "core.yaml:18: malformed double-quoted"),
     (lambda f: _replace(f / "eval_meta_data.csv", "winograd,", "winograd_wsc,"), "no 'Random baseline' for task 'winograd'"),
     (lambda f: _replace(f / "eval_meta_data.csv", ",50,,", ",fifty,,"), "eval_meta_data.csv:3: 'Random baseline' must be"),
-    (lambda f: (f / "eval_data" / "world_knowledge" / "arc_easy.jsonl").unlink(), "arc_easy.jsonl: eval file not found"),
+    # a bundle's missing file points at the bundle's flag, not at --data-dir (which a bundle does not use)
+    (lambda f: (f / "eval_data" / "world_knowledge" / "arc_easy.jsonl").unlink(),
+     r"arc_easy.jsonl: not found \(a CORE bundle has .*; is [eval] core_bundle / --core-bundle right\?\)$"),
     (lambda f: _replace(f / "eval_data" / "language_understanding" / "winograd_wsc.jsonl", '"gold": 1}', '"gold": 2}'),
      "winograd_wsc.jsonl:2: 'gold' must be an index in 0..1"),
     (lambda f: _replace(f / "eval_data" / "symbolic_problem_solving" / "bigbench_repeat_copy_logic.jsonl",
@@ -235,6 +237,7 @@ def test_bad_bundle_fails_before_the_model_loads(tiny_checkpoint, tmp_path, caps
     folder = broken_bundle(tmp_path, lambda f: (f / "eval_meta_data.csv").unlink())
     assert main(["eval", str(tiny_checkpoint), "--tasks", "core", "--core-bundle", str(folder)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "eval_meta_data.csv: eval file not found" in err[0]
+    assert len(err) == 1 and "eval_meta_data.csv: not found" in err[0]
+    assert "--core-bundle" in err[0] and "--data-dir" not in err[0]
     assert main(["eval", str(tiny_checkpoint), "--tasks", "core", "--core-bundle", str(tmp_path / "nope")]) == 2
     assert "CORE bundle folder not found" in capsys.readouterr().err

@@ -118,12 +118,20 @@ def _strip_comment(line: str) -> str:
     return line
 
 
+def _bundle_file(path: Path) -> Path:
+    """A file the bundle must have. Missing, the flag to check is the bundle's, not the eval
+    readers' default hint (--data-dir, which a bundle does not use)."""
+    if not os.path.lexists(path):
+        raise BadInput(f"{path}: not found (a CORE bundle has core.yaml, eval_meta_data.csv and eval_data/; "
+                       f"is [eval] core_bundle / --core-bundle right?)")
+    return path
+
+
 def read_task_list(path: Path) -> list[tuple[dict[str, Any], dict[str, int]]]:
     """core.yaml's `icl_tasks`: (task mapping, line number of each key; "-" for the item) each. A small reader of the YAML subset
     the bundle uses (a list of flat mappings), so picochat needs no YAML library; anything outside
     it is BadInput naming the line."""
-    if not os.path.lexists(path):
-        raise BadInput(f"{path}: not found (a CORE bundle has core.yaml, eval_meta_data.csv and eval_data/)")
+    _bundle_file(path)
     with open_regular(path, "CORE task list") as handle:  # a FIFO would hang the reader: refused
         try:
             data = handle.read(MAX_TASK_LIST_BYTES + 1)
@@ -229,7 +237,7 @@ def load_bundle(folder: str | Path) -> list[CoreTask]:
         raise BadInput(f"{folder}: CORE bundle folder not found ([eval] core_bundle / --core-bundle)")
     yaml_path = folder / "core.yaml"
     entries = read_task_list(yaml_path)
-    baselines = read_baselines(folder / "eval_meta_data.csv")
+    baselines = read_baselines(_bundle_file(folder / "eval_meta_data.csv"))
     tasks, seen = [], set()
     for entry, lines in entries:
         def where(key: str, lines=lines) -> str:
@@ -261,7 +269,7 @@ def load_bundle(folder: str | Path) -> list[CoreTask]:
                            f"bundle's eval_data/")
         data_path = folder / "eval_data" / uri
         tasks.append(CoreTask(label=label, kind=kind, shots=shots, delimiter=delimiter,
-                              random_baseline=baselines[label], items=load_items(data_path, kind),
+                              random_baseline=baselines[label], items=load_items(_bundle_file(data_path), kind),
                               source=str(data_path)))
     return tasks
 
