@@ -200,6 +200,9 @@ def test_a_json_list_of_prefixed_strings_is_chat_data(tmp_path, tokenizer):
     conversations, report = chat.load_chat_file(lines, ("Q:", "A:"))
     assert conversations == [[{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"}]]
     assert report.skipped == Counter({"no turn prefixes": 1})
+    # the skipped line names the prefixes expected and where they are set
+    assert "no turn prefixes (expected 'Q:' and 'A:', as set by [sft] turn_prefixes): 1 (first at line 2)" \
+        in report.summary() and "from 2 lines" in report.summary()
 
 
 def test_unusable_json_chat_files_are_one_line_of_bad_input(tmp_path):
@@ -207,7 +210,9 @@ def test_unusable_json_chat_files_are_one_line_of_bad_input(tmp_path):
     for text, message in (('{"User": "x"}', "expected a JSON list of conversations"),
                           ('[\n"User: a Assistant: b",\n', r"chat\.json:3: invalid JSON"),
                           ("[" * 100_000, r"chat\.json:1: nested too deeply"),
-                          ('["no prefix"]', "no valid chat conversations in 1 items: no turn prefixes")):
+                          ('["no prefix"]', r"no valid chat conversations in 1 item: no turn prefixes "
+                                            r"\(expected 'User:' and 'Assistant:', as set by \[sft\] turn_prefixes\): "
+                                            r"1 \(first at item 1\)$")):
         path.write_text(text, encoding="utf-8")
         with pytest.raises(BadInput, match=message) as error:
             chat.load_chat_file(path)

@@ -65,9 +65,10 @@ MAX_JSON_BYTES = 256 << 20  # a .json chat file is parsed whole; larger data bel
 class ChatFormatError(ValueError):
     """A conversation that cannot be trained on; `reason` is the short category counted in summaries."""
 
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+    def __init__(self, reason: str, detail: str = "", hint: str = ""):
+        super().__init__(f"{reason}: {detail or hint}" if detail or hint else reason)
         self.reason = reason
+        self.hint = hint  # true of every item skipped for this reason: shown once, with the reason
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,7 +125,8 @@ def split_prefixed_turns(text: str, turn_prefixes=DEFAULT_TURN_PREFIXES) -> list
     pattern = re.compile(r"(?:^|(?<=\s))(" + re.escape(user) + "|" + re.escape(assistant) + ")")
     pieces = pattern.split(text)  # [before, prefix, content, prefix, content, ...]
     if len(pieces) == 1:
-        raise ChatFormatError("no turn prefixes", f"expected {user!r} and {assistant!r}")
+        raise ChatFormatError("no turn prefixes", hint=f"expected {user!r} and {assistant!r}, "
+                                                       f"as set by [sft] turn_prefixes")
     if pieces[0].strip():
         raise ChatFormatError("text before the first turn prefix")
     return [{"role": "user" if prefix == user else "assistant", "content": content.strip()}
@@ -181,14 +183,19 @@ class LoadReport:
     kept: int = 0
     skipped: Counter = field(default_factory=Counter)
     examples: dict[str, int] = field(default_factory=dict)  # reason -> first line (item) number
+    hints: dict[str, str] = field(default_factory=dict)  # reason -> what would fix it
     unit: str = "line"
 
     def reasons(self) -> str:
-        return ", ".join(f"{reason}: {count} (first at {self.unit} {self.examples[reason]})"
+        return ", ".join(f"{reason}{f' ({self.hints[reason]})' if reason in self.hints else ''}: {count} "
+                         f"(first at {self.unit} {self.examples[reason]})"
                          for reason, count in self.skipped.most_common())
 
+    def units_read(self) -> str:
+        return f"{self.lines} {self.unit}{'' if self.lines == 1 else 's'}"
+
     def summary(self) -> str:
-        text = f"{self.path}: {self.kept} conversations from {self.lines} {self.unit}s"
+        text = f"{self.path}: {self.kept} conversations from {self.units_read()}"
         if self.skipped:
             text += f"; skipped {sum(self.skipped.values())} ({self.reasons()})"
         return text
@@ -235,7 +242,7 @@ def load_chat_json(path: str | Path, turn_prefixes=DEFAULT_TURN_PREFIXES) -> tup
         try:
             conversations.append(normalize_conversation(item, turn_prefixes))
         except ChatFormatError as error:
-            _skip(report, error.reason, number)
+            _skip(report, error.reason, number, error.hint)
     return _finish(path, conversations, report)
 
 
@@ -269,7 +276,7 @@ def load_chat_jsonl(path: str | Path, turn_prefixes=DEFAULT_TURN_PREFIXES) -> tu
                 except json.JSONDecodeError:
                     _skip(report, "malformed JSON", number)
                 except ChatFormatError as error:
-                    _skip(report, error.reason, number)
+                    _skip(report, error.reason, number, error.hint)
         except OSError as error:
             raise BadInput(f"{path}: cannot read chat data ({error.strerror or error})") from None
     return _finish(path, conversations, report)
@@ -278,14 +285,16 @@ def load_chat_jsonl(path: str | Path, turn_prefixes=DEFAULT_TURN_PREFIXES) -> tu
 def _finish(path: Path, conversations: list, report: LoadReport) -> tuple[list, LoadReport]:
     report.kept = len(conversations)
     if not conversations:
-        problem = f" in {report.lines} {report.unit}s: {report.reasons()}" if report.skipped else " (empty file)"
+        problem = f" in {report.units_read()}: {report.reasons()}" if report.skipped else " (empty file)"
         raise BadInput(f"{path}: no valid chat conversations{problem}")
     return conversations, report
 
 
-def _skip(report: LoadReport, reason: str, number: int) -> None:
+def _skip(report: LoadReport, reason: str, number: int, hint: str = "") -> None:
     report.skipped[reason] += 1
     report.examples.setdefault(reason, number)
+    if hint:
+        report.hints.setdefault(reason, hint)
 
 
 # ---------------------------------------------------------------------------------------------
