@@ -3,6 +3,7 @@ checkpoints marked "sft", exact resume, and a model that learns to end its turn.
 
 import json
 import random
+import re
 import shutil
 
 import pytest
@@ -116,3 +117,36 @@ def test_the_chat_probe_takes_any_run_seed_up_to_the_largest(tiny_checkpoint):
     for seed in (0, MAX_SEED - 1, MAX_SEED):  # one seed per prompt, every one of them the sampler's to take
         rates, _ = chat_probe(checkpoint.model, checkpoint.tokenizer, probes, "cpu", seed=seed, max_tokens=2)
         assert 0.0 <= rates["end_rate"] <= 1.0
+
+
+def test_the_console_says_why_nothing_is_evaluated_and_prints_counts_as_counts(
+        make_tiny_config, tiny_checkpoint, tmp_path, capsys):
+    def write_chat(path, long_every):
+        # a user turn longer than the tiny model's context leaves nothing to learn after the cut
+        path.write_text("".join(json.dumps({"messages": [
+            {"role": "user", "content": f"Fact {i}?" + (" word" * 200 if i % long_every == 0 else "")},
+            {"role": "assistant", "content": f"F{i}."}]}) + "\n" for i in range(40)))
+        return path
+
+    # eval_every asked for, but val_fraction = 0 holds nothing out: said on the console too, not only in metrics.jsonl
+    facts = write_chat(tmp_path / "facts.jsonl", long_every=1000)
+    cfg = make_tiny_config(sft={"init_from": str(tiny_checkpoint), "datasets": [str(facts)], "steps": 2,
+                                "device_batch_size": 4, "val_fraction": 0.0, "eval_every": 2, "save_every": 2})
+    sft(cfg, verbose=True)
+    out = capsys.readouterr().out
+    assert "sft: no evaluations: nothing held out ([sft] val_fraction" in out
+
+    # with evaluations: counts print as integers, the skipped ones as prose (metrics.jsonl unchanged)
+    long_facts = write_chat(tmp_path / "long.jsonl", long_every=2)
+    cfg = make_tiny_config(sft={"init_from": str(tiny_checkpoint), "datasets": [str(long_facts)], "steps": 2,
+                                "device_batch_size": 4, "val_fraction": 0.5, "eval_every": 2, "save_every": 2})
+    sft(cfg, verbose=True)
+    out = capsys.readouterr().out
+    eval_lines = [line for line in out.splitlines() if "| conversations " in line]
+    assert eval_lines and all(re.search(r"\| truncated \d+ \| conversations \d+$", line) for line in eval_lines)
+    assert re.search(r"\| end_rate \d\.\d{4}", eval_lines[0])  # rates keep their four decimals
+    done = next(line for line in out.splitlines() if line.startswith("sft: done:"))
+    assert re.search(r"\d+ truncated to 65 tokens, \d+ skipped: nothing to learn after truncation\)", done), done
+    assert "{" not in done
+    evals = runs.read_metrics(stages.run_dir(cfg, "sft"), kind="eval")
+    assert evals and all(isinstance(record["conversations"], int) for record in evals)

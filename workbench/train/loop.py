@@ -464,7 +464,8 @@ def train(state: TrainState, steps: Steps) -> TrainResult:
             writer.log("eval", step=at_step, **results)
             if verbose:
                 print(f"step {at_step:>6}/{state.total_steps} | "
-                      + " | ".join(f"{k} {v:.4f}" for k, v in results.items()), flush=True)
+                      + " | ".join(f"{k} {v}" if isinstance(v, int) else f"{k} {v:.4f}"  # counts stay counts
+                                   for k, v in results.items()), flush=True)
             if last_checkpoint is not None and saved_step == at_step:
                 update_meta(last_checkpoint, best_val_bpb=state.best_val_bpb, **results)
             sample_due = sample_every and ((at_step // eval_every) % sample_every == 0 or at_step == state.total_steps)

@@ -123,9 +123,11 @@ def _sft(cfg, resume: bool, verbose: bool, budget: str, stage_run: runner.StageR
     # eval_every = 0, or nothing held out (val_fraction = 0 on small files): train without evaluations
     evaluates = bool(cfg.sft.eval_every) and bool(held_out or data.probes)
     if not evaluates:
-        writer.event("no evaluations: " + ("[sft] eval_every = 0" if not cfg.sft.eval_every
-                                           else "nothing held out ([sft] val_fraction, or fewer than "
-                                                "20 conversations per file)"))
+        why = ("[sft] eval_every = 0" if not cfg.sft.eval_every
+               else "nothing held out ([sft] val_fraction, or fewer than 20 conversations per file)")
+        writer.event(f"no evaluations: {why}")
+        if verbose and cfg.sft.eval_every:  # asked for evaluations and gets none: say so where it is seen
+            print(f"sft: no evaluations: {why}")
 
     if verbose:
         steps = f"{total_steps} steps" if total_steps else f"steps for {budget}"
@@ -138,8 +140,9 @@ def _sft(cfg, resume: bool, verbose: bool, budget: str, stage_run: runner.StageR
                                 save_every=cfg.sft.save_every, sample_every=0, sys_fields=step_fn.sys_fields(),
                                 extra_meta_fn=lambda: {"sft_state": batches.state_dict(), "init_from": source}))
     stats = batches.stats
+    skipped = "".join(f", {count} skipped: {reason}" for reason, count in stats.skipped.most_common())
     summary = (f"{result.step} steps, {stats.conversations:,} conversations ({stats.truncated} truncated to "
-               f"{seq_len + 1} tokens" + (f", skipped {dict(stats.skipped)}" if stats.skipped else "") + ")")
+               f"{seq_len + 1} tokens{skipped})")
     if held_out_stats.truncated:
         summary += f"; {held_out_stats.truncated} held-out conversations truncated"
     stage_run.finish(result, summary)
