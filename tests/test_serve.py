@@ -442,3 +442,19 @@ def test_cli_serves_a_checkpoint_on_localhost(tiny_checkpoint, tmp_path):
         process.wait(timeout=30)
     output = (tmp_path / "serve.log").read_text()
     assert f"http://127.0.0.1:{port}/" in output and "API key required" in output
+
+
+@pytest.mark.parametrize(("checkpoint", "label"), [
+    ("nometa", "nometa"),  # a shipped model's folder (no meta.json), given relative: was "/nometa"
+    (".", "nometa"),
+    ("runs/tiny/int8/step_000300", "tiny/int8/step_000300"),  # an INT8 copy says so (was "tiny/step_000300")
+])
+def test_the_model_card_names_a_checkpoint_outside_a_run_by_its_folder(engine, tiny_checkpoint, tmp_path,
+                                                                          monkeypatch, checkpoint, label):
+    folder = tmp_path / "nometa"
+    folder.mkdir()
+    (folder / "config.json").write_bytes((tiny_checkpoint / "config.json").read_bytes())
+    monkeypatch.chdir(tmp_path / "nometa" if checkpoint == "." else tmp_path)
+    with BackgroundServer(create_app(engine, describe_model(engine.engine, checkpoint))) as running:
+        card = httpx.get(running.url + "/v1/models").json()["data"][0]
+    assert card["checkpoint"] == label and str(tmp_path) not in json.dumps(card)

@@ -78,6 +78,17 @@ def int8_copy_path(checkpoint: Path) -> Path:
     return checkpoint.with_name(checkpoint.name + "-int8")
 
 
+def checkpoint_label(checkpoint: str | Path) -> str:
+    """A checkpoint's name without a path of this machine: RUN/step_N, RUN/int8/step_N for an INT8
+    copy, or a checkpoint folder outside a run (a shipped model) by its own name."""
+    where = Path(checkpoint).resolve()  # given as "." or "nometa": the real folder names
+    if where.parent.name == "checkpoints":
+        return f"{where.parent.parent.name}/{where.name}"
+    if where.parent.name == "int8":
+        return f"{where.parent.parent.name}/int8/{where.name}"
+    return where.name
+
+
 def resolve_checkpoint(spec: str | Path) -> Path:
     """A checkpoint folder as is; a run folder (or its checkpoints/ folder) -> its newest
     checkpoint. BadInput when there is none."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from workbench.checkpoint_files import checkpoint_label
 from workbench.evals.api import Evaluation, evaluate, headline
 from workbench.evals.common import TASKS
 
@@ -76,16 +77,7 @@ def print_table(results: dict[str, dict[str, Any]], title: str) -> None:
 def print_results(evaluation: Evaluation) -> None:
     """The table of an evaluation's results, then where they were saved."""
     path, folder = evaluation.checkpoint, evaluation.records
-    # RUN/step_N, or RUN/int8/step_N for an INT8 copy: the title says which was evaluated; a
-    # checkpoint folder outside a run (a shipped model) goes by its own name
-    where = path.resolve()  # given as "." or "nometa": the real folder names
-    if where.parent.name == "checkpoints":
-        title = f"{where.parent.parent.name}/{where.name}"
-    elif where.parent.name == "int8":
-        title = f"{where.parent.parent.name}/int8/{where.name}"
-    else:
-        title = where.name
-    print_table(evaluation.results, title)
+    print_table(evaluation.results, checkpoint_label(path))  # the title says which was evaluated
     print(f"results: {path / 'evals.json'}" + (f"; progress and records: {folder / 'metrics.jsonl'}" if folder else ""))
 
 

@@ -73,7 +73,7 @@ def describe_model(engine: Any, checkpoint: str | Path | None = None, name: str 
         checkpoint = engine.checkpoint.path
     if checkpoint is not None:
         folder = Path(checkpoint)
-        served.checkpoint = f"{folder.parent.parent.name}/{folder.name}"  # run/step: no path of this machine
+        served.checkpoint = checkpoint_files.checkpoint_label(folder)  # no path of this machine
         config, meta = checkpoint_files.read_config(folder), checkpoint_files.read_meta(folder)
         run_name = config.get("run", {}).get("name")
         served.stage, served.step = meta.get("stage"), meta.get("step")
