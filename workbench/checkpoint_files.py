@@ -60,9 +60,10 @@ def newest(run_dir: str | Path) -> Path | None:
 
 
 def with_int8_copies(run_dir: str | Path) -> list[Path]:
-    """A run's checkpoints, oldest first, then the INT8 copies `picochat quantize` wrote to
-    RUN/int8/step_N (runs.list_checkpoints lists only the ones training can continue from)."""
-    found = runs.list_checkpoints(run_dir)
+    """A run's checkpoints, oldest first (those without meta.json too: they load), then the INT8
+    copies `picochat quantize` wrote to RUN/int8/step_N (runs.list_checkpoints lists only the
+    ones training can continue from)."""
+    found = runs.list_checkpoints(run_dir, bare=True)
     int8 = Path(run_dir) / "int8"
     if int8.is_dir():
         found.extend(sorted(p for p in int8.iterdir()
@@ -247,8 +248,8 @@ def guard_run_folder(run_dir: str | Path, stage: str, resume: bool, check_runnin
         recover_interrupted_saves(run_dir)
     checkpoints = runs.list_checkpoints(run_dir)
     newest_found = checkpoints[-1] if checkpoints else None
-    newest_step = _step_number(newest_found) if newest_found else -1
-    broken = [folder for folder in _step_folders(run_dir) if _step_number(folder) > newest_step]
+    newest_step = step_number(newest_found) if newest_found else -1
+    broken = [folder for folder in _step_folders(run_dir) if step_number(folder) > newest_step]
     if (newest_found or broken) and not resume:
         name = (broken or checkpoints)[-1].name
         raise BadInput(f"{run_dir}: already has checkpoints (newest {name}); continue it with "
@@ -258,7 +259,7 @@ def guard_run_folder(run_dir: str | Path, stage: str, resume: bool, check_runnin
     return newest_found
 
 
-def _step_number(folder: Path) -> int:
+def step_number(folder: Path) -> int:
     """N of a step_N folder; -1 for any other name."""
     digits = folder.name.removeprefix("step_")
     return int(digits) if folder.name.startswith("step_") and digits.isascii() and digits.isdigit() else -1
@@ -269,8 +270,8 @@ def _step_folders(run_dir: Path) -> list[Path]:
     folder = run_dir / "checkpoints"
     if not folder.is_dir():
         return []
-    return sorted((entry for entry in folder.iterdir() if _step_number(entry) >= 0 and entry.is_dir()),
-                  key=_step_number)
+    return sorted((entry for entry in folder.iterdir() if step_number(entry) >= 0 and entry.is_dir()),
+                  key=step_number)
 
 
 def _why_not_resumable(folder: Path, fallback: Path | None) -> str:

@@ -630,13 +630,16 @@ def list_runs(runs_dir: str | Path) -> list[RunInfo]:
     return infos
 
 
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoint folders of a run, oldest first (temporary folders are skipped)."""
+def list_checkpoints(run_dir: str | Path, bare: bool = False) -> list[Path]:
+    """Complete checkpoint folders of a run, oldest first (temporary folders are skipped). With
+    `bare`, also step_N folders holding weights but no meta.json (a model copied in): chat, eval and
+    serve load them, training never resumes from them nor prunes them."""
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir()
-                  if p.is_dir() and p.name.startswith("step_") and (p / "meta.json").exists())
+                  if p.is_dir() and p.name.startswith("step_")
+                  and ((p / "meta.json").exists() or (bare and (p / "model.safetensors").exists())))
 
 
 def send_control(run_dir: str | Path, command: str) -> None:

@@ -139,10 +139,15 @@ class CheckpointsScreen(Screen):
         for info in checkpoints:
             path, meta = info.path, info.meta
             bpb = info.val_bpb
+            # a folder without meta.json (a model copied in) loads all the same: its step is its name's
+            bare = not (path / "meta.json").exists()
+            step = meta.get("step", "-")
+            if bare and checkpoint_files.step_number(path) >= 0:
+                step = checkpoint_files.step_number(path)
             rows.append({
                 "run": ("● " if path in self.marked else "") + path.parent.parent.name,
-                "checkpoint": checkpoint_name(path), "stage": str(meta.get("stage", "-")),
-                "step": str(meta.get("step", "-")), "tokens": format_count(meta.get("tokens")),
+                "checkpoint": checkpoint_name(path), "stage": "no meta.json" if bare else str(meta.get("stage", "-")),
+                "step": str(step), "tokens": format_count(meta.get("tokens")),
                 "val bpb": f"{bpb:.4f}" if bpb is not None else "-",
                 "weights": format_size(info.model_bytes) if info.model_bytes else "-",
                 "disk": format_size(info.total_bytes), "evals": ", ".join(sorted(info.evals)) or "-"})
