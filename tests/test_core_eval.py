@@ -15,7 +15,7 @@ import torch
 
 from workbench.cli import main
 from workbench.errors import BadInput
-from workbench.evals import common, core
+from workbench.evals import api, common, core, report
 
 BUNDLE = Path(__file__).parent / "fixtures" / "core_bundle"
 EVAL_FIXTURES = Path(__file__).parent / "fixtures" / "evals"
@@ -157,6 +157,19 @@ def test_chatcore_is_the_mean_centered_accuracy():
     assert core.chatcore(results) is None
     assert common.parse_tasks("bpb,chatcore") == ["bpb", "arc-easy", "arc-challenge", "mmlu", "gsm8k", "humaneval",
                                                   "chatcore"]
+
+
+def test_a_mean_that_cancels_to_zero_prints_as_zero_not_minus_zero():
+    # centered 0.35 and 0.15 against chance 0.25 are +-0.1333, whose float mean is -1.4e-17
+    tasks = [core.CoreTask(label, "multiple_choice", 0, " ", 0.25, []) for label in ("arc_easy", "arc_challenge")]
+    result = core.summarize(tasks, {"arc_easy": 0.35, "arc_challenge": 0.15}, {"arc_easy": 20, "arc_challenge": 20})
+    score = result.details["core"]
+    assert score == 0.0 and json.dumps(round(score, 4)) == "0.0"  # the speedrun summary's rounding
+    assert api.headline("core", result.details) == "0.0000" and report.score_cell("core", result.details) == "0.0000"
+    chat = core.chatcore({"arc-easy": {"accuracy": 0.35, "n": 20}, "arc-challenge": {"accuracy": 0.15, "n": 20},
+                          "mmlu": {"accuracy": 0.25, "n": 4}, "gsm8k": {"accuracy": 0.0, "n": 2},
+                          "humaneval": {"accuracy": 0.0, "n": 2}})
+    assert api.headline("chatcore", chat.details) == "0.0000"
 
 
 def test_eval_cli_reports_core_and_chatcore(tiny_checkpoint, tmp_path, capsys):

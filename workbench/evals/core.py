@@ -74,6 +74,13 @@ def centered(accuracy: float, random_baseline: float) -> float:
     return (accuracy - random_baseline) / (1.0 - random_baseline)
 
 
+def centered_mean(scores: list[float]) -> float | None:
+    """CORE / ChatCORE: the mean of centered scores. A mean that is 0 but for float cancellation
+    (centered 0.35 and 0.15 against 0.25 average to -1.4e-17) is 0, not a -0.0000 in every report."""
+    score = mean(scores)
+    return 0.0 if score is not None and abs(score) < 1e-12 else score
+
+
 # ---------------------------------------------------------------------------------------------
 # reading a bundle
 
@@ -385,7 +392,7 @@ def summarize(tasks: list[CoreTask], accuracies: dict[str, float], counts: dict[
         per_task[task.label] = {"accuracy": accuracy, "centered": centered(accuracy, task.random_baseline),
                                 "n": counts[task.label], "type": task.kind, "shots": task.shots,
                                 "random_baseline": task.random_baseline}
-    score = mean([entry["centered"] for entry in per_task.values()])
+    score = centered_mean([entry["centered"] for entry in per_task.values()])
     return TaskResult(task="core", accuracy=None, n=sum(counts.values()), chance=None,
                       details={"core": score, "label": figure_label(tasks), "tasks": per_task,
                                "scoring": "few-shot, centered (accuracy - baseline) / (1 - baseline), mean over tasks",
@@ -457,7 +464,7 @@ def chatcore(results: dict[str, dict[str, Any]]) -> TaskResult | None:
         chance = common.TASKS[name][1] or 0.0
         per_task[name] = {"accuracy": accuracy, "centered": centered(accuracy, chance), "chance": chance,
                           "n": entry.get("n"), "form": form}
-    score = mean([entry["centered"] for entry in per_task.values()])
+    score = centered_mean([entry["centered"] for entry in per_task.values()])
     return TaskResult(task="chatcore", accuracy=None, n=sum(int(e["n"] or 0) for e in per_task.values()),
                       chance=None, details={"chatcore": score, "tasks": per_task,
                                             "scoring": "mean of (accuracy - chance) / (1 - chance)"})
