@@ -40,11 +40,6 @@ def checkpoint_name(path: Path) -> str:
     return path.name if path.parent.name == "checkpoints" else f"{path.parent.name}/{path.name}"
 
 
-def checkpoint_label(path: Path) -> str:
-    """RUN/step_000300 or RUN/int8/step_000300: how every screen names a checkpoint."""
-    return f"{path.parent.parent.name}/{checkpoint_name(path)}"
-
-
 @dataclass(frozen=True)
 class CheckpointInfo:
     """One checkpoint as the Checkpoints, Evals and Chat screens show it."""

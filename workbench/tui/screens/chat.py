@@ -16,8 +16,8 @@ from textual.screen import Screen
 from textual.widgets import Collapsible, Footer, Input, Label, Markdown, Select, Static
 
 from workbench import checkpoint_files
+from workbench.checkpoint_files import checkpoint_label
 from workbench.config import SampleSection
-from workbench.tui.model import checkpoint_label
 from workbench.tui.model_process import ModelProcess, WorkerEvent, worker_command
 from workbench.tui.widgets.common import NavBar
 

@@ -25,10 +25,11 @@ from textual.widgets import (
 )
 
 from workbench import checkpoint_files, runs, stages
+from workbench.checkpoint_files import checkpoint_label
 from workbench.errors import BadInput
 from workbench.evals.common import headline_score
 from workbench.tui.launch import EVAL_TASKS, launch_eval
-from workbench.tui.model import ModelChanged, checkpoint_label, checkpoint_name
+from workbench.tui.model import ModelChanged, checkpoint_name
 from workbench.tui.widgets.common import KeyTable, NavBar, TickList
 
 

@@ -26,7 +26,8 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widgets import Footer, Select, Static, TextArea
 
-from workbench.tui.model import ModelChanged, checkpoint_label
+from workbench.checkpoint_files import checkpoint_label
+from workbench.tui.model import ModelChanged
 from workbench.tui.model_process import ModelProcess, WorkerEvent, worker_command
 from workbench.tui.widgets.common import NavBar
 
