@@ -110,3 +110,21 @@ def test_report_shows_core_and_chatcore_per_stage(evaluated_run):
     assert rows["CORE (available tasks: 4 of 22) (centered)"][1:] == ["0", "-", "-0.0500"]
     text = (evaluated_run / "report.md").read_text()
     assert "centered arc-easy 0.3333" in text and "base -> SFT -> RL" in text
+
+
+def test_report_shows_grpos_measured_gain(evaluated_run):
+    # GRPO's effect is its paired change of held-out greedy accuracy against the frozen start (issue 19):
+    # the report shows it as GRPO's own finish message does, interval and n included.
+    grpo = evaluated_run.with_name("tiny-grpo")
+    writer = runs.RunWriter(grpo, "grpo", total_steps=2)
+    writer.log("eval", step=0, arith_reward=0.3, arith_greedy_accuracy=0.42, arith_held_out=200)
+    writer.log("grpo", step=1, reward_mean=0.3, accuracy=0.3)
+    writer.log("grpo", step=2, reward_mean=0.5, accuracy=0.5)
+    writer.log("eval", step=2, arith_reward=0.55, arith_greedy_accuracy=0.52, arith_held_out=200,
+               arith_greedy_gain=0.1, arith_greedy_gain_low=0.043, arith_greedy_gain_high=0.157)
+    writer.finish("done")
+    write_report(evaluated_run)
+    rows = {row[0]: row for row in json.loads((evaluated_run / "report.json").read_text())["table"]["rows"]}
+    assert rows["grpo held-out greedy accuracy (paired change, 95% CI)"][-1] == (
+        "arith held-out greedy accuracy 0.420 -> 0.520 (+0.100, 95% CI +0.043..+0.157, n=200)")
+    assert rows["grpo held-out greedy accuracy (paired change, 95% CI)"][2] == "-"  # pretraining has none

@@ -167,6 +167,21 @@ def mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def describe_greedy_gain(name: str, results: dict[str, Any]) -> str | None:
+    """"arith held-out greedy accuracy 0.420 -> 0.520 (+0.100, 95% CI +0.043..+0.157, n=200)" from a
+    GRPO eval record (the end's accuracy, the paired change against the frozen start and its
+    interval); None when the record has no complete change for the task (GRPO's finish message and
+    the report both say it this way)."""
+    keys = [f"{name}_greedy_accuracy", f"{name}_greedy_gain", f"{name}_greedy_gain_low",
+            f"{name}_greedy_gain_high", f"{name}_held_out"]
+    values = [results.get(key) for key in keys]
+    if not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in values):
+        return None
+    after, change, low, high, count = values
+    return (f"{name} held-out greedy accuracy {after - change:.3f} -> {after:.3f} ({change:+.3f}, "
+            f"95% CI {low:+.3f}..{high:+.3f}, n={count:.0f})")
+
+
 def chat_model(meta: dict[str, Any]) -> bool:
     """Checkpoints of the chat stages know the chat format; base models get plain-text prompts."""
     return str(meta.get("stage", "")) in ("sft", "grpo")

@@ -25,7 +25,7 @@ from typing import Any
 
 from workbench import checkpoint_files, runs, stages
 from workbench.errors import BadInput
-from workbench.evals.common import SCORE_KEYS, TASKS, headline_score
+from workbench.evals.common import SCORE_KEYS, TASKS, describe_greedy_gain, headline_score
 from workbench.stages import REPORT_COLUMNS, TRAINING_STAGES, WORKER_STAGES
 
 SESSION_GAP_SECONDS = 600.0
@@ -219,6 +219,10 @@ def stage_summary(stage: str, records: list[dict[str, Any]], folder: Path) -> di
             key = next(k for k in held_out[-1] if k.endswith("_reward"))
             summary["first_held_out_reward"] = held_out[0].get(key)
             summary["held_out_reward"] = held_out[-1].get(key)
+            # the measured effect: greedy accuracy against the frozen start on the same prompts
+            gains = [describe_greedy_gain(k[:-len("_greedy_gain")], held_out[-1])
+                     for k in held_out[-1] if k.endswith("_greedy_gain")]
+            summary["held_out_greedy_gain"] = "; ".join(text for text in gains if text) or None
     return {key: value for key, value in summary.items() if value is not None}
 
 
@@ -346,6 +350,8 @@ def main_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
     add("grpo reward (first -> last quarter of steps)", "", [first_to_last(s, "reward_mean") for s in columns])
     add("grpo held-out reward (first -> last eval)", "", [first_to_last(s, "held_out_reward") for s in columns])
+    add("grpo held-out greedy accuracy (paired change, 95% CI)", "",
+        [stage_value(s, "held_out_greedy_gain") or "-" for s in columns])
     tasks = [t for t in TASKS if any(t in newest_evals.get(s, {}) for s in columns)]
     tasks += sorted({t for s in columns for t in newest_evals.get(s, {})} - set(tasks))
     for task in tasks:

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench import stages
+from workbench.evals.common import describe_greedy_gain
 from workbench.tasks.base import HELD_OUT_SEED_OFFSET, Prompt, Task
 from workbench.tasks.registry import build_task
 from workbench.train import runner
@@ -472,15 +473,8 @@ def _grpo(cfg, resume: bool, verbose: bool, task: Task | None, stage_run: runner
                     "prompts_per_step": settings.prompts_per_step,
                     "iterations_per_batch": settings.iterations_per_batch,
                     "loss_normalization": settings.loss_normalization}))
-    described = [describe_gain(name, held_out["end"], gains[name]) for name in gains if "end" in held_out]
-    stage_run.finish(result, "; ".join([f"{result.step} steps"] + described))
+    described = [describe_greedy_gain(name, held_out.get("end", {})) for name in gains]
+    stage_run.finish(result, "; ".join([f"{result.step} steps"] + [text for text in described if text]))
     return GrpoResult(step=result.step, stopped=result.stopped, last_checkpoint=result.last_checkpoint,
                       rewards=step_rewards, held_out=held_out, seconds=result.seconds, gains=dict(gains))
 
-
-def describe_gain(name: str, end: dict[str, float], gain: tuple[float, float, float]) -> str:
-    """"arith held-out greedy accuracy 0.520 -> 0.640 (+0.120, 95% CI +0.070..+0.170, n=200)" from
-    the end's evaluate_task results and paired_difference's (change, low, high)."""
-    after = end[f"{name}_greedy_accuracy"]
-    return (f"{name} held-out greedy accuracy {after - gain[0]:.3f} -> {after:.3f} ({gain[0]:+.3f}, "
-            f"95% CI {gain[1]:+.3f}..{gain[2]:+.3f}, n={end[f'{name}_held_out']:.0f})")
