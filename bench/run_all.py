@@ -47,7 +47,7 @@ BENCHMARKS = [
 BY_HAND = {
     "baseline_gpt.py": "not a benchmark: the baseline model train.py and learn.py race against",
     "gpu.py": "the first check on a GPU machine",
-    "grpo_levers.py": "GRPO runs from an SFT checkpoint (tens of minutes)",
+    "grpo_levers.py": "GRPO runs from an SFT checkpoint (2-5 CPU-minutes per variant; about 2 hours for all)",
     "learn.py": "a race of 2, 5 and 10 wall-clock minutes per contender",
 }
 
