@@ -537,11 +537,13 @@ async def test_dashboard_says_paused_and_stops_the_clock(runs_dir):
     async with app.run_test(size=SIZE) as pilot:
         app.open_run(writer.dir)
         await pilot.pause()
+        # the run loads off the UI thread: wait for it rather than for one frame (a busy machine is slower)
+        assert await until(pilot, lambda: "ETA paused" in text_of(app.screen.query_one("#dash-headline", Static)))
         headline = text_of(app.screen.query_one("#dash-headline", Static))
-        assert "ETA paused" in headline
         assert "elapsed 0m40s" in headline  # 10 s for step 1, 30 s to step 4; the minute since is a pause
         await pilot.press("x", "x")
-        assert app.screen.query_one("#plot-loss", MetricPlot).lines[0].xs == [10, 20, 30, 40]  # the same clock
+        plot = app.screen.query_one("#plot-loss", MetricPlot)
+        assert await until(pilot, lambda: plot.lines and plot.lines[0].xs == [10, 20, 30, 40])  # the same clock
 
 
 async def test_dashboard_log_panel_shows_the_newest_line(runs_dir):
