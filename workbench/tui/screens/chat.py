@@ -16,7 +16,6 @@ from textual.screen import Screen
 from textual.widgets import Collapsible, Footer, Input, Label, Markdown, Select, Static
 
 from workbench import checkpoint_files
-from workbench.checkpoint_files import checkpoint_label
 from workbench.config import SampleSection
 from workbench.tui.model_process import ModelProcess, WorkerEvent, worker_command
 from workbench.tui.widgets.common import NavBar
@@ -67,7 +66,7 @@ class ChatScreen(ModelProcess, Screen):
     def sync_with_app(self) -> None:
         checkpoints = self.app.model.checkpoint_paths()
         picker = self.query_one("#chat-checkpoint", Select)
-        picker.set_options([(checkpoint_label(p), str(p)) for p in checkpoints])
+        picker.set_options([(checkpoint_files.checkpoint_label(p), str(p)) for p in checkpoints])
         wanted = self.app.chat_checkpoint or self.checkpoint
         if wanted is None and checkpoints:
             wanted = checkpoints[-1]
@@ -91,7 +90,7 @@ class ChatScreen(ModelProcess, Screen):
         self.checkpoint = checkpoint
         self.app.chat_checkpoint = checkpoint
         self.use_sampling_of(checkpoint)
-        self.set_status(Text(f"loading {checkpoint_label(checkpoint)}…"))
+        self.set_status(Text(f"loading {checkpoint_files.checkpoint_label(checkpoint)}…"))
         self.launch_model(getattr(self.app, "chat_worker_command", worker_command)(checkpoint))
 
     def use_sampling_of(self, checkpoint: Path) -> None:

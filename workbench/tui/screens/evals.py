@@ -25,7 +25,6 @@ from textual.widgets import (
 )
 
 from workbench import checkpoint_files, runs, stages
-from workbench.checkpoint_files import checkpoint_label
 from workbench.errors import BadInput
 from workbench.evals.common import headline_score
 from workbench.tui.launch import EVAL_TASKS, launch_eval
@@ -76,7 +75,7 @@ class EvalsScreen(Screen):
     def sync_with_app(self) -> None:
         checkpoints = self.app.model.checkpoint_paths()
         picker = self.query_one("#eval-checkpoint", Select)
-        picker.set_options([(checkpoint_label(p), str(p)) for p in checkpoints])
+        picker.set_options([(checkpoint_files.checkpoint_label(p), str(p)) for p in checkpoints])
         wanted = self.app.eval_checkpoint or self.checkpoint
         if wanted is None and self.app.current_run is not None:
             own = [p for p in checkpoints if p.parent.parent == self.app.current_run]
@@ -141,11 +140,11 @@ class EvalsScreen(Screen):
             progress.display = True
             progress.update(total=total or None, progress=done)
             state = "" if live else f" ({folder.state if folder else 'ended'})"
-            status.update(Text(f"eval of {checkpoint_label(self.checkpoint)}: {done:.0f}/{total or '?'} "
+            status.update(Text(f"eval of {checkpoint_files.checkpoint_label(self.checkpoint)}: {done:.0f}/{total or '?'} "
                                f"{record.get('unit', '')} of {record.get('task', '')}{state}"))
         else:
             progress.display = False  # no idle animation when nothing runs
-            status.update(Text(f"{checkpoint_label(self.checkpoint)}: pick tasks, ctrl+r runs them"))
+            status.update(Text(f"{checkpoint_files.checkpoint_label(self.checkpoint)}: pick tasks, ctrl+r runs them"))
 
     def show_results(self) -> None:
         """One row per checkpoint of the run that has evals.json (INT8 copies too), one column per task."""
